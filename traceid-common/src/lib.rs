@@ -1,0 +1,226 @@
+//! Types shared by the kernel programs (`traceid-ebpf`) and the agent (`traceid-user`).
+//!
+//! Every record the kernel writes to the ring buffer starts with an [`EventHeader`] at offset 0
+//! whose `kind` says what follows. Kind numbers are part of the recording format
+//! (`traceid record`): they are never reused, only added.
+//!
+//! All structs are `#[repr(C)]` with explicit padding so both sides agree byte for byte.
+#![no_std]
+
+/// Kind numbers of ring-buffer records. Never reuse a retired number.
+pub mod kind {
+    /// [`super::DataEvent`] followed by `captured` bytes of payload.
+    pub const DATA: u16 = 1;
+    /// [`super::ConnEvent`]: a TCP connection became known (accept, connect, or seeded at start-up).
+    pub const CONN_OPEN: u16 = 2;
+    /// [`super::EventHeader`] alone: the process closed a known socket fd.
+    pub const CONN_CLOSE: u16 = 3;
+}
+
+/// `DataEvent::direction`: bytes the process received (read, recv*, readv).
+pub const DIR_INGRESS: u8 = 0;
+/// `DataEvent::direction`: bytes the process sent (write, send*, writev, sendfile).
+pub const DIR_EGRESS: u8 = 1;
+
+/// `ConnEvent::role` / `SockInfo::role`: role not known (seeded connection without a listener match).
+pub const ROLE_UNKNOWN: u8 = 0;
+/// The process accepted the connection: it is the server side.
+pub const ROLE_SERVER: u8 = 1;
+/// The process connected: it is the client side.
+pub const ROLE_CLIENT: u8 = 2;
+
+/// `DataEvent::source`: which syscall produced the bytes (for diagnostics and benchmarks).
+pub mod source {
+    pub const READ: u8 = 1;
+    pub const WRITE: u8 = 2;
+    pub const READV: u8 = 3;
+    pub const WRITEV: u8 = 4;
+    pub const RECVFROM: u8 = 5;
+    pub const SENDTO: u8 = 6;
+    pub const RECVMSG: u8 = 7;
+    pub const SENDMSG: u8 = 8;
+    pub const SENDFILE: u8 = 9;
+}
+
+/// Largest payload the kernel copies from one syscall (or one iovec). A power of two so the
+/// kernel can bound lengths with a mask the verifier understands.
+pub const MAX_CAPTURE: usize = 16384;
+/// Default bytes captured per syscall: large enough for real header blocks (servers accept
+/// 8–16 KiB) without copying whole bodies.
+pub const DEFAULT_CAPTURE: u32 = 8192;
+/// iovecs inspected per vectored call; later ones are reported as an uncaptured gap.
+pub const MAX_IOVECS: u32 = 8;
+
+/// Length of a process name as the kernel keeps it (`TASK_COMM_LEN`).
+pub const COMM_LEN: usize = 16;
+
+/// Header at offset 0 of every ring-buffer record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventHeader {
+    /// One of [`kind`].
+    pub kind: u16,
+    /// Reserved, zero.
+    pub _pad0: u16,
+    /// Process id (the kernel's tgid).
+    pub pid: u32,
+    /// Thread id (the kernel's pid).
+    pub tid: u32,
+    /// The socket's file descriptor in `pid`.
+    pub fd: i32,
+    /// When the event happened: `bpf_ktime_get_ns`, CLOCK_MONOTONIC nanoseconds.
+    pub ts_ns: u64,
+    /// Identity of the connection: CLOCK_MONOTONIC ns at which the (pid, fd) was registered.
+    /// (pid, fd, conn_ts_ns) never names two connections even when fds are reused.
+    pub conn_ts_ns: u64,
+    /// Process name, NUL padded.
+    pub comm: [u8; COMM_LEN],
+}
+
+/// A chunk of a socket's byte stream. Followed in the record by `captured` payload bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DataEvent {
+    pub header: EventHeader,
+    /// [`DIR_INGRESS`] or [`DIR_EGRESS`].
+    pub direction: u8,
+    /// One of [`source`].
+    pub source: u8,
+    /// The socket's role as the kernel knows it (`ROLE_*`).
+    pub role: u8,
+    /// Reserved, zero.
+    pub _pad0: u8,
+    /// Payload bytes that follow this struct (≤ [`MAX_CAPTURE`]).
+    pub captured: u32,
+    /// Bytes the syscall really moved (≥ `captured`); the rest is a gap of unknown content.
+    pub real_len: u64,
+}
+
+/// A TCP connection the kernel started to follow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnEvent {
+    pub header: EventHeader,
+    /// [`ROLE_SERVER`], [`ROLE_CLIENT`] or [`ROLE_UNKNOWN`].
+    pub role: u8,
+    /// Reserved, zero.
+    pub _pad0: u8,
+    /// `AF_INET` (2) or `AF_INET6` (10); 0 when the kernel could not read the socket.
+    pub family: u16,
+    /// Local port, host byte order.
+    pub local_port: u16,
+    /// Remote port, host byte order.
+    pub remote_port: u16,
+    /// Local address: IPv4 in the first 4 bytes, or IPv6; network byte order.
+    pub local_addr: [u8; 16],
+    /// Remote address, as `local_addr`.
+    pub remote_addr: [u8; 16],
+}
+
+/// Value of the kernel's table of known sockets, keyed by [`SockKey`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockInfo {
+    /// See [`EventHeader::conn_ts_ns`].
+    pub conn_ts_ns: u64,
+    /// One of the `ROLE_*` constants.
+    pub role: u8,
+    /// Reserved, zero.
+    pub _pad0: [u8; 7],
+}
+
+/// Key of the kernel's table of known sockets.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SockKey {
+    /// Process id (tgid).
+    pub pid: u32,
+    /// File descriptor.
+    pub fd: i32,
+}
+
+/// Field offsets into kernel structs, read from the running kernel's BTF by the agent and
+/// written into the programs' read-only data before load (no CO-RE in Rust eBPF yet).
+/// Used to read a socket's 4-tuple from `current->files->fdt->fd[fd]->private_data->sk`.
+/// All values are byte offsets.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct KernelOffsets {
+    /// `task_struct.files`
+    pub task_files: u32,
+    /// `files_struct.fdt`
+    pub files_fdt: u32,
+    /// `fdtable.max_fds`
+    pub fdt_max_fds: u32,
+    /// `fdtable.fd`
+    pub fdt_fd: u32,
+    /// `file.private_data`
+    pub file_private_data: u32,
+    /// `socket.sk`
+    pub socket_sk: u32,
+    /// `sock.__sk_common.skc_family`
+    pub skc_family: u32,
+    /// `sock.__sk_common.skc_daddr`
+    pub skc_daddr: u32,
+    /// `sock.__sk_common.skc_rcv_saddr`
+    pub skc_rcv_saddr: u32,
+    /// `sock.__sk_common.skc_dport` (network byte order)
+    pub skc_dport: u32,
+    /// `sock.__sk_common.skc_num` (host byte order)
+    pub skc_num: u32,
+    /// `sock.__sk_common.skc_v6_daddr`
+    pub skc_v6_daddr: u32,
+    /// `sock.__sk_common.skc_v6_rcv_saddr`
+    pub skc_v6_rcv_saddr: u32,
+    /// `sock.sk_protocol` (u16)
+    pub sk_protocol: u32,
+    /// `sock.sk_type` (u16)
+    pub sk_type: u32,
+    /// 1 when every field above was found; the programs read no socket otherwise.
+    pub valid: u32,
+}
+
+/// Indexes of the kernel's loss and health counters (a per-CPU array named `STATS`).
+pub mod stat {
+    /// A ring-buffer reservation failed: the event was dropped.
+    pub const RINGBUF_FULL: u32 = 0;
+    /// Copying user memory failed (the payload was reported as a gap).
+    pub const READ_USER_FAILED: u32 = 1;
+    /// The per-thread syscall argument table was full.
+    pub const ARGS_FULL: u32 = 2;
+    /// The known-socket table was full (LRU evicted an entry).
+    pub const SOCKS_FULL: u32 = 3;
+    /// Reading a socket's endpoints through the kernel structs failed.
+    pub const SOCK_READ_FAILED: u32 = 4;
+    /// Number of counters.
+    pub const COUNT: u32 = 8;
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all are repr(C), Copy, made of integers and byte arrays with explicit padding,
+    // so every bit pattern is valid.
+    unsafe impl aya::Pod for super::SockInfo {}
+    unsafe impl aya::Pod for super::SockKey {}
+    unsafe impl aya::Pod for super::KernelOffsets {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::{offset_of, size_of};
+
+    // The layout is the recording format: changing it breaks old recordings.
+    #[test]
+    fn layouts_are_stable() {
+        assert_eq!(size_of::<EventHeader>(), 48);
+        assert_eq!(offset_of!(EventHeader, comm), 32);
+        assert_eq!(size_of::<DataEvent>(), 64);
+        assert_eq!(offset_of!(DataEvent, real_len), 56);
+        assert_eq!(size_of::<ConnEvent>(), 88);
+        assert_eq!(size_of::<SockInfo>(), 16);
+        assert_eq!(size_of::<SockKey>(), 8);
+        assert_eq!(size_of::<KernelOffsets>(), 64);
+        assert!(MAX_CAPTURE.is_power_of_two());
+    }
+}

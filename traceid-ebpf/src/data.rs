@@ -1,0 +1,243 @@
+//! Data hooks: the read and write families on known sockets.
+//!
+//! Entry: drop everything that is not a known socket (one hash lookup: files and pipes cost
+//! nothing more) and save the user pointer. Exit: the return value says how many bytes really
+//! moved; copy the first `CAPTURE_BYTES` of them (per iovec for vectored calls) and report the
+//! real length, so userspace knows what it did not see. Failed calls (ret <= 0) copy nothing:
+//! their buffers hold stale bytes.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, generated as gen},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use traceid_common::{
+    kind, source, stat, DataEvent, DIR_EGRESS, DIR_INGRESS, MAX_CAPTURE, MAX_IOVECS,
+};
+
+use crate::maps::{
+    capture_bytes, count, current_ids, fill_header, known_socket, SavedArgs, ARGS, EVENTS,
+    SCRATCH,
+};
+
+const SYSCALL_ARG0: usize = 16;
+const SYSCALL_ARG1: usize = 24;
+const SYSCALL_RET: usize = 16;
+
+/// `struct iovec` as user space lays it out.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct IoVec {
+    base: u64,
+    len: u64,
+}
+
+/// Offsets in `struct user_msghdr` (x86_64 / aarch64 LP64).
+const MSGHDR_IOV: u64 = 16;
+const MSGHDR_IOVLEN: u64 = 24;
+
+macro_rules! data_hooks {
+    ($enter:ident, $exit:ident, $source:expr) => {
+        #[tracepoint]
+        pub fn $enter(ctx: TracePointContext) -> u32 {
+            on_enter(&ctx, $source);
+            0
+        }
+
+        #[tracepoint]
+        pub fn $exit(ctx: TracePointContext) -> u32 {
+            on_exit(&ctx, $source);
+            0
+        }
+    };
+}
+
+data_hooks!(sys_enter_read, sys_exit_read, source::READ);
+data_hooks!(sys_enter_write, sys_exit_write, source::WRITE);
+data_hooks!(sys_enter_readv, sys_exit_readv, source::READV);
+data_hooks!(sys_enter_writev, sys_exit_writev, source::WRITEV);
+data_hooks!(sys_enter_recvfrom, sys_exit_recvfrom, source::RECVFROM);
+data_hooks!(sys_enter_sendto, sys_exit_sendto, source::SENDTO);
+data_hooks!(sys_enter_recvmsg, sys_exit_recvmsg, source::RECVMSG);
+data_hooks!(sys_enter_sendmsg, sys_exit_sendmsg, source::SENDMSG);
+// sendfile(out_fd, in_fd, ...): the bytes come from a file, only their count is reported, so a
+// response body sent with sendfile (nginx) keeps the HTTP framing in step.
+data_hooks!(sys_enter_sendfile64, sys_exit_sendfile64, source::SENDFILE);
+
+#[inline(always)]
+fn on_enter(ctx: &TracePointContext, src: u8) {
+    let Some((pid, _)) = current_ids() else {
+        return;
+    };
+    // SAFETY: args[0] of every hooked call is the socket fd; args[1] its buffer/iovec/msghdr.
+    let fd: i64 = unsafe { ctx.read_at(SYSCALL_ARG0) }.unwrap_or(-1);
+    let fd = fd as i32;
+    let Some(info) = known_socket(pid, fd) else {
+        return;
+    };
+    let ptr: u64 = if src == source::SENDFILE {
+        0
+    } else {
+        // SAFETY: see above.
+        unsafe { ctx.read_at(SYSCALL_ARG1) }.unwrap_or(0)
+    };
+    let args = SavedArgs {
+        ptr,
+        conn_ts_ns: info.conn_ts_ns,
+        fd,
+        source: src,
+        role: info.role,
+        _pad: [0; 2],
+    };
+    if ARGS.insert(&bpf_get_current_pid_tgid(), &args, 0).is_err() {
+        count(stat::ARGS_FULL);
+    }
+}
+
+#[inline(always)]
+fn on_exit(ctx: &TracePointContext, src: u8) {
+    let Some((pid, tid)) = current_ids() else {
+        return;
+    };
+    let key = bpf_get_current_pid_tgid();
+    // SAFETY: copied out at once.
+    let Some(args) = (unsafe { ARGS.get(&key).copied() }) else {
+        return;
+    };
+    let _ = ARGS.remove(&key);
+    // An entry left by another syscall (its exit was missed) is stale: drop it.
+    if args.source != src {
+        return;
+    }
+    // SAFETY: `ret` is at this offset in every sys_exit_* tracepoint.
+    let ret: i64 = unsafe { ctx.read_at(SYSCALL_RET) }.unwrap_or(-1);
+    if ret <= 0 {
+        return;
+    }
+    let total = ret as u64;
+    let direction = match args.source {
+        source::READ | source::READV | source::RECVFROM | source::RECVMSG => DIR_INGRESS,
+        _ => DIR_EGRESS,
+    };
+    let ids = Ids {
+        pid,
+        tid,
+        fd: args.fd,
+        conn_ts_ns: args.conn_ts_ns,
+        direction,
+        source: args.source,
+        role: args.role,
+    };
+    match args.source {
+        source::SENDFILE => emit(&ids, 0, 0, total),
+        source::READV | source::WRITEV => emit_iovecs(&ids, args.ptr, u64::from(MAX_IOVECS), total),
+        source::RECVMSG | source::SENDMSG => {
+            // SAFETY: reads of user memory fail cleanly.
+            let iov: u64 = unsafe { bpf_probe_read_user((args.ptr + MSGHDR_IOV) as *const u64) }
+                .unwrap_or(0);
+            let iovlen: u64 =
+                unsafe { bpf_probe_read_user((args.ptr + MSGHDR_IOVLEN) as *const u64) }
+                    .unwrap_or(0);
+            emit_iovecs(&ids, iov, iovlen, total)
+        }
+        _ => emit(&ids, args.ptr, total, total),
+    }
+}
+
+struct Ids {
+    pid: u32,
+    tid: u32,
+    fd: i32,
+    conn_ts_ns: u64,
+    direction: u8,
+    source: u8,
+    role: u8,
+}
+
+/// Reports `total` bytes spread over an iovec array, one record per iovec, so each record is
+/// a contiguous piece of the stream. Bytes past the inspected iovecs become one gap record.
+#[inline(always)]
+fn emit_iovecs(ids: &Ids, iov: u64, iovcnt: u64, total: u64) {
+    let mut left = total;
+    let n = if iovcnt < u64::from(MAX_IOVECS) {
+        iovcnt
+    } else {
+        u64::from(MAX_IOVECS)
+    };
+    for i in 0..MAX_IOVECS as u64 {
+        if i >= n || left == 0 {
+            break;
+        }
+        // SAFETY: reads of user memory fail cleanly.
+        let Ok(v) = (unsafe { bpf_probe_read_user((iov + i * 16) as *const IoVec) }) else {
+            count(stat::READ_USER_FAILED);
+            break;
+        };
+        let take = if v.len < left { v.len } else { left };
+        if take == 0 {
+            continue;
+        }
+        emit(ids, v.base, take, take);
+        left -= take;
+    }
+    if left > 0 {
+        emit(ids, 0, 0, left);
+    }
+}
+
+/// Writes one data record: `real_len` bytes moved, the first `min(avail, CAPTURE_BYTES)` of
+/// which are copied from `buf`.
+#[inline(always)]
+fn emit(ids: &Ids, buf: u64, avail: u64, real_len: u64) {
+    let Some(rec) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU scratch, used by one program at a time on this CPU.
+    let rec = unsafe { &mut *rec };
+    let limit = capture_bytes() as u64;
+    let mut len = if avail < limit { avail } else { limit };
+    if len > MAX_CAPTURE as u64 {
+        len = MAX_CAPTURE as u64;
+    }
+    if len > 0 {
+        // SAFETY: the destination is the scratch payload and len <= its size; the helper
+        // fails cleanly on a bad user pointer.
+        let r = unsafe {
+            gen::bpf_probe_read_user(
+                rec.payload.as_mut_ptr() as *mut _,
+                len as u32,
+                buf as *const _,
+            )
+        };
+        if r != 0 {
+            count(stat::READ_USER_FAILED);
+            len = 0;
+        }
+    }
+    let ev: &mut DataEvent = &mut rec.event;
+    fill_header(
+        &mut ev.header,
+        kind::DATA,
+        ids.pid,
+        ids.tid,
+        ids.fd,
+        ids.conn_ts_ns,
+    );
+    ev.direction = ids.direction;
+    ev.source = ids.source;
+    ev.role = ids.role;
+    ev._pad0 = 0;
+    ev.captured = len as u32;
+    ev.real_len = real_len;
+    let size = core::mem::size_of::<DataEvent>() + (len as usize & (MAX_CAPTURE * 2 - 1));
+    let size = if size > core::mem::size_of::<crate::maps::DataRecord>() {
+        core::mem::size_of::<crate::maps::DataRecord>()
+    } else {
+        size
+    };
+    // SAFETY: `rec` is a live map value of DataRecord size and `size` never exceeds it.
+    let bytes = unsafe { core::slice::from_raw_parts(rec as *const _ as *const u8, size) };
+    if EVENTS.output::<[u8]>(bytes, 0).is_err() {
+        count(stat::RINGBUF_FULL);
+    }
+}

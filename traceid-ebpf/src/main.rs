@@ -1,0 +1,28 @@
+//! traceid's kernel programs. They copy, tag and filter; they never parse.
+//!
+//! - `conn`: accept/accept4/connect/close tracepoints maintain the table of known TCP sockets
+//!   (`SOCKS`) and report connections opening and closing.
+//! - `data`: read/write/readv/writev/recvfrom/sendto/recvmsg/sendmsg/sendfile tracepoints copy
+//!   the first bytes of every transfer on a known socket into the ring buffer.
+//!
+//! Everything is bounded: fixed-size maps (LRU where entries could pile up), at most
+//! `MAX_IOVECS` iovecs per call, at most `MAX_CAPTURE` bytes per copy. Every loss is counted in
+//! `STATS`.
+#![no_std]
+#![no_main]
+
+mod conn;
+mod data;
+mod maps;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // SAFETY: the verifier rejects any program in which this is reachable, so no loaded program
+    // can get here; `unreachable_unchecked` keeps the panic path out of the object.
+    unsafe { core::hint::unreachable_unchecked() }
+}
+
+#[link_section = "license"]
+#[no_mangle]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,150 @@
+//! Maps, run-time settings and the small helpers every hook family uses.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::map,
+    maps::{LruHashMap, PerCpuArray, RingBuf},
+};
+use traceid_common::{
+    stat, EventHeader, KernelOffsets, SockInfo, SockKey, COMM_LEN, DEFAULT_CAPTURE, MAX_CAPTURE,
+};
+
+/// Every record for userspace. Sized at load time by the agent (`--ring-bytes`).
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
+
+/// Known TCP sockets: (pid, fd) -> identity and role. Filled at accept/connect, seeded by the
+/// agent from sockets that existed before it started, emptied at close. LRU so that sockets
+/// whose close we never saw (process killed) cannot fill it.
+#[map]
+pub static SOCKS: LruHashMap<SockKey, SockInfo> = LruHashMap::with_max_entries(262_144, 0);
+
+/// Arguments saved at a syscall's entry for its exit, keyed by pid_tgid (one syscall per
+/// thread at a time). LRU: a thread killed inside a syscall never reaches the exit.
+#[map]
+pub static ARGS: LruHashMap<u64, SavedArgs> = LruHashMap::with_max_entries(16_384, 0);
+
+/// Scratch space for one data record: too large for the 512-byte eBPF stack.
+#[map]
+pub static SCRATCH: PerCpuArray<DataRecord> = PerCpuArray::with_max_entries(1, 0);
+
+/// Loss and health counters, indexed by `traceid_common::stat`.
+#[map]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+
+/// The agent's own pid: never captured (it would feed on its own output).
+#[no_mangle]
+static AGENT_PID: u32 = 0;
+
+/// Bytes copied per transfer (≤ MAX_CAPTURE), `--capture-bytes`.
+#[no_mangle]
+static CAPTURE_BYTES: u32 = DEFAULT_CAPTURE;
+
+/// Kernel struct offsets read from BTF by the agent.
+#[no_mangle]
+static OFFSETS: KernelOffsets = KernelOffsets {
+    task_files: 0,
+    files_fdt: 0,
+    fdt_max_fds: 0,
+    fdt_fd: 0,
+    file_private_data: 0,
+    socket_sk: 0,
+    skc_family: 0,
+    skc_daddr: 0,
+    skc_rcv_saddr: 0,
+    skc_dport: 0,
+    skc_num: 0,
+    skc_v6_daddr: 0,
+    skc_v6_rcv_saddr: 0,
+    sk_protocol: 0,
+    sk_type: 0,
+    valid: 0,
+};
+
+/// What a data syscall's entry leaves for its exit.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SavedArgs {
+    /// User pointer: the buffer, the iovec array, or the msghdr.
+    pub ptr: u64,
+    /// Identity of the connection (SockInfo::conn_ts_ns); 0 for connect (not registered yet).
+    pub conn_ts_ns: u64,
+    /// The fd the syscall works on.
+    pub fd: i32,
+    /// `traceid_common::source` of the syscall.
+    pub source: u8,
+    /// `ROLE_*` of the socket.
+    pub role: u8,
+    pub _pad: [u8; 2],
+}
+
+/// One data record as it goes to the ring buffer: header then payload.
+#[repr(C)]
+pub struct DataRecord {
+    pub event: traceid_common::DataEvent,
+    pub payload: [u8; MAX_CAPTURE],
+}
+
+#[inline(always)]
+fn read_global<T: Copy>(v: &T) -> T {
+    // SAFETY: a plain read of a static; volatile so the compiler does not fold the default
+    // value in: the agent rewrites it before load.
+    unsafe { core::ptr::read_volatile(v) }
+}
+
+#[inline(always)]
+pub fn agent_pid() -> u32 {
+    read_global(&AGENT_PID)
+}
+
+#[inline(always)]
+pub fn capture_bytes() -> u32 {
+    read_global(&CAPTURE_BYTES)
+}
+
+#[inline(always)]
+pub fn offsets() -> KernelOffsets {
+    read_global(&OFFSETS)
+}
+
+/// Adds one to a loss/health counter.
+#[inline(always)]
+pub fn count(stat_index: u32) {
+    if let Some(p) = STATS.get_ptr_mut(stat_index) {
+        // SAFETY: per-CPU slot, this program is its only writer while it runs.
+        unsafe { *p += 1 };
+    }
+}
+
+/// The current (pid, tid), or None for the agent itself.
+#[inline(always)]
+pub fn current_ids() -> Option<(u32, u32)> {
+    let id = bpf_get_current_pid_tgid();
+    let pid = (id >> 32) as u32;
+    if pid == agent_pid() {
+        return None;
+    }
+    Some((pid, id as u32))
+}
+
+/// Looks up a known socket of the current process.
+#[inline(always)]
+pub fn known_socket(pid: u32, fd: i32) -> Option<SockInfo> {
+    // SAFETY: the value is copied out at once; a concurrent delete cannot free it under us
+    // before the copy (RCU-protected map memory).
+    unsafe { SOCKS.get(&SockKey { pid, fd }).copied() }
+}
+
+/// Fills an event header for the current task.
+#[inline(always)]
+pub fn fill_header(h: &mut EventHeader, kind: u16, pid: u32, tid: u32, fd: i32, conn_ts_ns: u64) {
+    h.kind = kind;
+    h._pad0 = 0;
+    h.pid = pid;
+    h.tid = tid;
+    h.fd = fd;
+    // SAFETY: helper without preconditions.
+    h.ts_ns = unsafe { bpf_ktime_get_ns() };
+    h.conn_ts_ns = conn_ts_ns;
+    h.comm = bpf_get_current_comm().unwrap_or([0u8; COMM_LEN]);
+}

@@ -1,0 +1,291 @@
+//! Loading the kernel programs and reading their ring buffer.
+//!
+//! `Capture::start` mounts tracefs when missing, reads kernel struct offsets from BTF, loads
+//! the embedded object with the run-time settings (agent pid, capture size), attaches every
+//! tracepoint, and seeds the table of known sockets from the sockets processes already hold.
+//! `Capture::poll` hands each raw record to the caller; decoding happens in `crate::event`.
+
+pub mod btf;
+pub mod seed;
+pub mod tracefs;
+
+use std::{
+    os::fd::{AsFd, AsRawFd},
+    time::Duration,
+};
+
+use aya::{
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+    Ebpf, EbpfLoader,
+};
+use traceid_common::{stat, KernelOffsets, SockInfo, SockKey, MAX_CAPTURE};
+
+/// The kernel object built by `cargo xtask build-ebpf`, embedded at build time.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/traceid-ebpf.o"));
+
+/// Every tracepoint the agent attaches: (program, category, event).
+pub const TRACEPOINTS: &[(&str, &str, &str)] = &[
+    ("sys_exit_accept", "syscalls", "sys_exit_accept"),
+    ("sys_exit_accept4", "syscalls", "sys_exit_accept4"),
+    ("sys_enter_connect", "syscalls", "sys_enter_connect"),
+    ("sys_exit_connect", "syscalls", "sys_exit_connect"),
+    ("sys_enter_close", "syscalls", "sys_enter_close"),
+    ("sys_enter_read", "syscalls", "sys_enter_read"),
+    ("sys_exit_read", "syscalls", "sys_exit_read"),
+    ("sys_enter_write", "syscalls", "sys_enter_write"),
+    ("sys_exit_write", "syscalls", "sys_exit_write"),
+    ("sys_enter_readv", "syscalls", "sys_enter_readv"),
+    ("sys_exit_readv", "syscalls", "sys_exit_readv"),
+    ("sys_enter_writev", "syscalls", "sys_enter_writev"),
+    ("sys_exit_writev", "syscalls", "sys_exit_writev"),
+    ("sys_enter_recvfrom", "syscalls", "sys_enter_recvfrom"),
+    ("sys_exit_recvfrom", "syscalls", "sys_exit_recvfrom"),
+    ("sys_enter_sendto", "syscalls", "sys_enter_sendto"),
+    ("sys_exit_sendto", "syscalls", "sys_exit_sendto"),
+    ("sys_enter_recvmsg", "syscalls", "sys_enter_recvmsg"),
+    ("sys_exit_recvmsg", "syscalls", "sys_exit_recvmsg"),
+    ("sys_enter_sendmsg", "syscalls", "sys_enter_sendmsg"),
+    ("sys_exit_sendmsg", "syscalls", "sys_exit_sendmsg"),
+    ("sys_enter_sendfile64", "syscalls", "sys_enter_sendfile64"),
+    ("sys_exit_sendfile64", "syscalls", "sys_exit_sendfile64"),
+];
+
+#[derive(thiserror::Error, Debug)]
+pub enum CaptureError {
+    #[error(
+        "this traceid was built without its kernel programs: run `cargo xtask build-ebpf` \
+         (or `cargo xtask run`) and rebuild"
+    )]
+    NotBuilt,
+    #[error("{0}")]
+    Tracefs(#[from] tracefs::TracefsError),
+    #[error("loading the kernel programs: {0} (is this root, or does it have CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN? `traceid check` tells)")]
+    Load(#[source] aya::EbpfError),
+    #[error("kernel program {0} is missing from the object")]
+    MissingProgram(&'static str),
+    #[error("verifying/loading program {name}: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("attaching to tracepoint {category}:{event}: {source}")]
+    Attach {
+        category: &'static str,
+        event: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("map {0}: {1}")]
+    Map(&'static str, String),
+}
+
+/// Run-time settings of the kernel side.
+#[derive(Debug, Clone)]
+pub struct CaptureConfig {
+    /// Bytes copied per read/write (clamped to 1..=MAX_CAPTURE).
+    pub capture_bytes: u32,
+    /// Ring buffer size in bytes (a power of two, multiple of the page size).
+    pub ring_bytes: u32,
+    /// Seed the socket table from sockets that already exist.
+    pub seed: bool,
+}
+
+impl Default for CaptureConfig {
+    fn default() -> Self {
+        CaptureConfig {
+            capture_bytes: traceid_common::DEFAULT_CAPTURE,
+            ring_bytes: 16 * 1024 * 1024,
+            seed: true,
+        }
+    }
+}
+
+/// What start-up did, for the operator.
+#[derive(Debug, Clone, Default)]
+pub struct StartInfo {
+    pub tracefs_mounted: bool,
+    pub btf_error: Option<String>,
+    pub seeded: usize,
+    pub attached: usize,
+}
+
+/// The loaded programs and their ring buffer.
+pub struct Capture {
+    // Keeps programs attached and maps alive for as long as the capture lives.
+    _ebpf: Ebpf,
+    ring: RingBuf<MapData>,
+    stats: PerCpuArray<MapData, u64>,
+    /// Records describing the connections found at start-up (ConnOpen events), to be fed to
+    /// the engine before anything from the ring buffer.
+    seeded: Vec<Vec<u8>>,
+    pub info: StartInfo,
+}
+
+impl Capture {
+    pub fn start(cfg: &CaptureConfig) -> Result<Capture, CaptureError> {
+        if EBPF_OBJECT.is_empty() {
+            return Err(CaptureError::NotBuilt);
+        }
+        let mut info = StartInfo {
+            tracefs_mounted: tracefs::ensure_mounted()?,
+            ..StartInfo::default()
+        };
+        let offsets = match btf::kernel_offsets() {
+            Ok(o) => o,
+            Err(e) => {
+                // Without offsets the programs still capture data; endpoints stay unknown.
+                tracing::warn!("connection endpoints unavailable: {e}");
+                info.btf_error = Some(e.to_string());
+                KernelOffsets::default()
+            }
+        };
+        let agent_pid = std::process::id();
+        let capture_bytes = cfg.capture_bytes.clamp(1, MAX_CAPTURE as u32);
+        let mut ebpf = EbpfLoader::new()
+            .override_global("AGENT_PID", &agent_pid, true)
+            .override_global("CAPTURE_BYTES", &capture_bytes, true)
+            .override_global("OFFSETS", &offsets, true)
+            .map_max_entries("EVENTS", cfg.ring_bytes)
+            .load(EBPF_OBJECT)
+            .map_err(CaptureError::Load)?;
+
+        for &(name, category, event) in TRACEPOINTS {
+            let prog: &mut TracePoint = ebpf
+                .program_mut(name)
+                .ok_or(CaptureError::MissingProgram(name))?
+                .try_into()
+                .map_err(|source| CaptureError::Program { name, source })?;
+            prog.load()
+                .map_err(|source| CaptureError::Program { name, source })?;
+            prog.attach(category, event)
+                .map_err(|source| CaptureError::Attach {
+                    category,
+                    event,
+                    source,
+                })?;
+            info.attached += 1;
+        }
+
+        // Seed after attaching: a connection opened in between is seen by both, and the
+        // engine keys connections so a duplicate is harmless.
+        let mut seeded = Vec::new();
+        if cfg.seed {
+            let conns = seed::existing_connections(agent_pid);
+            let mut socks: BpfHashMap<_, SockKey, SockInfo> = BpfHashMap::try_from(
+                ebpf.map_mut("SOCKS").ok_or(CaptureError::Map("SOCKS", "missing".into()))?,
+            )
+            .map_err(|e| CaptureError::Map("SOCKS", e.to_string()))?;
+            for c in conns {
+                let key = SockKey { pid: c.event.header.pid, fd: c.event.header.fd };
+                let value = SockInfo {
+                    conn_ts_ns: c.event.header.conn_ts_ns,
+                    role: c.event.role,
+                    _pad0: [0; 7],
+                };
+                // Never overwrite what the kernel registered itself in the meantime.
+                if socks.get(&key, 0).is_ok() {
+                    continue;
+                }
+                if socks.insert(key, value, 0).is_ok() {
+                    seeded.push(crate::event::pod_bytes(&c.event));
+                }
+            }
+        }
+        info.seeded = seeded.len();
+
+        let ring = RingBuf::try_from(
+            ebpf.take_map("EVENTS").ok_or(CaptureError::Map("EVENTS", "missing".into()))?,
+        )
+        .map_err(|e| CaptureError::Map("EVENTS", e.to_string()))?;
+        let stats = PerCpuArray::try_from(
+            ebpf.take_map("STATS").ok_or(CaptureError::Map("STATS", "missing".into()))?,
+        )
+        .map_err(|e| CaptureError::Map("STATS", e.to_string()))?;
+        Ok(Capture {
+            _ebpf: ebpf,
+            ring,
+            stats,
+            seeded,
+            info,
+        })
+    }
+
+    /// Records of the connections found at start-up; empty after the first call.
+    pub fn take_seeded(&mut self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut self.seeded)
+    }
+
+    /// Waits up to `timeout` for records, then hands every available record to `f`.
+    /// Returns how many were handed over.
+    pub fn poll(&mut self, timeout: Duration, mut f: impl FnMut(&[u8])) -> std::io::Result<usize> {
+        let mut n = self.drain(&mut f);
+        if n > 0 {
+            return Ok(n);
+        }
+        let mut pfd = libc::pollfd {
+            fd: self.ring.as_fd().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+        // SAFETY: one valid pollfd for the duration of the call.
+        let r = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+        n += self.drain(&mut f);
+        Ok(n)
+    }
+
+    fn drain(&mut self, f: &mut impl FnMut(&[u8])) -> usize {
+        let mut n = 0;
+        // Bounded so a flood cannot starve the caller's clock checks.
+        while n < 65_536 {
+            let Some(item) = self.ring.next() else { break };
+            f(&item);
+            n += 1;
+        }
+        n
+    }
+
+    /// Kernel-side counters summed over CPUs, indexed by `traceid_common::stat`.
+    pub fn kernel_stats(&self) -> [u64; stat::COUNT as usize] {
+        let mut out = [0u64; stat::COUNT as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            if let Ok(values) = self.stats.get(&(i as u32), 0) {
+                *slot = values.iter().sum();
+            }
+        }
+        out
+    }
+}
+
+/// Names of the kernel counters, for metrics and reports.
+pub fn stat_name(index: u32) -> Option<&'static str> {
+    Some(match index {
+        stat::RINGBUF_FULL => "kernel_ringbuf_full",
+        stat::READ_USER_FAILED => "kernel_read_user_failed",
+        stat::ARGS_FULL => "kernel_args_table_full",
+        stat::SOCKS_FULL => "kernel_socket_table_full",
+        stat::SOCK_READ_FAILED => "kernel_socket_read_failed",
+        _ => return None,
+    })
+}
+
+/// CLOCK_MONOTONIC now, in the kernel's `bpf_ktime_get_ns` time base.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid out pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// True when this binary carries its kernel programs.
+pub fn object_built() -> bool {
+    !EBPF_OBJECT.is_empty()
+}

@@ -1,0 +1,191 @@
+//! `traceid check`: can the agent run here, and what would be missing.
+
+use std::collections::BTreeSet;
+use std::fs;
+
+/// One preflight line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckLine {
+    pub name: String,
+    pub ok: bool,
+    /// Fatal: the agent cannot run without it.
+    pub required: bool,
+    pub detail: String,
+}
+
+/// Capabilities the agent uses and what each one enables.
+pub const CAPABILITIES: &[(u32, &str, bool, &str)] = &[
+    (39, "CAP_BPF", true, "loading the kernel programs and maps"),
+    (38, "CAP_PERFMON", true, "attaching tracepoints and reading process memory from eBPF"),
+    (21, "CAP_SYS_ADMIN", false, "mounting tracefs when missing (and loading on kernels older than 5.8)"),
+    (12, "CAP_NET_ADMIN", false, "the TIME_WAIT census through netlink sock_diag"),
+    (19, "CAP_SYS_PTRACE", false, "reading /proc/<pid>/fd of other processes to follow connections opened before start-up"),
+    (2, "CAP_DAC_READ_SEARCH", false, "reading other processes' /proc entries and libraries"),
+];
+
+/// Effective capability set of this process.
+pub fn effective_caps() -> u64 {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Names of required capabilities missing from `caps`.
+pub fn missing_required(caps: u64) -> Vec<&'static str> {
+    CAPABILITIES
+        .iter()
+        .filter(|(bit, _, required, _)| *required && caps & (1u64 << bit) == 0)
+        .map(|(_, name, _, _)| *name)
+        .collect()
+}
+
+/// TLS libraries mapped by running processes (for the TLS capture, which attaches to them).
+pub fn tls_libraries() -> BTreeSet<String> {
+    let mut libs = BTreeSet::new();
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return libs;
+    };
+    for e in dir.flatten().take(100_000) {
+        let name = e.file_name();
+        let Some(pid) = name.to_str().filter(|s| s.bytes().all(|b| b.is_ascii_digit())) else {
+            continue;
+        };
+        if let Ok(maps) = fs::read_to_string(format!("/proc/{pid}/maps")) {
+            for l in maps.lines() {
+                if let Some(path) = l.split_whitespace().nth(5) {
+                    if path.contains("libssl.so") && libs.len() < 64 {
+                        libs.insert(path.to_string());
+                    }
+                }
+            }
+        }
+    }
+    libs
+}
+
+pub fn run_checks() -> Vec<CheckLine> {
+    let mut lines = Vec::new();
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let release = release.trim().to_string();
+    let (major, minor) = parse_release(&release);
+    lines.push(CheckLine {
+        name: "kernel".into(),
+        ok: (major, minor) >= (5, 8),
+        required: true,
+        detail: if (major, minor) >= (5, 8) {
+            format!("{release} (ring buffer and BPF tracepoints available)")
+        } else {
+            format!("{release}: needs Linux 5.8 or newer for the BPF ring buffer")
+        },
+    });
+    let btf = std::path::Path::new(crate::capture::btf::VMLINUX_BTF).exists();
+    lines.push(CheckLine {
+        name: "btf".into(),
+        ok: btf,
+        required: false,
+        detail: if btf {
+            match crate::capture::btf::kernel_offsets() {
+                Ok(_) => "kernel BTF found; socket endpoints readable".into(),
+                Err(e) => format!("kernel BTF unusable ({e}): requests are seen, endpoints are not"),
+            }
+        } else {
+            "no /sys/kernel/btf/vmlinux: requests are seen, connection endpoints are not (needs CONFIG_DEBUG_INFO_BTF)".into()
+        },
+    });
+    let caps = effective_caps();
+    for (bit, name, required, what) in CAPABILITIES {
+        let ok = caps & (1u64 << bit) != 0;
+        lines.push(CheckLine {
+            name: name.to_string(),
+            ok,
+            required: *required,
+            detail: if ok {
+                format!("present: {what}")
+            } else if *required {
+                format!("missing: needed for {what}; run as root or grant it (setcap/securityContext)")
+            } else {
+                format!("missing: disables {what}")
+            },
+        });
+    }
+    let tracefs = crate::capture::tracefs::is_mounted();
+    let can_mount = caps & (1u64 << 21) != 0;
+    lines.push(CheckLine {
+        name: "tracefs".into(),
+        ok: tracefs || can_mount,
+        required: true,
+        detail: if tracefs {
+            "mounted".into()
+        } else if can_mount {
+            format!("not mounted: the agent mounts it at {} on start", crate::capture::tracefs::TRACEFS)
+        } else {
+            format!(
+                "not mounted and no CAP_SYS_ADMIN to mount it: `mount -t tracefs tracefs {}`",
+                crate::capture::tracefs::TRACEFS
+            )
+        },
+    });
+    let built = crate::capture::object_built();
+    lines.push(CheckLine {
+        name: "kernel programs".into(),
+        ok: built,
+        required: true,
+        detail: if built {
+            format!("embedded ({} tracepoints)", crate::capture::TRACEPOINTS.len())
+        } else {
+            "not built into this binary: run `cargo xtask build-ebpf` then rebuild".into()
+        },
+    });
+    let libs = tls_libraries();
+    lines.push(CheckLine {
+        name: "tls libraries".into(),
+        ok: true,
+        required: false,
+        detail: if libs.is_empty() {
+            "no process maps libssl right now".into()
+        } else {
+            format!(
+                "found {} (TLS plaintext capture is not attached yet: HTTPS is not decoded)",
+                libs.into_iter().collect::<Vec<_>>().join(", ")
+            )
+        },
+    });
+    lines.push(CheckLine {
+        name: "kprobes".into(),
+        ok: true,
+        required: false,
+        detail: "not used: tracepoints only".into(),
+    });
+    lines
+}
+
+fn parse_release(r: &str) -> (u32, u32) {
+    let mut it = r.split(|c: char| !c.is_ascii_digit());
+    let major = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let minor = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    (major, minor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn release_parsing() {
+        assert_eq!(parse_release("6.18.44-fc-v595"), (6, 18));
+        assert_eq!(parse_release("5.4.0"), (5, 4));
+        assert_eq!(parse_release("garbage"), (0, 0));
+    }
+
+    #[test]
+    fn missing_capabilities_are_named() {
+        assert_eq!(missing_required(0), vec!["CAP_BPF", "CAP_PERFMON"]);
+        assert!(missing_required((1 << 39) | (1 << 38)).is_empty());
+        assert_eq!(missing_required(1 << 38), vec!["CAP_BPF"]);
+    }
+}

@@ -1,0 +1,118 @@
+//! Linking an outbound request to the inbound request its process is serving.
+//!
+//! Rules, strongest first (DESIGN.md "What it reports"):
+//! 1. certain: an inbound request in flight in the same process carries the same trace id;
+//! 2. strong: an inbound request in flight was read by the thread that writes the outbound
+//!    request (thread-per-request servers: Flask, Java servlet pools);
+//! 3. weak: it is the only inbound request in flight in that process (sequential load on
+//!    async runtimes and Go, where goroutines hop threads);
+//! 4. otherwise unlinked: the engine never guesses between several candidates.
+//!
+//! Memory is bounded: at most `MAX_INFLIGHT_PER_PROCESS` requests per process and
+//! `MAX_PROCESSES` processes; the oldest are forgotten first.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use super::record::Confidence;
+use crate::http::RequestHead;
+use crate::tracectx::TraceContext;
+
+pub const MAX_INFLIGHT_PER_PROCESS: usize = 4096;
+pub const MAX_PROCESSES: usize = 16_384;
+
+/// An inbound request whose response has not been seen yet.
+#[derive(Debug, Clone)]
+pub struct Inflight {
+    /// Connection identity (fd, conn_ts_ns) and request number on it.
+    pub conn: (i32, u64),
+    pub seq: u64,
+    pub head: Arc<RequestHead>,
+    pub trace: Option<TraceContext>,
+}
+
+/// The link chosen for an outbound request.
+#[derive(Debug, Clone)]
+pub struct Link {
+    pub inbound: Inflight,
+    pub confidence: Confidence,
+}
+
+#[derive(Default)]
+pub struct Linker {
+    by_pid: HashMap<u32, VecDeque<Inflight>>,
+    /// Inflight entries forgotten because a bound was hit.
+    pub evicted: u64,
+}
+
+impl Linker {
+    pub fn start(&mut self, pid: u32, entry: Inflight) {
+        if !self.by_pid.contains_key(&pid) && self.by_pid.len() >= MAX_PROCESSES {
+            // Forget the process with the fewest requests in flight: cheapest to lose.
+            if let Some(victim) = self
+                .by_pid
+                .iter()
+                .min_by_key(|(_, q)| q.len())
+                .map(|(p, _)| *p)
+            {
+                self.evicted += self.by_pid.remove(&victim).map_or(0, |q| q.len() as u64);
+            }
+        }
+        let q = self.by_pid.entry(pid).or_default();
+        if q.len() >= MAX_INFLIGHT_PER_PROCESS {
+            q.pop_front();
+            self.evicted += 1;
+        }
+        q.push_back(entry);
+    }
+
+    pub fn finish(&mut self, pid: u32, conn: (i32, u64), seq: u64) {
+        if let Some(q) = self.by_pid.get_mut(&pid) {
+            if let Some(i) = q.iter().position(|e| e.conn == conn && e.seq == seq) {
+                q.remove(i);
+            }
+            if q.is_empty() {
+                self.by_pid.remove(&pid);
+            }
+        }
+    }
+
+    /// Inbound requests in flight in `pid`.
+    pub fn inflight(&self, pid: u32) -> usize {
+        self.by_pid.get(&pid).map_or(0, VecDeque::len)
+    }
+
+    /// Chooses the inbound request an outbound request made by (pid, tid) serves.
+    pub fn link(&self, pid: u32, tid: u32, outbound: Option<&TraceContext>) -> Option<Link> {
+        let q = self.by_pid.get(&pid)?;
+        if let Some(out) = outbound {
+            // Newest first: a nested call is most likely to serve the latest request.
+            if let Some(e) = q.iter().rev().find(|e| {
+                e.trace
+                    .as_ref()
+                    .is_some_and(|t| t.same_trace(out) == Some(true))
+            }) {
+                return Some(Link {
+                    inbound: e.clone(),
+                    confidence: Confidence::Certain,
+                });
+            }
+        }
+        // An event-loop server reads every request on one thread: a thread that has several
+        // requests in flight says nothing about which one a call serves.
+        let mut same_thread = q.iter().filter(|e| e.head.tid == tid);
+        if let (Some(e), None) = (same_thread.next(), same_thread.next()) {
+            return Some(Link {
+                inbound: e.clone(),
+                confidence: Confidence::Strong,
+            });
+        }
+        if q.len() == 1 {
+            return Some(Link {
+                inbound: q[0].clone(),
+                confidence: Confidence::Weak,
+            });
+        }
+        None
+    }
+}

@@ -1,0 +1,121 @@
+//! Builders of synthetic event streams: exactly the records the kernel would write.
+
+use super::*;
+use crate::event::pod_bytes;
+use traceid_common::{
+    kind, ConnEvent, DataEvent, EventHeader, DIR_EGRESS, DIR_INGRESS, ROLE_CLIENT, ROLE_SERVER,
+};
+
+pub const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+pub const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+
+/// Builds raw records with a clock that advances 1 µs per record.
+#[derive(Default)]
+pub struct Stream {
+    pub records: Vec<Vec<u8>>,
+    now: u64,
+}
+
+fn header(kind: u16, pid: u32, tid: u32, fd: i32, conn_ts: u64, now: u64, comm: &str) -> EventHeader {
+    let mut c = [0u8; 16];
+    c[..comm.len().min(15)].copy_from_slice(&comm.as_bytes()[..comm.len().min(15)]);
+    EventHeader {
+        kind,
+        _pad0: 0,
+        pid,
+        tid,
+        fd,
+        ts_ns: now,
+        conn_ts_ns: conn_ts,
+        comm: c,
+    }
+}
+
+/// A connection as the tests name it.
+#[derive(Clone, Copy)]
+pub struct C {
+    pub pid: u32,
+    pub fd: i32,
+    pub ts: u64,
+    pub comm: &'static str,
+    pub role: u8,
+}
+
+impl Stream {
+    fn tick(&mut self) -> u64 {
+        self.now += 1000;
+        self.now
+    }
+
+    pub fn open(&mut self, c: C, local: [u8; 4], lport: u16, peer: [u8; 4], pport: u16) {
+        let now = self.tick();
+        let mut la = [0u8; 16];
+        let mut ra = [0u8; 16];
+        la[..4].copy_from_slice(&local);
+        ra[..4].copy_from_slice(&peer);
+        let ev = ConnEvent {
+            header: header(kind::CONN_OPEN, c.pid, c.pid, c.fd, c.ts, now, c.comm),
+            role: c.role,
+            _pad0: 0,
+            family: 2,
+            local_port: lport,
+            remote_port: pport,
+            local_addr: la,
+            remote_addr: ra,
+        };
+        self.records.push(pod_bytes(&ev));
+    }
+
+    pub fn data(&mut self, c: C, tid: u32, egress: bool, bytes: &[u8]) {
+        let now = self.tick();
+        let ev = DataEvent {
+            header: header(kind::DATA, c.pid, tid, c.fd, c.ts, now, c.comm),
+            direction: if egress { DIR_EGRESS } else { DIR_INGRESS },
+            source: 1,
+            role: c.role,
+            _pad0: 0,
+            captured: bytes.len() as u32,
+            real_len: bytes.len() as u64,
+        };
+        let mut raw = pod_bytes(&ev);
+        raw.extend_from_slice(bytes);
+        self.records.push(raw);
+    }
+
+    pub fn close(&mut self, c: C) {
+        let now = self.tick();
+        self.records
+            .push(pod_bytes(&header(kind::CONN_CLOSE, c.pid, c.pid, c.fd, c.ts, now, c.comm)));
+    }
+
+    pub fn run(&self) -> Vec<RequestRecord> {
+        run_records(&self.records)
+    }
+}
+
+pub fn run_records(records: &[Vec<u8>]) -> Vec<RequestRecord> {
+    let mut engine = Engine::new(EngineConfig::default());
+    let mut out = Vec::new();
+    for r in records {
+        engine.process(r, &mut out);
+    }
+    engine.finish(&mut out);
+    out.into_iter()
+        .filter_map(|r| match r {
+            Record::Request(r) => Some(*r),
+            Record::Lost(_) => None,
+        })
+        .collect()
+}
+
+pub fn get(path: &str, headers: &[(&str, &str)]) -> Vec<u8> {
+    let mut s = format!("GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer secret\r\n");
+    for (n, v) in headers {
+        s.push_str(&format!("{n}: {v}\r\n"));
+    }
+    s.push_str("\r\n");
+    s.into_bytes()
+}
+
+pub const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+

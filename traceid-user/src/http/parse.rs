@@ -1,0 +1,488 @@
+//! Low-level helpers: cheap "is this HTTP?" signatures, end-of-head detection,
+//! head parsing on top of `httparse`, and the incremental chunked-body skipper.
+//!
+//! Nothing here allocates in proportion to the input except the few header
+//! values the caller asked to keep (each capped).
+
+use super::{MAX_HEADER_VALUE_BYTES, MAX_PATH_BYTES};
+
+/// Longest method token accepted by the cheap request signature.
+pub(super) const MAX_METHOD_LEN: usize = 16;
+/// Headers parsed on the stack first; a head with more is retried once with this many on the heap.
+const STACK_HEADERS: usize = 128;
+const HEAP_HEADERS: usize = 1024;
+/// Longest chunk-size line (size + extensions) accepted.
+const MAX_CHUNK_LINE: u32 = 4096;
+/// Longest trailer section accepted.
+const MAX_TRAILER_BYTES: u32 = 65536;
+
+/// Outcome of a cheap signature check on the first bytes of a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Sig {
+    Yes,
+    No,
+    /// Not enough bytes yet to decide (always fewer than 17 bytes seen).
+    Maybe,
+}
+
+/// Does `b` start like a request line: `TOKEN SP` with TOKEN 1..=16 chars of
+/// uppercase letters (plus `-`/`_` after the first)? The HTTP/2 connection
+/// preface (`PRI * HTTP/2.0`) is rejected.
+pub(super) fn request_sig(b: &[u8]) -> Sig {
+    for (i, &c) in b.iter().enumerate() {
+        if c == b' ' {
+            if i == 0 || b.get(..i) == Some(&b"PRI"[..]) {
+                return Sig::No;
+            }
+            return Sig::Yes;
+        }
+        let ok = c.is_ascii_uppercase() || (i > 0 && (c == b'-' || c == b'_'));
+        if !ok || i >= MAX_METHOD_LEN {
+            return Sig::No;
+        }
+    }
+    Sig::Maybe
+}
+
+/// Does `b` start with `HTTP/1.`?
+pub(super) fn response_sig(b: &[u8]) -> Sig {
+    const P: &[u8] = b"HTTP/1.";
+    let n = b.len().min(P.len());
+    if b.get(..n) != P.get(..n) {
+        Sig::No
+    } else if n == P.len() {
+        Sig::Yes
+    } else {
+        Sig::Maybe
+    }
+}
+
+/// Index just past the end of the head (the `\n` of the empty line) in `hay`,
+/// given the two bytes of the head that precede `hay` (`prev = [b[-2], b[-1]]`,
+/// 0 when absent). Accepts CRLF and bare LF line endings.
+pub(super) fn find_head_end(prev: [u8; 2], hay: &[u8]) -> Option<usize> {
+    let [mut p2, mut p1] = prev;
+    for (i, &b) in hay.iter().enumerate() {
+        if b == b'\n' && (p1 == b'\n' || (p1 == b'\r' && p2 == b'\n')) {
+            return Some(i + 1);
+        }
+        p2 = p1;
+        p1 = b;
+    }
+    None
+}
+
+/// Last two bytes of `buf` (0 when absent).
+pub(super) fn tail2(buf: &[u8]) -> [u8; 2] {
+    match buf {
+        [.., a, b] => [*a, *b],
+        [b] => [0, *b],
+        [] => [0, 0],
+    }
+}
+
+/// Body length as announced by `Content-Length`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ContentLength {
+    Absent,
+    Len(u64),
+    Invalid,
+}
+
+/// What `Transfer-Encoding` says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum TransferEncoding {
+    Absent,
+    /// `chunked` is the final coding.
+    Chunked,
+    /// Present but `chunked` is not the final coding.
+    Other,
+}
+
+/// Everything the reassembler needs from one parsed head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct ParsedHead {
+    /// Request: method. Response: empty.
+    pub method: String,
+    /// Request: path without query (capped). Response: empty.
+    pub path: String,
+    pub version: u8,
+    /// Response: status code. Request: 0.
+    pub status: u16,
+    /// Only the headers `keep` accepted.
+    pub headers: Vec<(String, String)>,
+    pub content_length: ContentLength,
+    pub transfer_encoding: TransferEncoding,
+    /// An `Upgrade` header is present.
+    pub upgrade: bool,
+}
+
+fn request_config() -> httparse::ParserConfig {
+    let mut c = httparse::ParserConfig::default();
+    c.allow_multiple_spaces_in_request_line_delimiters(true)
+        .ignore_invalid_headers_in_requests(true);
+    c
+}
+
+fn response_config() -> httparse::ParserConfig {
+    let mut c = httparse::ParserConfig::default();
+    c.allow_multiple_spaces_in_response_status_delimiters(true)
+        .allow_spaces_after_header_name_in_responses(true)
+        .allow_obsolete_multiline_headers_in_responses(true)
+        .ignore_invalid_headers_in_responses(true);
+    c
+}
+
+/// Parses a complete request head (`bytes` must include the empty line).
+pub(super) fn parse_request(bytes: &[u8], keep: &dyn Fn(&str) -> bool) -> Option<ParsedHead> {
+    let cfg = request_config();
+    {
+        let mut hs = [httparse::EMPTY_HEADER; STACK_HEADERS];
+        let mut req = httparse::Request::new(&mut hs);
+        match cfg.parse_request(&mut req, bytes) {
+            Ok(httparse::Status::Complete(_)) => return Some(request_head(&req, keep)),
+            Err(httparse::Error::TooManyHeaders) => {}
+            _ => return None,
+        }
+    }
+    let mut hs = vec![httparse::EMPTY_HEADER; HEAP_HEADERS];
+    let mut req = httparse::Request::new(&mut hs);
+    match cfg.parse_request(&mut req, bytes) {
+        Ok(httparse::Status::Complete(_)) => Some(request_head(&req, keep)),
+        _ => None,
+    }
+}
+
+/// Parses a complete response head (`bytes` must include the empty line).
+pub(super) fn parse_response(bytes: &[u8], keep: &dyn Fn(&str) -> bool) -> Option<ParsedHead> {
+    let cfg = response_config();
+    {
+        let mut hs = [httparse::EMPTY_HEADER; STACK_HEADERS];
+        let mut resp = httparse::Response::new(&mut hs);
+        match cfg.parse_response(&mut resp, bytes) {
+            Ok(httparse::Status::Complete(_)) => return Some(response_head(&resp, keep)),
+            Err(httparse::Error::TooManyHeaders) => {}
+            _ => return None,
+        }
+    }
+    let mut hs = vec![httparse::EMPTY_HEADER; HEAP_HEADERS];
+    let mut resp = httparse::Response::new(&mut hs);
+    match cfg.parse_response(&mut resp, bytes) {
+        Ok(httparse::Status::Complete(_)) => Some(response_head(&resp, keep)),
+        _ => None,
+    }
+}
+
+fn request_head(req: &httparse::Request<'_, '_>, keep: &dyn Fn(&str) -> bool) -> ParsedHead {
+    let mut head = scan_headers(req.headers, keep);
+    head.method = req.method.unwrap_or("").to_owned();
+    let path = req.path.unwrap_or("");
+    let path = path.split('?').next().unwrap_or("");
+    head.path = truncate_str(path, MAX_PATH_BYTES).to_owned();
+    head.version = req.version.unwrap_or(1);
+    head
+}
+
+fn response_head(resp: &httparse::Response<'_, '_>, keep: &dyn Fn(&str) -> bool) -> ParsedHead {
+    let mut head = scan_headers(resp.headers, keep);
+    head.status = resp.code.unwrap_or(0);
+    head.version = resp.version.unwrap_or(1);
+    head
+}
+
+/// Reads the framing headers (never stored unless kept) and copies the kept ones.
+fn scan_headers(headers: &[httparse::Header<'_>], keep: &dyn Fn(&str) -> bool) -> ParsedHead {
+    let mut out = ParsedHead {
+        method: String::new(),
+        path: String::new(),
+        version: 1,
+        status: 0,
+        headers: Vec::new(),
+        content_length: ContentLength::Absent,
+        transfer_encoding: TransferEncoding::Absent,
+        upgrade: false,
+    };
+    for h in headers {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("content-length") {
+            out.content_length = merge_content_length(out.content_length, h.value);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            out.transfer_encoding = transfer_encoding(h.value, out.transfer_encoding);
+        } else if name.eq_ignore_ascii_case("upgrade") {
+            out.upgrade = true;
+        }
+        let lower: std::borrow::Cow<'_, str> = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            std::borrow::Cow::Owned(name.to_ascii_lowercase())
+        } else {
+            std::borrow::Cow::Borrowed(name)
+        };
+        if keep(&lower) {
+            out.headers
+                .push((lower.into_owned(), header_value(h.value)));
+        }
+    }
+    out
+}
+
+/// Header value: at most `MAX_HEADER_VALUE_BYTES` raw bytes, lossily decoded,
+/// trimmed, and again capped at `MAX_HEADER_VALUE_BYTES` bytes of UTF-8.
+fn header_value(v: &[u8]) -> String {
+    let raw = v.get(..MAX_HEADER_VALUE_BYTES).unwrap_or(v);
+    let s = String::from_utf8_lossy(raw);
+    truncate_str(s.trim(), MAX_HEADER_VALUE_BYTES).to_owned()
+}
+
+/// Longest prefix of `s` of at most `max` bytes ending on a char boundary.
+pub(super) fn truncate_str(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while end > 0 && !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.get(..end).unwrap_or("")
+}
+
+/// Content-Length values: a comma-separated list of identical decimal numbers is
+/// accepted (RFC 9110 §8.6); several headers must agree too.
+fn merge_content_length(prev: ContentLength, value: &[u8]) -> ContentLength {
+    let mut cur = prev;
+    for part in value.split(|&b| b == b',') {
+        let n = match parse_decimal(trim_ascii(part)) {
+            Some(n) => n,
+            None => return ContentLength::Invalid,
+        };
+        cur = match cur {
+            ContentLength::Absent => ContentLength::Len(n),
+            ContentLength::Len(m) if m == n => ContentLength::Len(n),
+            _ => return ContentLength::Invalid,
+        };
+    }
+    cur
+}
+
+fn parse_decimal(b: &[u8]) -> Option<u64> {
+    if b.is_empty() || b.len() > 19 {
+        return None;
+    }
+    let mut n: u64 = 0;
+    for &c in b {
+        if !c.is_ascii_digit() {
+            return None;
+        }
+        n = n.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
+    }
+    Some(n)
+}
+
+fn trim_ascii(mut b: &[u8]) -> &[u8] {
+    while let [first, rest @ ..] = b {
+        if first.is_ascii_whitespace() {
+            b = rest;
+        } else {
+            break;
+        }
+    }
+    while let [rest @ .., last] = b {
+        if last.is_ascii_whitespace() {
+            b = rest;
+        } else {
+            break;
+        }
+    }
+    b
+}
+
+/// The last Transfer-Encoding header decides whether the final coding is chunked.
+fn transfer_encoding(value: &[u8], prev: TransferEncoding) -> TransferEncoding {
+    let last = value
+        .split(|&b| b == b',')
+        .map(trim_ascii)
+        .rfind(|t| !t.is_empty());
+    match last {
+        Some(t) if t.eq_ignore_ascii_case(b"chunked") => TransferEncoding::Chunked,
+        Some(_) => TransferEncoding::Other,
+        // An empty header value: keep whatever an earlier header said.
+        None if prev == TransferEncoding::Absent => TransferEncoding::Other,
+        None => prev,
+    }
+}
+
+/// Result of feeding bytes to a [`Chunked`] skipper.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ChunkStep {
+    /// All bytes consumed, body not finished.
+    NeedMore,
+    /// Body (including trailers) finished after the returned number of bytes.
+    Done,
+    /// Malformed framing.
+    Error,
+}
+
+/// Incremental `Transfer-Encoding: chunked` skipper. Keeps O(1) state; chunk
+/// data is skipped in bulk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Chunked {
+    /// Inside a chunk-size line.
+    Size {
+        value: u64,
+        digits: u8,
+        in_ext: bool,
+        line: u32,
+    },
+    /// Inside chunk data: this many bytes remain.
+    Data(u64),
+    /// After chunk data, expecting CR (or a bare LF).
+    DataCr,
+    /// After chunk data and CR, expecting LF.
+    DataLf,
+    /// In the trailer section (`line` = bytes on the current line, CR excluded).
+    Trailer { line: u32, total: u32 },
+}
+
+impl Chunked {
+    pub(super) const START: Chunked = Chunked::Size {
+        value: 0,
+        digits: 0,
+        in_ext: false,
+        line: 0,
+    };
+
+    /// Consumes a prefix of `data`. Returns the number of bytes consumed and the
+    /// outcome. Always consumes at least one byte of a non-empty input unless
+    /// the outcome is `Error`.
+    pub(super) fn feed(&mut self, data: &[u8]) -> (usize, ChunkStep) {
+        let mut i = 0usize;
+        while let Some(rest) = data.get(i..) {
+            let Some(&b) = rest.first() else { break };
+            match *self {
+                Chunked::Data(n) => {
+                    let take = n.min(rest.len() as u64);
+                    // take <= rest.len(), so it fits in usize.
+                    i += take as usize;
+                    *self = if n == take {
+                        Chunked::DataCr
+                    } else {
+                        Chunked::Data(n - take)
+                    };
+                    continue;
+                }
+                Chunked::DataCr => match b {
+                    b'\r' => *self = Chunked::DataLf,
+                    b'\n' => *self = Chunked::START,
+                    _ => return (i, ChunkStep::Error),
+                },
+                Chunked::DataLf => match b {
+                    b'\n' => *self = Chunked::START,
+                    _ => return (i, ChunkStep::Error),
+                },
+                Chunked::Size {
+                    value,
+                    digits,
+                    in_ext,
+                    line,
+                } => {
+                    let line = line + 1;
+                    if line > MAX_CHUNK_LINE {
+                        return (i, ChunkStep::Error);
+                    }
+                    let hex = (b as char).to_digit(16);
+                    *self = match (b, hex) {
+                        (b'\n', _) => {
+                            if digits == 0 {
+                                return (i, ChunkStep::Error);
+                            }
+                            if value == 0 {
+                                Chunked::Trailer { line: 0, total: 0 }
+                            } else {
+                                Chunked::Data(value)
+                            }
+                        }
+                        (b'\r', _) => Chunked::Size {
+                            value,
+                            digits,
+                            in_ext,
+                            line,
+                        },
+                        (_, _) if in_ext => Chunked::Size {
+                            value,
+                            digits,
+                            in_ext,
+                            line,
+                        },
+                        (_, Some(d)) => {
+                            if usize::from(digits) >= 16 {
+                                return (i, ChunkStep::Error);
+                            }
+                            Chunked::Size {
+                                value: (value << 4) | u64::from(d),
+                                digits: digits + 1,
+                                in_ext,
+                                line,
+                            }
+                        }
+                        (b';', _) if digits > 0 => Chunked::Size {
+                            value,
+                            digits,
+                            in_ext: true,
+                            line,
+                        },
+                        (b' ' | b'\t', _) => Chunked::Size {
+                            value,
+                            digits,
+                            in_ext: digits > 0,
+                            line,
+                        },
+                        _ => return (i, ChunkStep::Error),
+                    };
+                }
+                Chunked::Trailer { line, total } => {
+                    let total = total + 1;
+                    if total > MAX_TRAILER_BYTES {
+                        return (i, ChunkStep::Error);
+                    }
+                    match b {
+                        b'\n' if line == 0 => return (i + 1, ChunkStep::Done),
+                        b'\n' => *self = Chunked::Trailer { line: 0, total },
+                        b'\r' => *self = Chunked::Trailer { line, total },
+                        _ => {
+                            *self = Chunked::Trailer {
+                                line: line + 1,
+                                total,
+                            }
+                        }
+                    }
+                }
+            }
+            i += 1;
+        }
+        (i, ChunkStep::NeedMore)
+    }
+
+    /// `len` uncaptured bytes follow. Returns false when the position is lost
+    /// (the gap covers framing bytes that cannot be inferred).
+    ///
+    /// A gap that ends exactly after a chunk's data plus its CRLF is assumed to
+    /// have contained that CRLF: this is the common shape of a large chunk
+    /// written in one syscall and captured only partially.
+    pub(super) fn gap(&mut self, len: u64) -> bool {
+        let mut len = len;
+        if let Chunked::Data(n) = *self {
+            if len < n {
+                *self = Chunked::Data(n - len);
+                return true;
+            }
+            len -= n;
+            *self = Chunked::DataCr;
+        }
+        match (*self, len) {
+            (_, 0) => true,
+            (Chunked::DataCr, 2) | (Chunked::DataLf, 1) => {
+                *self = Chunked::START;
+                true
+            }
+            _ => false,
+        }
+    }
+}

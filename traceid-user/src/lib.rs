@@ -1,0 +1,18 @@
+//! traceid: finds, from the outside, which service loses the trace id.
+//!
+//! The pipeline, in the order data flows:
+//! - [`capture`]: kernel programs and their ring buffer (the only eBPF-facing part);
+//! - [`event`]: decoding raw records;
+//! - [`engine`]: connection table, HTTP reassembly ([`http`]), trace context ([`tracectx`]),
+//!   findings; pure, fed by live capture or by a recording;
+//! - [`report`]: JSON lines, human lines, the diagnosis.
+
+pub mod capture;
+pub mod event;
+pub mod engine;
+pub mod http;
+pub mod tracectx;
+pub mod agent;
+pub mod check;
+pub mod recording;
+pub mod report;

@@ -1,0 +1,350 @@
+//! The `traceid` command.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use clap::{Args, Parser, Subcommand};
+
+use traceid::capture::CaptureConfig;
+use traceid::engine::{Engine, EngineConfig, Filter, Record};
+use traceid::report::{self, diagnose::Aggregator, LineSink};
+use traceid::tracectx::HeaderNames;
+use traceid::{agent, check, recording};
+
+/// Finds which service loses the trace id: watches every HTTP exchange on this host from the
+/// kernel (eBPF), without touching any service, and reports requests without trace context,
+/// malformed ids, and services that drop or replace the id they were given.
+///
+/// Needs root (or the capabilities `traceid check` lists).
+#[derive(Parser)]
+#[command(name = "traceid", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Preflight: kernel, BTF, capabilities, tracefs, TLS libraries. Exit 1 when the agent
+    /// cannot run here.
+    Check,
+    /// Observe for a while, then print the diagnosis: per service the requests seen and the
+    /// share with trace context, every finding with an example, the broken hops.
+    Diagnose {
+        /// How long to observe (e.g. 30s, 2m, 500ms). Ctrl-C ends early and still reports.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        duration: Duration,
+        /// Print the diagnosis as one JSON object.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// One line per observed request (and per loss) as it happens, until Ctrl-C.
+    Watch {
+        /// JSON lines (the documented contract) instead of human lines.
+        #[arg(long)]
+        json: bool,
+        /// Stop after this long (default: run until Ctrl-C).
+        #[arg(long, value_parser = parse_duration)]
+        duration: Option<Duration>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Write the raw captured events to FILE (secret header values redacted) for `replay`.
+    Record {
+        /// Output file.
+        #[arg(short = 'o', long = "output")]
+        output: PathBuf,
+        /// How long to record (default: until Ctrl-C).
+        #[arg(long, value_parser = parse_duration)]
+        duration: Option<Duration>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Run a recording through the engine: the same findings the live run produced.
+    Replay {
+        /// A file written by `traceid record`.
+        file: PathBuf,
+        /// JSON lines instead of human lines.
+        #[arg(long)]
+        json: bool,
+        /// Print the diagnosis instead of one line per request.
+        #[arg(long)]
+        diagnose: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+/// Filters and knobs shared by every command.
+#[derive(Args, Clone)]
+struct Common {
+    /// Only report these processes (repeatable).
+    #[arg(long)]
+    pid: Vec<u32>,
+    /// Only report processes with this name (repeatable).
+    #[arg(long)]
+    comm: Vec<String>,
+    /// Only report connections with this local or remote port (repeatable).
+    #[arg(long)]
+    port: Vec<u16>,
+    /// Extra request-id header names to read (repeatable), e.g. --header x-amzn-request-id.
+    #[arg(long = "header")]
+    headers: Vec<String>,
+    /// Bytes copied from each read/write (1..=16384). Header blocks larger than this per
+    /// syscall are reported as truncated.
+    #[arg(long, default_value_t = traceid_common::DEFAULT_CAPTURE)]
+    capture_bytes: u32,
+    /// Ring buffer size in MiB (power of two).
+    #[arg(long, default_value_t = 16, hide = true)]
+    ring_mib: u32,
+}
+
+impl Common {
+    fn engine_config(&self, realtime_offset_ns: i128) -> EngineConfig {
+        EngineConfig {
+            names: HeaderNames::new(&self.headers),
+            filter: Filter {
+                pids: self.pid.clone(),
+                comms: self.comm.clone(),
+                ports: self.port.clone(),
+            },
+            realtime_offset_ns,
+            ..EngineConfig::default()
+        }
+    }
+
+    fn capture_config(&self) -> anyhow::Result<CaptureConfig> {
+        if self.capture_bytes == 0 || self.capture_bytes as usize > traceid_common::MAX_CAPTURE {
+            bail!(
+                "--capture-bytes must be between 1 and {}",
+                traceid_common::MAX_CAPTURE
+            );
+        }
+        if !self.ring_mib.is_power_of_two() || self.ring_mib > 1024 {
+            bail!("--ring-mib must be a power of two up to 1024");
+        }
+        Ok(CaptureConfig {
+            capture_bytes: self.capture_bytes,
+            ring_bytes: self.ring_mib * 1024 * 1024,
+            seed: true,
+        })
+    }
+}
+
+/// "30s", "2m", "1h", "500ms", or plain seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, mult_ms) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1000.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60_000.0)
+    } else if let Some(n) = s.strip_suffix('h') {
+        (n, 3_600_000.0)
+    } else {
+        (s, 1000.0)
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration (examples: 30s, 2m, 500ms)"))?;
+    if !(v.is_finite() && v >= 0.0 && v * mult_ms < 1e12) {
+        return Err(format!("'{s}' is out of range"));
+    }
+    Ok(Duration::from_secs_f64(v * mult_ms / 1000.0))
+}
+
+fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&stop)).context("installing the Ctrl-C handler")?;
+    }
+    Ok(stop)
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TRACEID_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("traceid: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Check => {
+            let lines = check::run_checks();
+            let mut fatal = false;
+            for l in &lines {
+                let status = if l.ok { "ok" } else if l.required { "MISSING" } else { "missing" };
+                println!("{:<8} {:<20} {}", status, l.name, l.detail);
+                fatal |= l.required && !l.ok;
+            }
+            if fatal {
+                println!("\ntraceid cannot run here: fix the MISSING lines above.");
+                return Ok(ExitCode::FAILURE);
+            }
+            println!("\ntraceid can run here.");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Watch { json, duration, common } => {
+            preflight()?;
+            let stop = stop_flag()?;
+            let mut sink = LineSink::new(std::io::stdout().lock(), json);
+            let mut write_err = None;
+            agent::run_live(
+                &common.capture_config()?,
+                common.engine_config(agent::realtime_offset_ns()),
+                duration,
+                stop,
+                |_| {},
+                |r| {
+                    if write_err.is_none() {
+                        if let Err(e) = sink.write(r) {
+                            write_err = Some(e);
+                        }
+                    }
+                },
+            )?;
+            match write_err {
+                // A closed pipe (`| head`) is a normal way to stop watching.
+                Some(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    Err(e).context("writing to stdout")
+                }
+                _ => Ok(ExitCode::SUCCESS),
+            }
+        }
+        Command::Diagnose { duration, json, common } => {
+            preflight()?;
+            let stop = stop_flag()?;
+            let mut agg = Aggregator::default();
+            let summary = agent::run_live(
+                &common.capture_config()?,
+                common.engine_config(agent::realtime_offset_ns()),
+                Some(duration),
+                stop,
+                |_| {},
+                |r| agg.add(r),
+            )?;
+            let d = agg.diagnosis(summary.elapsed.as_secs_f64());
+            print_diagnosis(&d, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Record { output, duration, common } => {
+            preflight()?;
+            let stop = stop_flag()?;
+            let file = File::create(&output)
+                .with_context(|| format!("creating {}", output.display()))?;
+            let offset = agent::realtime_offset_ns();
+            let mut w = recording::Writer::new(BufWriter::new(file), offset)
+                .with_context(|| format!("writing {}", output.display()))?;
+            let mut n = 0u64;
+            let mut err = None;
+            let mut requests = 0u64;
+            agent::run_live(
+                &common.capture_config()?,
+                common.engine_config(offset),
+                duration,
+                stop,
+                |raw| {
+                    if err.is_none() {
+                        match w.write(raw) {
+                            Ok(()) => n += 1,
+                            Err(e) => err = Some(e),
+                        }
+                    }
+                },
+                |r| {
+                    if matches!(r, Record::Request(_)) {
+                        requests += 1;
+                    }
+                },
+            )?;
+            if let Some(e) = err {
+                return Err(e).with_context(|| format!("writing {}", output.display()));
+            }
+            w.finish().with_context(|| format!("writing {}", output.display()))?;
+            eprintln!("traceid: recorded {n} events ({requests} HTTP requests) to {}", output.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Replay { file, json, diagnose, common } => {
+            let f = File::open(&file).with_context(|| format!("opening {}", file.display()))?;
+            let mut rd = recording::Reader::new(BufReader::new(f))
+                .with_context(|| format!("reading {}", file.display()))?;
+            let mut engine = Engine::new(common.engine_config(rd.realtime_offset_ns));
+            let mut out = Vec::new();
+            let mut agg = Aggregator::default();
+            let mut sink = LineSink::new(std::io::stdout().lock(), json);
+            let started = Instant::now();
+            let mut emit = |out: &mut Vec<Record>, agg: &mut Aggregator| -> std::io::Result<()> {
+                for r in out.drain(..) {
+                    if diagnose {
+                        agg.add(&r);
+                    } else {
+                        sink.write(&r)?;
+                    }
+                }
+                Ok(())
+            };
+            while let Some(rec) = rd
+                .next_record()
+                .with_context(|| format!("reading {}", file.display()))?
+            {
+                engine.process(&rec, &mut out);
+                emit(&mut out, &mut agg).context("writing to stdout")?;
+            }
+            engine.finish(&mut out);
+            emit(&mut out, &mut agg).context("writing to stdout")?;
+            if engine.stats.decode_errors > 0 {
+                eprintln!("traceid: {} records could not be decoded", engine.stats.decode_errors);
+            }
+            if diagnose {
+                agg.add_lost("decode", engine.stats.decode_errors);
+                print_diagnosis(&agg.diagnosis(started.elapsed().as_secs_f64()), json)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn print_diagnosis(d: &report::diagnose::Diagnosis, json: bool) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, d).context("writing the diagnosis")?;
+        writeln!(out)?;
+    } else {
+        write!(out, "{}", report::diagnose::render(d))?;
+    }
+    Ok(())
+}
+
+/// Fails early with the names of what is missing, instead of a loader error.
+fn preflight() -> anyhow::Result<()> {
+    let missing = check::missing_required(check::effective_caps());
+    if !missing.is_empty() {
+        bail!(
+            "missing capabilities {}: run as root or grant them (see `traceid check`)",
+            missing.join(", ")
+        );
+    }
+    Ok(())
+}
