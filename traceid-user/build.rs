@@ -6,9 +6,9 @@ use std::{env, fs, path::PathBuf};
 
 fn main() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
-    let built = env::var_os("TRACEID_EBPF_OBJECT").map(PathBuf::from).unwrap_or_else(|| {
-        manifest.join("../target/bpfel-unknown-none/release/traceid-ebpf")
-    });
+    let built = env::var_os("TRACEID_EBPF_OBJECT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| manifest.join("../target/bpfel-unknown-none/release/traceid-ebpf"));
     let out = PathBuf::from(env::var("OUT_DIR").unwrap()).join("traceid-ebpf.o");
     println!("cargo:rerun-if-env-changed=TRACEID_EBPF_OBJECT");
     println!("cargo:rerun-if-changed={}", built.display());

@@ -1,1 +1,287 @@
+//! Harness for the integration tests: start the real agent (`traceid watch --json`), real
+//! servers (nginx) and clients, collect the agent's JSON lines.
+//!
+//! Every test needs root (the agent loads kernel programs). Without root a test prints why
+//! it skips — except under CI=true, where it fails: CI must run them.
 
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub use serde_json::Value;
+
+/// The agent binary: `TRACEID_BIN` (set by `cargo xtask integration-test`) or target/debug.
+pub fn traceid_bin() -> PathBuf {
+    std::env::var_os("TRACEID_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/traceid")
+        })
+}
+
+/// True when the test can run; prints the reason otherwise. Panics under CI=true.
+pub fn can_run() -> bool {
+    // SAFETY: no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let bin = traceid_bin();
+    let reason = if !root {
+        Some("not root: the agent must load eBPF programs".to_string())
+    } else if !bin.exists() {
+        Some(format!(
+            "{} not built: run `cargo xtask integration-test`",
+            bin.display()
+        ))
+    } else {
+        None
+    };
+    match reason {
+        None => true,
+        Some(r) if std::env::var("CI").is_ok_and(|v| v == "true") => panic!("CI=true and {r}"),
+        Some(r) => {
+            eprintln!("SKIPPED: {r}");
+            false
+        }
+    }
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running `traceid watch --json`.
+pub struct Agent {
+    child: Child,
+    lines: Arc<Mutex<Vec<Value>>>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Agent {
+    /// Starts the agent and waits until its programs are attached.
+    pub fn watch(extra: &[&str]) -> Agent {
+        let mut child = Command::new(traceid_bin())
+            .arg("watch")
+            .arg("--json")
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning traceid");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let out = child.stdout.take().unwrap();
+        let l2 = Arc::clone(&lines);
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let v: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("agent printed a non-JSON line {line:?}: {e}"));
+                l2.lock().unwrap().push(v);
+            }
+        });
+        let err = child.stderr.take().unwrap();
+        let e2 = Arc::clone(&stderr);
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                eprintln!("[agent] {line}");
+                let mut s = e2.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        let agent = Agent {
+            child,
+            lines,
+            stderr,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !agent.stderr.lock().unwrap().contains("watching:") {
+            assert!(
+                Instant::now() < deadline,
+                "agent did not start: {}",
+                agent.stderr.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        agent
+    }
+
+    /// Waits until `pred` holds for the lines so far (at most `timeout`); returns the lines.
+    pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let lines = self.lines.lock().unwrap().clone();
+            if pred(&lines) || Instant::now() >= deadline {
+                return lines;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the agent with Ctrl-C and returns every line it printed.
+    pub fn stop(mut self) -> Vec<Value> {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                assert!(
+                    status.success(),
+                    "agent exited with {status}: {}",
+                    self.stderr.lock().unwrap()
+                );
+                break;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                panic!("agent did not stop within 15 s of SIGINT");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        self.lines.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Request lines matching a predicate.
+pub fn requests<'a>(lines: &'a [Value], pred: impl Fn(&Value) -> bool + 'a) -> Vec<&'a Value> {
+    lines
+        .iter()
+        .filter(|v| v["event"] == "request")
+        .filter(|v| pred(v))
+        .collect()
+}
+
+/// nginx on 127.0.0.1 with a scratch prefix; killed on drop.
+pub struct Nginx {
+    child: Child,
+    pub port: u16,
+    pub dir: PathBuf,
+}
+
+impl Nginx {
+    pub fn start() -> Nginx {
+        Self::start_with("")
+    }
+
+    /// `extra` goes into the server block.
+    pub fn start_with(extra: &str) -> Nginx {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("traceid-nginx-{port}"));
+        std::fs::create_dir_all(dir.join("html")).unwrap();
+        std::fs::create_dir_all(dir.join("logs")).unwrap();
+        std::fs::write(dir.join("html/index.html"), "hello\n").unwrap();
+        let conf = format!(
+            "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/logs/error.log;\n\
+             events {{ worker_connections 256; }}\n\
+             http {{\n access_log off;\n client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n\
+             fastcgi_temp_path {d}/fcgi;\n uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n\
+             keepalive_requests 10000;\n\
+             server {{\n  listen 127.0.0.1:{port};\n  root {d}/html;\n  location /api {{ return 200 \"api\\n\"; }}\n{extra}\n }}\n}}\n",
+            d = dir.display()
+        );
+        std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+        let child = Command::new("nginx")
+            .args([
+                "-c",
+                &dir.join("nginx.conf").to_string_lossy(),
+                "-p",
+                &dir.to_string_lossy(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("nginx must be installed (cargo xtask integration-test installs it)");
+        wait_port(port);
+        Nginx { child, port, dir }
+    }
+
+    /// nginx's worker pids (children of the master).
+    pub fn worker_pids(&self) -> Vec<u32> {
+        children_of(self.child.id())
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Workers exit when the master is gone; kill them in case.
+        for p in children_of(self.child.id()) {
+            // SAFETY: signalling a process we started.
+            unsafe { libc::kill(p as i32, libc::SIGKILL) };
+        }
+    }
+}
+
+/// Child pids of a process (all its threads' children).
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            if let Ok(s) = std::fs::read_to_string(t.path().join("children")) {
+                out.extend(s.split_whitespace().filter_map(|x| x.parse::<u32>().ok()));
+            }
+        }
+    }
+    out
+}
+
+/// Waits (at most 20 s) until something listens on 127.0.0.1:port.
+pub fn wait_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on port {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Reads one HTTP/1.1 response with a Content-Length body; returns the status.
+pub fn read_response(s: &mut TcpStream) -> u16 {
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).unwrap(), 1, "connection closed mid-head");
+        buf.push(byte[0]);
+        assert!(buf.len() < 65536);
+    }
+    let head = String::from_utf8_lossy(&buf).to_string();
+    let status: u16 = head[9..12].parse().unwrap();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).unwrap();
+    status
+}
+
+/// Sends one request in the given pieces (one write each, a pause between).
+pub fn send_in_pieces(s: &mut TcpStream, pieces: &[&[u8]]) {
+    for p in pieces {
+        s.write_all(p).unwrap();
+        s.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+    }
+}
+
+pub const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+pub const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";

@@ -70,7 +70,7 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
         _pad: [0; 2],
     };
     if ARGS
-        .insert(&aya_ebpf::helpers::bpf_get_current_pid_tgid(), &args, 0)
+        .insert(aya_ebpf::helpers::bpf_get_current_pid_tgid(), args, 0)
         .is_err()
     {
         count(stat::ARGS_FULL);
@@ -85,10 +85,10 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     };
     let key = aya_ebpf::helpers::bpf_get_current_pid_tgid();
     // SAFETY: copied out at once.
-    let Some(args) = (unsafe { ARGS.get(&key).copied() }) else {
+    let Some(args) = (unsafe { ARGS.get(key).copied() }) else {
         return 0;
     };
-    let _ = ARGS.remove(&key);
+    let _ = ARGS.remove(key);
     if args.source != SOURCE_CONNECT {
         return 0;
     }
@@ -113,7 +113,7 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
     let Some(info) = known_socket(pid, fd) else {
         return 0;
     };
-    let _ = SOCKS.remove(&SockKey { pid, fd });
+    let _ = SOCKS.remove(SockKey { pid, fd });
     if let Some(mut entry) = EVENTS.reserve::<EventHeader>(0) {
         // SAFETY: the reservation is sized for an EventHeader; every field is written.
         let h = unsafe { &mut *entry.as_mut_ptr() };
@@ -166,7 +166,7 @@ fn insert_sock(pid: u32, fd: i32, role: u8) -> u64 {
         role,
         _pad0: [0; 7],
     };
-    if SOCKS.insert(&SockKey { pid, fd }, &info, 0).is_err() {
+    if SOCKS.insert(SockKey { pid, fd }, info, 0).is_err() {
         count(stat::SOCKS_FULL);
     }
     conn_ts_ns
@@ -200,7 +200,9 @@ fn read_endpoints(fd: i32, ev: &mut ConnEvent) -> Result<bool, ()> {
     let family: u16 = read_at(sk, o.skc_family)?;
     let protocol: u16 = read_at(sk, o.sk_protocol)?;
     let sk_type: u16 = read_at(sk, o.sk_type)?;
-    if (family != AF_INET && family != AF_INET6) || protocol != IPPROTO_TCP || sk_type != SOCK_STREAM
+    if (family != AF_INET && family != AF_INET6)
+        || protocol != IPPROTO_TCP
+        || sk_type != SOCK_STREAM
     {
         return Ok(false);
     }

@@ -16,8 +16,7 @@ use traceid_common::{
 };
 
 use crate::maps::{
-    capture_bytes, count, current_ids, fill_header, known_socket, SavedArgs, ARGS, EVENTS,
-    SCRATCH,
+    capture_bytes, count, current_ids, fill_header, known_socket, SavedArgs, ARGS, EVENTS, SCRATCH,
 };
 
 const SYSCALL_ARG0: usize = 16;
@@ -89,7 +88,7 @@ fn on_enter(ctx: &TracePointContext, src: u8) {
         role: info.role,
         _pad: [0; 2],
     };
-    if ARGS.insert(&bpf_get_current_pid_tgid(), &args, 0).is_err() {
+    if ARGS.insert(bpf_get_current_pid_tgid(), args, 0).is_err() {
         count(stat::ARGS_FULL);
     }
 }
@@ -101,10 +100,10 @@ fn on_exit(ctx: &TracePointContext, src: u8) {
     };
     let key = bpf_get_current_pid_tgid();
     // SAFETY: copied out at once.
-    let Some(args) = (unsafe { ARGS.get(&key).copied() }) else {
+    let Some(args) = (unsafe { ARGS.get(key).copied() }) else {
         return;
     };
-    let _ = ARGS.remove(&key);
+    let _ = ARGS.remove(key);
     // An entry left by another syscall (its exit was missed) is stale: drop it.
     if args.source != src {
         return;
@@ -133,8 +132,8 @@ fn on_exit(ctx: &TracePointContext, src: u8) {
         source::READV | source::WRITEV => emit_iovecs(&ids, args.ptr, u64::from(MAX_IOVECS), total),
         source::RECVMSG | source::SENDMSG => {
             // SAFETY: reads of user memory fail cleanly.
-            let iov: u64 = unsafe { bpf_probe_read_user((args.ptr + MSGHDR_IOV) as *const u64) }
-                .unwrap_or(0);
+            let iov: u64 =
+                unsafe { bpf_probe_read_user((args.ptr + MSGHDR_IOV) as *const u64) }.unwrap_or(0);
             let iovlen: u64 =
                 unsafe { bpf_probe_read_user((args.ptr + MSGHDR_IOVLEN) as *const u64) }
                     .unwrap_or(0);

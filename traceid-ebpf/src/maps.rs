@@ -132,7 +132,7 @@ pub fn current_ids() -> Option<(u32, u32)> {
 pub fn known_socket(pid: u32, fd: i32) -> Option<SockInfo> {
     // SAFETY: the value is copied out at once; a concurrent delete cannot free it under us
     // before the copy (RCU-protected map memory).
-    unsafe { SOCKS.get(&SockKey { pid, fd }).copied() }
+    unsafe { SOCKS.get(SockKey { pid, fd }).copied() }
 }
 
 /// Fills an event header for the current task.

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::capture::{self, Capture, CaptureConfig};
-use crate::engine::{Engine, EngineConfig, LostRecord, Record};
 use crate::engine::record::rfc3339_ms;
+use crate::engine::{Engine, EngineConfig, LostRecord, Record};
 
 /// CLOCK_REALTIME - CLOCK_MONOTONIC, ns.
 pub fn realtime_offset_ns() -> i128 {
@@ -51,7 +51,10 @@ pub fn run_live(
     use anyhow::Context as _;
     let mut cap = Capture::start(capture_cfg).context("starting the kernel capture")?;
     if cap.info.tracefs_mounted {
-        eprintln!("traceid: tracefs was not mounted; mounted it at {}", capture::tracefs::TRACEFS);
+        eprintln!(
+            "traceid: tracefs was not mounted; mounted it at {}",
+            capture::tracefs::TRACEFS
+        );
     }
     if let Some(e) = &cap.info.btf_error {
         eprintln!("traceid: connection endpoints unavailable: {e}");
@@ -107,7 +110,12 @@ pub fn run_live(
     })
 }
 
-fn report_losses(cap: &Capture, engine: &Engine, losses: &mut LossTracker, sink: &mut impl FnMut(&Record)) {
+fn report_losses(
+    cap: &Capture,
+    engine: &Engine,
+    losses: &mut LossTracker,
+    sink: &mut impl FnMut(&Record),
+) {
     let ts = rfc3339_ms(realtime_offset_ns() + capture::monotonic_ns() as i128);
     let mut emit = |stage: &str, total: u64| {
         let d = losses.delta(stage, total);

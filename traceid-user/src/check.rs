@@ -16,11 +16,36 @@ pub struct CheckLine {
 /// Capabilities the agent uses and what each one enables.
 pub const CAPABILITIES: &[(u32, &str, bool, &str)] = &[
     (39, "CAP_BPF", true, "loading the kernel programs and maps"),
-    (38, "CAP_PERFMON", true, "attaching tracepoints and reading process memory from eBPF"),
-    (21, "CAP_SYS_ADMIN", false, "mounting tracefs when missing (and loading on kernels older than 5.8)"),
-    (12, "CAP_NET_ADMIN", false, "the TIME_WAIT census through netlink sock_diag"),
-    (19, "CAP_SYS_PTRACE", false, "reading /proc/<pid>/fd of other processes to follow connections opened before start-up"),
-    (2, "CAP_DAC_READ_SEARCH", false, "reading other processes' /proc entries and libraries"),
+    (
+        38,
+        "CAP_PERFMON",
+        true,
+        "attaching tracepoints and reading process memory from eBPF",
+    ),
+    (
+        21,
+        "CAP_SYS_ADMIN",
+        false,
+        "mounting tracefs when missing (and loading on kernels older than 5.8)",
+    ),
+    (
+        12,
+        "CAP_NET_ADMIN",
+        false,
+        "the TIME_WAIT census through netlink sock_diag",
+    ),
+    (
+        19,
+        "CAP_SYS_PTRACE",
+        false,
+        "reading /proc/<pid>/fd of other processes to follow connections opened before start-up",
+    ),
+    (
+        2,
+        "CAP_DAC_READ_SEARCH",
+        false,
+        "reading other processes' /proc entries and libraries",
+    ),
 ];
 
 /// Effective capability set of this process.
@@ -52,7 +77,10 @@ pub fn tls_libraries() -> BTreeSet<String> {
     };
     for e in dir.flatten().take(100_000) {
         let name = e.file_name();
-        let Some(pid) = name.to_str().filter(|s| s.bytes().all(|b| b.is_ascii_digit())) else {
+        let Some(pid) = name
+            .to_str()
+            .filter(|s| s.bytes().all(|b| b.is_ascii_digit()))
+        else {
             continue;
         };
         if let Ok(maps) = fs::read_to_string(format!("/proc/{pid}/maps")) {
@@ -107,7 +135,9 @@ pub fn run_checks() -> Vec<CheckLine> {
             detail: if ok {
                 format!("present: {what}")
             } else if *required {
-                format!("missing: needed for {what}; run as root or grant it (setcap/securityContext)")
+                format!(
+                    "missing: needed for {what}; run as root or grant it (setcap/securityContext)"
+                )
             } else {
                 format!("missing: disables {what}")
             },
@@ -122,7 +152,10 @@ pub fn run_checks() -> Vec<CheckLine> {
         detail: if tracefs {
             "mounted".into()
         } else if can_mount {
-            format!("not mounted: the agent mounts it at {} on start", crate::capture::tracefs::TRACEFS)
+            format!(
+                "not mounted: the agent mounts it at {} on start",
+                crate::capture::tracefs::TRACEFS
+            )
         } else {
             format!(
                 "not mounted and no CAP_SYS_ADMIN to mount it: `mount -t tracefs tracefs {}`",
@@ -136,7 +169,10 @@ pub fn run_checks() -> Vec<CheckLine> {
         ok: built,
         required: true,
         detail: if built {
-            format!("embedded ({} tracepoints)", crate::capture::TRACEPOINTS.len())
+            format!(
+                "embedded ({} tracepoints)",
+                crate::capture::TRACEPOINTS.len()
+            )
         } else {
             "not built into this binary: run `cargo xtask build-ebpf` then rebuild".into()
         },

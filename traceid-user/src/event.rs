@@ -95,7 +95,11 @@ pub fn endpoints(c: &ConnEvent) -> Option<(SocketAddr, SocketAddr)> {
             10 => {
                 let v6 = Ipv6Addr::from(*a);
                 // Dual-stack sockets show IPv4 peers as ::ffff:a.b.c.d; report them as IPv4.
-                Some(v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)))
+                Some(
+                    v6.to_ipv4_mapped()
+                        .map(IpAddr::V4)
+                        .unwrap_or(IpAddr::V6(v6)),
+                )
             }
             _ => None,
         }
@@ -169,7 +173,10 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // Truncated payload, truncated header, captured > real_len: errors, not panics.
-        assert!(matches!(decode(&raw[..raw.len() - 1]), Err(DecodeError::BadLength { .. })));
+        assert!(matches!(
+            decode(&raw[..raw.len() - 1]),
+            Err(DecodeError::BadLength { .. })
+        ));
         assert_eq!(decode(&raw[..10]), Err(DecodeError::Short(10)));
         let mut lying = ev;
         lying.real_len = 2;

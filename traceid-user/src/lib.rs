@@ -7,12 +7,12 @@
 //!   findings; pure, fed by live capture or by a recording;
 //! - [`report`]: JSON lines, human lines, the diagnosis.
 
-pub mod capture;
-pub mod event;
-pub mod engine;
-pub mod http;
-pub mod tracectx;
 pub mod agent;
+pub mod capture;
 pub mod check;
+pub mod engine;
+pub mod event;
+pub mod http;
 pub mod recording;
 pub mod report;
+pub mod tracectx;

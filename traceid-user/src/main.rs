@@ -166,7 +166,8 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, Arc::clone(&stop)).context("installing the Ctrl-C handler")?;
+        signal_hook::flag::register(sig, Arc::clone(&stop))
+            .context("installing the Ctrl-C handler")?;
     }
     Ok(stop)
 }
@@ -195,7 +196,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let lines = check::run_checks();
             let mut fatal = false;
             for l in &lines {
-                let status = if l.ok { "ok" } else if l.required { "MISSING" } else { "missing" };
+                let status = if l.ok {
+                    "ok"
+                } else if l.required {
+                    "MISSING"
+                } else {
+                    "missing"
+                };
                 println!("{:<8} {:<20} {}", status, l.name, l.detail);
                 fatal |= l.required && !l.ok;
             }
@@ -206,7 +213,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("\ntraceid can run here.");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Watch { json, duration, common } => {
+        Command::Watch {
+            json,
+            duration,
+            common,
+        } => {
             preflight()?;
             let stop = stop_flag()?;
             let mut sink = LineSink::new(std::io::stdout().lock(), json);
@@ -233,7 +244,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 _ => Ok(ExitCode::SUCCESS),
             }
         }
-        Command::Diagnose { duration, json, common } => {
+        Command::Diagnose {
+            duration,
+            json,
+            common,
+        } => {
             preflight()?;
             let stop = stop_flag()?;
             let mut agg = Aggregator::default();
@@ -249,11 +264,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print_diagnosis(&d, json)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Record { output, duration, common } => {
+        Command::Record {
+            output,
+            duration,
+            common,
+        } => {
             preflight()?;
             let stop = stop_flag()?;
-            let file = File::create(&output)
-                .with_context(|| format!("creating {}", output.display()))?;
+            let file =
+                File::create(&output).with_context(|| format!("creating {}", output.display()))?;
             let offset = agent::realtime_offset_ns();
             let mut w = recording::Writer::new(BufWriter::new(file), offset)
                 .with_context(|| format!("writing {}", output.display()))?;
@@ -282,11 +301,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(e) = err {
                 return Err(e).with_context(|| format!("writing {}", output.display()));
             }
-            w.finish().with_context(|| format!("writing {}", output.display()))?;
-            eprintln!("traceid: recorded {n} events ({requests} HTTP requests) to {}", output.display());
+            w.finish()
+                .with_context(|| format!("writing {}", output.display()))?;
+            eprintln!(
+                "traceid: recorded {n} events ({requests} HTTP requests) to {}",
+                output.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Replay { file, json, diagnose, common } => {
+        Command::Replay {
+            file,
+            json,
+            diagnose,
+            common,
+        } => {
             let f = File::open(&file).with_context(|| format!("opening {}", file.display()))?;
             let mut rd = recording::Reader::new(BufReader::new(f))
                 .with_context(|| format!("reading {}", file.display()))?;
@@ -315,7 +343,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             engine.finish(&mut out);
             emit(&mut out, &mut agg).context("writing to stdout")?;
             if engine.stats.decode_errors > 0 {
-                eprintln!("traceid: {} records could not be decoded", engine.stats.decode_errors);
+                eprintln!(
+                    "traceid: {} records could not be decoded",
+                    engine.stats.decode_errors
+                );
             }
             if diagnose {
                 agg.add_lost("decode", engine.stats.decode_errors);

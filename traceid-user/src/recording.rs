@@ -18,7 +18,12 @@ pub const VERSION: u32 = 1;
 pub const MAX_RECORD: u32 = 1 << 20;
 
 /// Header names whose values are redacted (lowercase).
-pub const REDACTED: &[&[u8]] = &[b"authorization", b"proxy-authorization", b"cookie", b"set-cookie"];
+pub const REDACTED: &[&[u8]] = &[
+    b"authorization",
+    b"proxy-authorization",
+    b"cookie",
+    b"set-cookie",
+];
 
 #[derive(thiserror::Error, Debug)]
 pub enum RecordingError {
@@ -82,7 +87,10 @@ pub fn redact_payload(p: &mut [u8]) {
         let line = &p[line_start..end];
         if let Some(colon) = line.iter().position(|&b| b == b':') {
             let name = &line[..colon];
-            if REDACTED.iter().any(|r| name.trim_ascii().eq_ignore_ascii_case(r)) {
+            if REDACTED
+                .iter()
+                .any(|r| name.trim_ascii().eq_ignore_ascii_case(r))
+            {
                 for b in &mut p[line_start + colon + 1..end] {
                     if *b != b'\r' && *b != b' ' {
                         *b = b'*';
@@ -112,7 +120,11 @@ impl<R: Read> Reader<R> {
             return Err(RecordingError::Version(version));
         }
         let off = i64::from_le_bytes(head[16..24].try_into().expect("8 bytes"));
-        Ok(Reader { input, offset: 24, realtime_offset_ns: off as i128 })
+        Ok(Reader {
+            input,
+            offset: 24,
+            realtime_offset_ns: off as i128,
+        })
     }
 
     /// The next record, None at a clean end of file.
@@ -124,7 +136,10 @@ impl<R: Read> Reader<R> {
         }
         let n = u32::from_le_bytes(len);
         if n > MAX_RECORD {
-            return Err(RecordingError::Corrupt { offset: self.offset, len: n });
+            return Err(RecordingError::Corrupt {
+                offset: self.offset,
+                len: n,
+            });
         }
         let at = self.offset;
         self.offset += 4;
@@ -135,7 +150,12 @@ impl<R: Read> Reader<R> {
     }
 }
 
-fn read_exact_at<R: Read>(r: &mut R, buf: &mut [u8], offset: u64, what: &'static str) -> Result<(), RecordingError> {
+fn read_exact_at<R: Read>(
+    r: &mut R,
+    buf: &mut [u8],
+    offset: u64,
+    what: &'static str,
+) -> Result<(), RecordingError> {
     r.read_exact(buf).map_err(|e| match e.kind() {
         io::ErrorKind::UnexpectedEof => RecordingError::Truncated { offset, what },
         _ => RecordingError::Io(e),
@@ -161,7 +181,13 @@ mod tests {
 
     #[test]
     fn replay_equals_live_and_errors_name_offsets() {
-        let c = C { pid: 1, fd: 3, ts: 5, comm: "svc", role: traceid_common::ROLE_SERVER };
+        let c = C {
+            pid: 1,
+            fd: 3,
+            ts: 5,
+            comm: "svc",
+            role: traceid_common::ROLE_SERVER,
+        };
         let mut s = Stream::default();
         for i in 0..10 {
             s.data(c, 1, false, &get(&format!("/r{i}"), &[("traceparent", TP)]));
@@ -173,7 +199,10 @@ mod tests {
             w.write(r).unwrap();
         }
         let file = w.finish().unwrap();
-        assert!(!String::from_utf8_lossy(&file).contains("secret"), "Authorization value on disk");
+        assert!(
+            !String::from_utf8_lossy(&file).contains("secret"),
+            "Authorization value on disk"
+        );
         let mut rd = Reader::new(&file[..]).unwrap();
         let mut recs = Vec::new();
         while let Some(r) = rd.next_record().unwrap() {
@@ -193,13 +222,31 @@ mod tests {
                 Err(e) => break e,
             }
         };
-        assert!(matches!(err, RecordingError::Truncated { what: "record body", .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                RecordingError::Truncated {
+                    what: "record body",
+                    ..
+                }
+            ),
+            "{err}"
+        );
         assert!(err.to_string().contains("offset"));
-        assert!(matches!(Reader::new(&b"NOTATRACE-FILE-AT-ALL!!!"[..]), Err(RecordingError::BadMagic)));
-        assert!(matches!(Reader::new(&b"TRAC"[..]), Err(RecordingError::Truncated { offset: 0, .. })));
+        assert!(matches!(
+            Reader::new(&b"NOTATRACE-FILE-AT-ALL!!!"[..]),
+            Err(RecordingError::BadMagic)
+        ));
+        assert!(matches!(
+            Reader::new(&b"TRAC"[..]),
+            Err(RecordingError::Truncated { offset: 0, .. })
+        ));
         let mut corrupt = file[..24].to_vec();
         corrupt.extend_from_slice(&u32::MAX.to_le_bytes());
         let mut rd = Reader::new(&corrupt[..]).unwrap();
-        assert!(matches!(rd.next_record(), Err(RecordingError::Corrupt { offset: 24, .. })));
+        assert!(matches!(
+            rd.next_record(),
+            Err(RecordingError::Corrupt { offset: 24, .. })
+        ));
     }
 }

@@ -1,1 +1,150 @@
-fn main(){}
+//! `cargo xtask`: builds, runs and tests traceid, installing build prerequisites on first use.
+//!
+//! See `cargo xtask --help`. `.ci/run` calls `cargo xtask test`.
+
+mod prereq;
+mod tasks;
+mod util;
+
+use std::{ffi::OsString, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Build, run and test traceid",
+    long_about = "Build, run and test traceid.\n\n\
+        Missing build prerequisites (the nightly toolchain with rust-src, bpf-linker 0.13.0 \
+        built against LLVM 22, and for the integration tests a few Debian packages) are \
+        installed on first use, each announced by one line. Installing needs root: xtask uses \
+        sudo when not run as root."
+)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Build the kernel programs (traceid-ebpf) for bpfel-unknown-none with nightly.
+    ///
+    /// Produces target/bpfel-unknown-none/release/traceid-ebpf, which the agent
+    /// (traceid-user) embeds when it is built next. Installs the nightly toolchain, its
+    /// rust-src component and bpf-linker 0.13.0 first when they are missing.
+    BuildEbpf {
+        /// Verbose cargo output, plus bpf-linker's debug log and the linked LLVM IR written
+        /// next to the object (bpf-linker.log, traceid-ebpf-ir/{pre,post}-opt.ll): for when
+        /// linking or the verifier fails. Rebuilds the kernel crate (and again on the next
+        /// normal build).
+        #[arg(long)]
+        debug_output: bool,
+    },
+    /// Build the kernel programs, then the agent (target/{debug,release}/traceid).
+    Build {
+        /// Build the agent with the release profile.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build everything, then run the agent as root with ARGS (via `sudo -E` when not root).
+    ///
+    /// The agent replaces this process, so Ctrl-C reaches it (it prints its report on
+    /// SIGINT) and its exit code is the exit code. Example: `cargo xtask run -- diagnose`.
+    Run {
+        /// Build and run the release binary.
+        #[arg(long)]
+        release: bool,
+        /// Arguments for `traceid` (e.g. `diagnose --duration 30s`).
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "ARGS"
+        )]
+        args: Vec<OsString>,
+    },
+    /// Everything CI checks, in order, stopping at the first failure.
+    ///
+    /// [1/5] cargo fmt --check (workspace and kernel crate), [2/5] clippy -D warnings
+    /// (workspace, all targets, and the kernel crate with nightly), [3/5] build-ebpf,
+    /// [4/5] unit tests (workspace without traceid-tests), [5/5] integration-test.
+    Test,
+    /// Build the kernel programs and the agent, then run the integration tests as root.
+    ///
+    /// Installs the Debian packages the tests drive (nginx, curl, Flask, Go, ...) when
+    /// missing, then runs `cargo test -p traceid-tests -- --test-threads=1 [ARGS]` with
+    /// TRACEID_BIN set to the agent binary. When not root it builds as the current user
+    /// and re-runs itself via `sudo -E`. CI=true is passed on: tests must then fail rather
+    /// than skip when something they need is missing.
+    IntegrationTest {
+        /// Extra arguments for the test harness, e.g. a test-name filter.
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "ARGS"
+        )]
+        args: Vec<OsString>,
+    },
+    /// Run the benchmarks (`cargo bench -p traceid-user [-- ARGS]`).
+    Bench {
+        /// Extra arguments for the benchmark harness.
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "ARGS"
+        )]
+        args: Vec<OsString>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = prereq::ensure_cargo_bin_on_path().and_then(|()| match cli.task {
+        Task::BuildEbpf { debug_output } => tasks::build_ebpf(debug_output),
+        Task::Build { release } => tasks::build(release),
+        Task::Run { release, args } => tasks::run_agent(release, &args),
+        Task::Test => tasks::test(),
+        Task::IntegrationTest { args } => tasks::integration_test(&args),
+        Task::Bench { args } => tasks::bench(&args),
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err}");
+            for cause in err.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_passes_arguments_through() {
+        let cli = Cli::try_parse_from(["xtask", "run", "--release", "--", "diagnose", "--json"])
+            .expect("parses");
+        match cli.task {
+            Task::Run { release, args } => {
+                assert!(release);
+                assert_eq!(args, ["diagnose", "--json"]);
+            }
+            _ => panic!("not run"),
+        }
+        let cli = Cli::try_parse_from(["xtask", "integration-test", "--", "tls", "--nocapture"])
+            .expect("parses");
+        match cli.task {
+            Task::IntegrationTest { args } => assert_eq!(args, ["tls", "--nocapture"]),
+            _ => panic!("not integration-test"),
+        }
+    }
+}

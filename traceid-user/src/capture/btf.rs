@@ -49,7 +49,9 @@ pub fn kernel_offsets() -> Result<KernelOffsets, BtfError> {
 
 /// Byte offset of `member` in `struct name`, looking through anonymous structs and unions.
 pub fn field_offset(btf: &Btf, name: &'static str, member: &'static str) -> Result<u32, BtfError> {
-    let types = btf.resolve_types_by_name(name).map_err(|_| BtfError::NoStruct(name))?;
+    let types = btf
+        .resolve_types_by_name(name)
+        .map_err(|_| BtfError::NoStruct(name))?;
     for ty in types {
         if let Type::Struct(s) = ty {
             if let Some(bits) = find_member(btf, &s, member, 0) {
@@ -104,7 +106,10 @@ mod tests {
     #[test]
     fn offsets_from_running_kernel() {
         if !std::path::Path::new(VMLINUX_BTF).exists() {
-            assert!(std::env::var_os("CI").is_none(), "CI machines have kernel BTF");
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI machines have kernel BTF"
+            );
             eprintln!("skipped: no {VMLINUX_BTF} on this machine");
             return;
         }
@@ -113,7 +118,10 @@ mod tests {
         // sock_common fields sit in the first 64 bytes; ports follow addresses.
         assert!(o.skc_daddr < 64 && o.skc_rcv_saddr < 64 && o.skc_family < 64);
         assert!(o.skc_dport > o.skc_daddr);
-        assert!(o.skc_num == o.skc_dport + 2, "skc_num follows skc_dport in skc_portpair");
+        assert!(
+            o.skc_num == o.skc_dport + 2,
+            "skc_num follows skc_dport in skc_portpair"
+        );
         assert!(o.sk_protocol > 64 && o.sk_type > 64);
         assert_ne!(o.task_files, 0);
     }

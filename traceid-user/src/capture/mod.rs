@@ -22,7 +22,8 @@ use aya::{
 use traceid_common::{stat, KernelOffsets, SockInfo, SockKey, MAX_CAPTURE};
 
 /// The kernel object built by `cargo xtask build-ebpf`, embedded at build time.
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/traceid-ebpf.o"));
+static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/traceid-ebpf.o"));
 
 /// Every tracepoint the agent attaches: (program, category, event).
 pub const TRACEPOINTS: &[(&str, &str, &str)] = &[
@@ -174,11 +175,15 @@ impl Capture {
         if cfg.seed {
             let conns = seed::existing_connections(agent_pid);
             let mut socks: BpfHashMap<_, SockKey, SockInfo> = BpfHashMap::try_from(
-                ebpf.map_mut("SOCKS").ok_or(CaptureError::Map("SOCKS", "missing".into()))?,
+                ebpf.map_mut("SOCKS")
+                    .ok_or(CaptureError::Map("SOCKS", "missing".into()))?,
             )
             .map_err(|e| CaptureError::Map("SOCKS", e.to_string()))?;
             for c in conns {
-                let key = SockKey { pid: c.event.header.pid, fd: c.event.header.fd };
+                let key = SockKey {
+                    pid: c.event.header.pid,
+                    fd: c.event.header.fd,
+                };
                 let value = SockInfo {
                     conn_ts_ns: c.event.header.conn_ts_ns,
                     role: c.event.role,
@@ -196,11 +201,13 @@ impl Capture {
         info.seeded = seeded.len();
 
         let ring = RingBuf::try_from(
-            ebpf.take_map("EVENTS").ok_or(CaptureError::Map("EVENTS", "missing".into()))?,
+            ebpf.take_map("EVENTS")
+                .ok_or(CaptureError::Map("EVENTS", "missing".into()))?,
         )
         .map_err(|e| CaptureError::Map("EVENTS", e.to_string()))?;
         let stats = PerCpuArray::try_from(
-            ebpf.take_map("STATS").ok_or(CaptureError::Map("STATS", "missing".into()))?,
+            ebpf.take_map("STATS")
+                .ok_or(CaptureError::Map("STATS", "missing".into()))?,
         )
         .map_err(|e| CaptureError::Map("STATS", e.to_string()))?;
         Ok(Capture {
@@ -279,7 +286,10 @@ pub fn stat_name(index: u32) -> Option<&'static str> {
 
 /// CLOCK_MONOTONIC now, in the kernel's `bpf_ktime_get_ns` time base.
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid out pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64

@@ -46,7 +46,12 @@ pub fn parse_proc_net_tcp(text: &str) -> Vec<TcpRow> {
             let state = u8::from_str_radix(f.next()?, 16).ok()?;
             // tx_queue:rx_queue, tr:tm->when, retrnsmt, uid, timeout, then inode.
             let inode = f.nth(5)?.parse().ok()?;
-            Some(TcpRow { local, remote, state, inode })
+            Some(TcpRow {
+                local,
+                remote,
+                state,
+                inode,
+            })
         })
         .collect()
 }
@@ -56,7 +61,9 @@ fn parse_endpoint(s: &str) -> Option<SocketAddr> {
     let (addr, port) = s.split_once(':')?;
     let port = u16::from_str_radix(port, 16).ok()?;
     let ip = match addr.len() {
-        8 => IpAddr::V4(Ipv4Addr::from(u32::from_str_radix(addr, 16).ok()?.to_ne_bytes())),
+        8 => IpAddr::V4(Ipv4Addr::from(
+            u32::from_str_radix(addr, 16).ok()?.to_ne_bytes(),
+        )),
         32 => {
             let mut bytes = [0u8; 16];
             for (i, chunk) in bytes.chunks_mut(4).enumerate() {
@@ -97,7 +104,10 @@ fn read_netns_tables(pid: u32) -> NetnsTables {
             }
         }
     }
-    NetnsTables { by_inode, listening }
+    NetnsTables {
+        by_inode,
+        listening,
+    }
 }
 
 /// Every established TCP connection held by a process other than `skip_pid`.
@@ -109,7 +119,11 @@ pub fn existing_connections(skip_pid: u32) -> Vec<SeededConn> {
         return out;
     };
     for entry in dir.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
         if pid == skip_pid {
@@ -128,7 +142,10 @@ pub fn existing_connections(skip_pid: u32) -> Vec<SeededConn> {
             comm_bytes[..n].copy_from_slice(&c[..n]);
         }
         for fd_entry in fds.flatten() {
-            let Some(fd) = fd_entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok())
+            let Some(fd) = fd_entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<i32>().ok())
             else {
                 continue;
             };
@@ -136,7 +153,9 @@ pub fn existing_connections(skip_pid: u32) -> Vec<SeededConn> {
             else {
                 continue;
             };
-            let t = tables.entry(netns).or_insert_with(|| read_netns_tables(pid));
+            let t = tables
+                .entry(netns)
+                .or_insert_with(|| read_netns_tables(pid));
             let Some(row) = t.by_inode.get(&inode) else {
                 continue;
             };

@@ -41,12 +41,18 @@ pub struct Link {
 #[derive(Default)]
 pub struct Linker {
     by_pid: HashMap<u32, VecDeque<Inflight>>,
+    /// Processes seen serving inbound requests (bounded): only their outbound calls can be
+    /// unlinked; a pure client (curl, a batch job) is the start of a chain.
+    servers: std::collections::HashSet<u32>,
     /// Inflight entries forgotten because a bound was hit.
     pub evicted: u64,
 }
 
 impl Linker {
     pub fn start(&mut self, pid: u32, entry: Inflight) {
+        if self.servers.len() < MAX_PROCESSES * 4 {
+            self.servers.insert(pid);
+        }
         if !self.by_pid.contains_key(&pid) && self.by_pid.len() >= MAX_PROCESSES {
             // Forget the process with the fewest requests in flight: cheapest to lose.
             if let Some(victim) = self
@@ -75,6 +81,11 @@ impl Linker {
                 self.by_pid.remove(&pid);
             }
         }
+    }
+
+    /// True when `pid` has served inbound requests.
+    pub fn is_server(&self, pid: u32) -> bool {
+        self.servers.contains(&pid)
     }
 
     /// Inbound requests in flight in `pid`.

@@ -16,9 +16,7 @@ use crate::http::{self, Chunk, Flow, HttpConn, HttpEvent, RequestHead, ResponseH
 use crate::tracectx::{self, Extraction, HeaderNames, TraceContext};
 
 use link::{Inflight, Linker};
-pub use record::{
-    Confidence, Direction, Finding, InboundRef, LostRecord, Record, RequestRecord,
-};
+pub use record::{Confidence, Direction, Finding, InboundRef, LostRecord, Record, RequestRecord};
 
 /// Which processes and ports to report (empty = all).
 #[derive(Debug, Clone, Default)]
@@ -29,7 +27,13 @@ pub struct Filter {
 }
 
 impl Filter {
-    fn admits(&self, pid: u32, comm: &str, local: Option<SocketAddr>, peer: Option<SocketAddr>) -> bool {
+    fn admits(
+        &self,
+        pid: u32,
+        comm: &str,
+        local: Option<SocketAddr>,
+        peer: Option<SocketAddr>,
+    ) -> bool {
         (self.pids.is_empty() || self.pids.contains(&pid))
             && (self.comms.is_empty() || self.comms.iter().any(|c| c == comm))
             && (self.ports.is_empty()
@@ -251,7 +255,8 @@ impl Engine {
     /// Drops the least recently active tenth of the connections (closes never seen: killed
     /// processes, lost events).
     fn evict_idle(&mut self, out: &mut Vec<Record>) {
-        let mut ages: Vec<(u64, ConnKey)> = self.conns.iter().map(|(k, c)| (c.last_ns, *k)).collect();
+        let mut ages: Vec<(u64, ConnKey)> =
+            self.conns.iter().map(|(k, c)| (c.last_ns, *k)).collect();
         let n = (ages.len() / 10).max(1);
         ages.select_nth_unstable(n - 1);
         for (_, key) in ages.into_iter().take(n) {
@@ -266,7 +271,13 @@ impl Engine {
         }
     }
 
-    fn handle_http(&mut self, key: ConnKey, conn: &mut Conn, evs: &mut Vec<HttpEvent>, out: &mut Vec<Record>) {
+    fn handle_http(
+        &mut self,
+        key: ConnKey,
+        conn: &mut Conn,
+        evs: &mut Vec<HttpEvent>,
+        out: &mut Vec<Record>,
+    ) {
         for ev in evs.drain(..) {
             match ev {
                 HttpEvent::RequestStarted { seq, head } => match conn.role {
@@ -358,7 +369,8 @@ impl Engine {
         let mut inbound = None;
         if direction == Direction::Outbound {
             match &link {
-                None => findings.push(Finding::Unlinked),
+                None if self.linker.is_server(key.pid) => findings.push(Finding::Unlinked),
+                None => {}
                 Some(l) => {
                     let hop = hop_finding(l.inbound.trace.as_ref(), primary);
                     findings.extend(hop);
@@ -400,7 +412,10 @@ impl Engine {
 }
 
 /// What an outbound call does with the trace of the inbound request it serves.
-pub fn hop_finding(inbound: Option<&TraceContext>, outbound: Option<&TraceContext>) -> Option<Finding> {
+pub fn hop_finding(
+    inbound: Option<&TraceContext>,
+    outbound: Option<&TraceContext>,
+) -> Option<Finding> {
     match (inbound, outbound) {
         (Some(_), None) => Some(Finding::Dropped),
         (Some(i), Some(o)) => Some(match i.same_trace(o) {
@@ -431,6 +446,6 @@ fn sniff_role(egress: bool, payload: &[u8]) -> Role {
 }
 
 #[cfg(test)]
-pub(crate) mod tests_support;
-#[cfg(test)]
 mod tests;
+#[cfg(test)]
+pub(crate) mod tests_support;

@@ -196,9 +196,15 @@ mod tests {
     fn rfc3339_known_instants() {
         assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
         // 2026-11-25T05:40:12.345Z
-        assert_eq!(rfc3339_ms(1_795_585_212_345_000_000), "2026-11-25T05:40:12.345Z");
+        assert_eq!(
+            rfc3339_ms(1_795_585_212_345_000_000),
+            "2026-11-25T05:40:12.345Z"
+        );
         // Leap day.
-        assert_eq!(rfc3339_ms(951_782_400_000_000_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(
+            rfc3339_ms(951_782_400_000_000_000),
+            "2000-02-29T00:00:00.000Z"
+        );
     }
 
     #[test]
@@ -219,7 +225,10 @@ mod tests {
             ]
         );
         for f in Finding::ALL {
-            assert_eq!(serde_json::to_string(&f).unwrap(), format!("\"{}\"", f.as_str()));
+            assert_eq!(
+                serde_json::to_string(&f).unwrap(),
+                format!("\"{}\"", f.as_str())
+            );
         }
     }
 }

@@ -4,13 +4,35 @@ use super::tests_support::*;
 use super::*;
 use traceid_common::{ROLE_CLIENT, ROLE_SERVER};
 
-const FRONT: C = C { pid: 100, fd: 7, ts: 1, comm: "front", role: ROLE_CLIENT };
-const MID_IN: C = C { pid: 200, fd: 5, ts: 2, comm: "middle", role: ROLE_SERVER };
-const MID_OUT: C = C { pid: 200, fd: 9, ts: 3, comm: "middle", role: ROLE_CLIENT };
+const FRONT: C = C {
+    pid: 100,
+    fd: 7,
+    ts: 1,
+    comm: "front",
+    role: ROLE_CLIENT,
+};
+const MID_IN: C = C {
+    pid: 200,
+    fd: 5,
+    ts: 2,
+    comm: "middle",
+    role: ROLE_SERVER,
+};
+const MID_OUT: C = C {
+    pid: 200,
+    fd: 9,
+    ts: 3,
+    comm: "middle",
+    role: ROLE_CLIENT,
+};
 
 /// front -> middle (inbound with `in_headers`), middle -> back (outbound with `out_headers`),
 /// the outbound written by thread `out_tid`.
-fn hop(in_headers: &[(&str, &str)], out_headers: &[(&str, &str)], out_tid: u32) -> Vec<RequestRecord> {
+fn hop(
+    in_headers: &[(&str, &str)],
+    out_headers: &[(&str, &str)],
+    out_tid: u32,
+) -> Vec<RequestRecord> {
     let mut s = Stream::default();
     s.open(MID_IN, [127, 0, 0, 1], 8080, [127, 0, 0, 1], 40000);
     s.data(MID_IN, 201, false, &get("/pay?card=1", in_headers));
@@ -24,13 +46,18 @@ fn hop(in_headers: &[(&str, &str)], out_headers: &[(&str, &str)], out_tid: u32) 
 }
 
 fn outbound(recs: &[RequestRecord]) -> &RequestRecord {
-    recs.iter().find(|r| r.direction == Direction::Outbound).expect("outbound record")
+    recs.iter()
+        .find(|r| r.direction == Direction::Outbound)
+        .expect("outbound record")
 }
 
 #[test]
 fn inbound_request_carries_trace_endpoints_status_and_strips_query() {
     let recs = hop(&[("traceparent", TP)], &[("traceparent", TP)], 201);
-    let inb = recs.iter().find(|r| r.direction == Direction::Inbound).unwrap();
+    let inb = recs
+        .iter()
+        .find(|r| r.direction == Direction::Inbound)
+        .unwrap();
     assert_eq!(inb.pid, 200);
     assert_eq!(inb.comm, "middle");
     assert_eq!(inb.method, "GET");
@@ -50,10 +77,19 @@ fn inbound_request_carries_trace_endpoints_status_and_strips_query() {
 #[test]
 fn propagated_dropped_restarted_started_on_the_same_thread() {
     let other = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
-    let cases: [(&[(&str, &str)], &[(&str, &str)], Finding); 4] = [
-        (&[("traceparent", TP)], &[("traceparent", TP)], Finding::Propagated),
+    type Headers<'a> = &'a [(&'a str, &'a str)];
+    let cases: [(Headers, Headers, Finding); 4] = [
+        (
+            &[("traceparent", TP)],
+            &[("traceparent", TP)],
+            Finding::Propagated,
+        ),
         (&[("traceparent", TP)], &[], Finding::Dropped),
-        (&[("traceparent", TP)], &[("traceparent", other)], Finding::Restarted),
+        (
+            &[("traceparent", TP)],
+            &[("traceparent", other)],
+            Finding::Restarted,
+        ),
         (&[], &[("traceparent", other)], Finding::Started),
     ];
     for (inh, outh, want) in cases {
@@ -63,7 +99,11 @@ fn propagated_dropped_restarted_started_on_the_same_thread() {
         let link = out.inbound.as_ref().expect("linked");
         assert_eq!(link.path, "/pay");
         // Propagation proves the link; otherwise it rests on the thread.
-        let conf = if want == Finding::Propagated { Confidence::Certain } else { Confidence::Strong };
+        let conf = if want == Finding::Propagated {
+            Confidence::Certain
+        } else {
+            Confidence::Strong
+        };
         assert_eq!(link.confidence, conf, "{want:?}");
     }
 }
@@ -78,7 +118,13 @@ fn only_request_in_flight_links_weakly_across_threads() {
 
 #[test]
 fn several_requests_in_flight_on_other_threads_stay_unlinked() {
-    let in2 = C { pid: 200, fd: 6, ts: 4, comm: "middle", role: ROLE_SERVER };
+    let in2 = C {
+        pid: 200,
+        fd: 6,
+        ts: 4,
+        comm: "middle",
+        role: ROLE_SERVER,
+    };
     let mut s = Stream::default();
     s.open(MID_IN, [127, 0, 0, 1], 8080, [127, 0, 0, 1], 40000);
     s.open(in2, [127, 0, 0, 1], 8080, [127, 0, 0, 1], 40002);
@@ -95,40 +141,92 @@ fn several_requests_in_flight_on_other_threads_stay_unlinked() {
 
 #[test]
 fn same_trace_links_with_certainty_among_many() {
-    let in2 = C { pid: 200, fd: 6, ts: 4, comm: "middle", role: ROLE_SERVER };
+    let in2 = C {
+        pid: 200,
+        fd: 6,
+        ts: 4,
+        comm: "middle",
+        role: ROLE_SERVER,
+    };
     let mut s = Stream::default();
     s.data(MID_IN, 201, false, &get("/a", &[("traceparent", TP)]));
     s.data(in2, 201, false, &get("/b", &[]));
-    s.data(MID_OUT, 201, true, &get("/charge", &[("x-b3-traceid", "a3ce929d0e0e4736"), ("x-b3-spanid", "00f067aa0ba902b7")]));
+    s.data(
+        MID_OUT,
+        201,
+        true,
+        &get(
+            "/charge",
+            &[
+                ("x-b3-traceid", "a3ce929d0e0e4736"),
+                ("x-b3-spanid", "00f067aa0ba902b7"),
+            ],
+        ),
+    );
     let recs = s.run();
     let out = outbound(&recs);
     // B3 64-bit carries the low half of the W3C id: the same trace, so the link is certain
     // even though both inbound requests were read by the same (event-loop) thread.
     assert!(out.has(Finding::Propagated), "{:?}", out.findings);
     let link = out.inbound.as_ref().unwrap();
-    assert_eq!((link.path.as_str(), link.confidence), ("/a", Confidence::Certain));
+    assert_eq!(
+        (link.path.as_str(), link.confidence),
+        ("/a", Confidence::Certain)
+    );
 }
 
 #[test]
 fn missing_malformed_and_exposed() {
     let mut s = Stream::default();
-    let c = C { pid: 300, fd: 4, ts: 9, comm: "svc", role: ROLE_SERVER };
+    let c = C {
+        pid: 300,
+        fd: 4,
+        ts: 9,
+        comm: "svc",
+        role: ROLE_SERVER,
+    };
     s.data(c, 1, false, &get("/none", &[]));
     s.data(c, 1, true, OK);
-    s.data(c, 1, false, &get("/bad", &[("traceparent", "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01")]));
-    s.data(c, 1, true, format!("HTTP/1.1 200 OK\r\ntraceparent: {TP}\r\nContent-Length: 0\r\n\r\n").as_bytes());
+    s.data(
+        c,
+        1,
+        false,
+        &get(
+            "/bad",
+            &[(
+                "traceparent",
+                "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            )],
+        ),
+    );
+    s.data(
+        c,
+        1,
+        true,
+        format!("HTTP/1.1 200 OK\r\ntraceparent: {TP}\r\nContent-Length: 0\r\n\r\n").as_bytes(),
+    );
     let recs = s.run();
     assert_eq!(recs.len(), 2);
     assert_eq!(recs[0].findings, vec![Finding::Missing]);
     assert!(recs[1].has(Finding::Malformed));
     assert!(recs[1].has(Finding::Exposed));
-    assert!(recs[1].reason.as_deref().unwrap().contains("uppercase"), "{:?}", recs[1].reason);
+    assert!(
+        recs[1].reason.as_deref().unwrap().contains("uppercase"),
+        "{:?}",
+        recs[1].reason
+    );
 }
 
 #[test]
 fn fd_reuse_never_mixes_connections() {
     // Same (pid, fd), two connections: the first ends mid-request, the second starts clean.
-    let a = C { pid: 400, fd: 3, ts: 10, comm: "svc", role: ROLE_SERVER };
+    let a = C {
+        pid: 400,
+        fd: 3,
+        ts: 10,
+        comm: "svc",
+        role: ROLE_SERVER,
+    };
     let b = C { ts: 20, ..a };
     let mut s = Stream::default();
     s.data(a, 1, false, b"GET /first HTTP/1.1\r\nHo");
@@ -144,7 +242,13 @@ fn fd_reuse_never_mixes_connections() {
 
 #[test]
 fn seeded_connection_without_role_is_sniffed() {
-    let c = C { pid: 500, fd: 8, ts: 30, comm: "old", role: traceid_common::ROLE_UNKNOWN };
+    let c = C {
+        pid: 500,
+        fd: 8,
+        ts: 30,
+        comm: "old",
+        role: traceid_common::ROLE_UNKNOWN,
+    };
     let mut s = Stream::default();
     s.data(c, 1, true, &get("/from-pool", &[("traceparent", TP)]));
     s.data(c, 1, false, OK);
@@ -164,7 +268,9 @@ fn garbage_records_are_counted_not_fatal() {
         x ^= x >> 7;
         x ^= x << 17;
         let len = (x % 200) as usize;
-        let rec: Vec<u8> = (0..len).map(|j| (x >> (j % 8 * 8)) as u8 ^ i as u8).collect();
+        let rec: Vec<u8> = (0..len)
+            .map(|j| (x >> (j % 8 * 8)) as u8 ^ i as u8)
+            .collect();
         engine.process(&rec, &mut out);
     }
     assert!(engine.stats.decode_errors > 0);
@@ -192,4 +298,16 @@ fn filter_by_pid_drops_other_processes() {
         })
         .collect();
     assert_eq!(pids, vec![200]);
+}
+
+#[test]
+fn pure_client_outbound_is_a_chain_start_not_unlinked() {
+    // curl, a batch job: never served a request, so there is nothing to link to.
+    let mut s = Stream::default();
+    s.data(FRONT, 101, true, &get("/x", &[("traceparent", TP)]));
+    s.data(FRONT, 101, false, OK);
+    let recs = s.run();
+    assert_eq!(recs.len(), 1);
+    assert!(recs[0].findings.is_empty(), "{:?}", recs[0].findings);
+    assert!(recs[0].inbound.is_none());
 }

@@ -2,9 +2,7 @@
 
 use super::*;
 use crate::event::pod_bytes;
-use traceid_common::{
-    kind, ConnEvent, DataEvent, EventHeader, DIR_EGRESS, DIR_INGRESS, ROLE_CLIENT, ROLE_SERVER,
-};
+use traceid_common::{kind, ConnEvent, DataEvent, EventHeader, DIR_EGRESS, DIR_INGRESS};
 
 pub const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 pub const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -16,7 +14,15 @@ pub struct Stream {
     now: u64,
 }
 
-fn header(kind: u16, pid: u32, tid: u32, fd: i32, conn_ts: u64, now: u64, comm: &str) -> EventHeader {
+fn header(
+    kind: u16,
+    pid: u32,
+    tid: u32,
+    fd: i32,
+    conn_ts: u64,
+    now: u64,
+    comm: &str,
+) -> EventHeader {
     let mut c = [0u8; 16];
     c[..comm.len().min(15)].copy_from_slice(&comm.as_bytes()[..comm.len().min(15)]);
     EventHeader {
@@ -84,8 +90,15 @@ impl Stream {
 
     pub fn close(&mut self, c: C) {
         let now = self.tick();
-        self.records
-            .push(pod_bytes(&header(kind::CONN_CLOSE, c.pid, c.pid, c.fd, c.ts, now, c.comm)));
+        self.records.push(pod_bytes(&header(
+            kind::CONN_CLOSE,
+            c.pid,
+            c.pid,
+            c.fd,
+            c.ts,
+            now,
+            c.comm,
+        )));
     }
 
     pub fn run(&self) -> Vec<RequestRecord> {
@@ -118,4 +131,3 @@ pub fn get(path: &str, headers: &[(&str, &str)]) -> Vec<u8> {
 }
 
 pub const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
-

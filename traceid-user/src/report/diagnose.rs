@@ -262,7 +262,11 @@ impl Aggregator {
                 h
             })
             .collect();
-        hops.sort_by(|a, b| b.broken().cmp(&a.broken()).then(b.requests.cmp(&a.requests)));
+        hops.sort_by(|a, b| {
+            b.broken()
+                .cmp(&a.broken())
+                .then(b.requests.cmp(&a.requests))
+        });
         Diagnosis {
             duration_s,
             requests: self.requests,
@@ -308,7 +312,11 @@ fn render_group(s: &mut String, g: &Group, is_service: bool) {
         pids.join(","),
         g.requests,
         pct(g.with_trace, g.requests),
-        if formats.is_empty() { String::new() } else { format!(" ({})", formats.join(", ")) }
+        if formats.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", formats.join(", "))
+        }
     );
     for (f, c) in &g.findings {
         if *f == Finding::Propagated {
@@ -335,7 +343,10 @@ pub fn render(d: &Diagnosis) -> String {
         );
     }
     if !d.services.is_empty() {
-        let _ = writeln!(s, "\nSERVICES (inbound requests, by process and listening port)");
+        let _ = writeln!(
+            s,
+            "\nSERVICES (inbound requests, by process and listening port)"
+        );
         for g in &d.services {
             render_group(&mut s, g, true);
         }
@@ -347,7 +358,10 @@ pub fn render(d: &Diagnosis) -> String {
         }
     }
     let broken: Vec<&Hop> = d.hops.iter().filter(|h| h.broken() > 0).collect();
-    let _ = writeln!(s, "\nBROKEN HOPS (outbound calls that lose the trace id of the request they serve)");
+    let _ = writeln!(
+        s,
+        "\nBROKEN HOPS (outbound calls that lose the trace id of the request they serve)"
+    );
     if broken.is_empty() {
         let _ = writeln!(s, "  none seen");
     }
@@ -381,7 +395,11 @@ pub fn render(d: &Diagnosis) -> String {
         for h in healthy {
             let n = h.outcomes.get(&Finding::Propagated).map_or(0, |c| c.count);
             let server = h.server.clone().unwrap_or_else(|| h.server_addr.clone());
-            let _ = writeln!(s, "  {} -> {}: propagated {} of {}", h.client, server, n, h.requests);
+            let _ = writeln!(
+                s,
+                "  {} -> {}: propagated {} of {}",
+                h.client, server, n, h.requests
+            );
         }
     }
     if !d.malformed.is_empty() {
@@ -397,7 +415,11 @@ pub fn render(d: &Diagnosis) -> String {
     }
     if !d.links.is_empty() {
         let parts: Vec<String> = d.links.iter().map(|(k, v)| format!("{k} {v}")).collect();
-        let _ = writeln!(s, "\nLINKING of outbound to inbound requests: {}", parts.join(", "));
+        let _ = writeln!(
+            s,
+            "\nLINKING of outbound to inbound requests: {}",
+            parts.join(", ")
+        );
     }
     let lost: Vec<String> = d
         .lost
@@ -408,7 +430,11 @@ pub fn render(d: &Diagnosis) -> String {
     let _ = writeln!(
         s,
         "\nLOST EVENTS: {}",
-        if lost.is_empty() { "none".to_string() } else { lost.join(", ") }
+        if lost.is_empty() {
+            "none".to_string()
+        } else {
+            lost.join(", ")
+        }
     );
     for n in &d.notes {
         let _ = writeln!(s, "\n{n}");

@@ -19,7 +19,12 @@ pub fn json_line(r: &Record) -> String {
 pub fn human_line(r: &Record) -> String {
     match r {
         Record::Request(q) => human_request(q),
-        Record::Lost(l) => format!("{}  LOST {} events at {}", time_of_day(&l.ts), l.count, l.stage),
+        Record::Lost(l) => format!(
+            "{}  LOST {} events at {}",
+            time_of_day(&l.ts),
+            l.count,
+            l.stage
+        ),
     }
 }
 
@@ -32,8 +37,12 @@ fn human_request(q: &RequestRecord) -> String {
         crate::engine::Direction::Inbound => "<-",
         crate::engine::Direction::Outbound => "->",
     };
-    let status = q.status.map_or_else(|| "---".to_string(), |s| s.to_string());
-    let dur = q.duration_ms.map_or_else(String::new, |d| format!(" {d:.1}ms"));
+    let status = q
+        .status
+        .map_or_else(|| "---".to_string(), |s| s.to_string());
+    let dur = q
+        .duration_ms
+        .map_or_else(String::new, |d| format!(" {d:.1}ms"));
     let trace = match (&q.trace_format, &q.trace_id) {
         (Some(f), Some(id)) => format!("{}={}", f.as_str(), id),
         _ => "no-trace".to_string(),
@@ -55,26 +64,29 @@ fn human_request(q: &RequestRecord) -> String {
     let link = q.inbound.as_ref().map_or_else(String::new, |l| {
         format!(" (serving {} {}, {:?})", l.method, l.path, l.confidence).to_lowercase()
     });
-    let reason = q.reason.as_ref().map_or_else(String::new, |r| format!(" {r}"));
+    let reason = q
+        .reason
+        .as_ref()
+        .map_or_else(String::new, |r| format!(" {r}"));
     format!(
-        "{}  {:<8} {} {}[{}] {} {} {} {} {}{}  {}{}{}{}",
+        "{}  {:<8} {}[{}] {} {} {}  {} {} {}{}{}  {}{}{}{}",
         time_of_day(&q.ts),
         q.direction.as_str(),
+        q.comm,
+        q.pid,
         q.local.as_deref().unwrap_or("?"),
         arrow,
         q.peer.as_deref().unwrap_or("?"),
-        format_args!("{}[{}]", q.comm, q.pid),
         q.method,
         q.path,
         status,
-        if q.tls { "tls" } else { "" },
+        if q.tls { " tls" } else { "" },
         dur,
         trace,
         findings,
         link,
         reason
     )
-    .replace("[?]", "")
 }
 
 /// Writes each line and flushes, so a reader of a pipe sees lines as they happen.
@@ -89,7 +101,11 @@ impl<W: Write> LineSink<W> {
     }
 
     pub fn write(&mut self, r: &Record) -> std::io::Result<()> {
-        let line = if self.json { json_line(r) } else { human_line(r) };
+        let line = if self.json {
+            json_line(r)
+        } else {
+            human_line(r)
+        };
         writeln!(self.out, "{line}")?;
         self.out.flush()
     }
