@@ -177,9 +177,50 @@ impl Nginx {
         Self::start_with("")
     }
 
+    /// nginx serving TLS on its port with a self-signed certificate made for the test.
+    pub fn start_tls() -> Nginx {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("traceid-nginx-{port}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        let ok = Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=localhost",
+            ])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .stderr(Stdio::null())
+            .status()
+            .expect("openssl must be installed");
+        assert!(ok.success(), "openssl req failed");
+        Self::start_on(
+            port,
+            &format!(
+                "listen 127.0.0.1:{port} ssl;\n  ssl_certificate {};\n  ssl_certificate_key {};",
+                cert.display(),
+                key.display()
+            ),
+            "",
+        )
+    }
+
     /// `extra` goes into the server block.
     pub fn start_with(extra: &str) -> Nginx {
         let port = free_port();
+        Self::start_on(port, &format!("listen 127.0.0.1:{port};"), extra)
+    }
+
+    fn start_on(port: u16, listen: &str, extra: &str) -> Nginx {
         let dir = std::env::temp_dir().join(format!("traceid-nginx-{port}"));
         std::fs::create_dir_all(dir.join("html")).unwrap();
         std::fs::create_dir_all(dir.join("logs")).unwrap();
@@ -190,7 +231,7 @@ impl Nginx {
              http {{\n access_log off;\n client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n\
              fastcgi_temp_path {d}/fcgi;\n uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n\
              keepalive_requests 10000;\n\
-             server {{\n  listen 127.0.0.1:{port};\n  root {d}/html;\n  location /api {{ return 200 \"api\\n\"; }}\n{extra}\n }}\n}}\n",
+             server {{\n  {listen}\n  root {d}/html;\n  location /api {{ return 200 \"api\\n\"; }}\n{extra}\n }}\n}}\n",
             d = dir.display()
         );
         std::fs::write(dir.join("nginx.conf"), conf).unwrap();

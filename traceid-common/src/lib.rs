@@ -15,6 +15,25 @@ pub mod kind {
     pub const CONN_OPEN: u16 = 2;
     /// [`super::EventHeader`] alone: the process closed a known socket fd.
     pub const CONN_CLOSE: u16 = 3;
+    /// [`super::StateEvent`]: a TCP socket left ESTABLISHED (`sock:inet_sock_set_state`).
+    pub const STATE: u16 = 4;
+    /// [`super::EventHeader`] alone: the process called execve (new libraries to probe for TLS).
+    pub const EXEC: u16 = 5;
+}
+
+/// TCP states as the kernel numbers them (`include/net/tcp_states.h`).
+pub mod tcp_state {
+    pub const ESTABLISHED: u8 = 1;
+    pub const SYN_SENT: u8 = 2;
+    pub const SYN_RECV: u8 = 3;
+    pub const FIN_WAIT1: u8 = 4;
+    pub const FIN_WAIT2: u8 = 5;
+    pub const TIME_WAIT: u8 = 6;
+    pub const CLOSE: u8 = 7;
+    pub const CLOSE_WAIT: u8 = 8;
+    pub const LAST_ACK: u8 = 9;
+    pub const LISTEN: u8 = 10;
+    pub const CLOSING: u8 = 11;
 }
 
 /// `DataEvent::direction`: bytes the process received (read, recv*, readv).
@@ -40,6 +59,18 @@ pub mod source {
     pub const RECVMSG: u8 = 7;
     pub const SENDMSG: u8 = 8;
     pub const SENDFILE: u8 = 9;
+    /// Plaintext returned by OpenSSL's SSL_read / SSL_read_ex (uretprobe).
+    pub const SSL_READ: u8 = 10;
+    /// Plaintext passed to OpenSSL's SSL_write / SSL_write_ex (uretprobe).
+    pub const SSL_WRITE: u8 = 11;
+    /// `_ex` variants: the byte count comes from an out-parameter (internal to the kernel side).
+    pub const SSL_READ_EX: u8 = 12;
+    pub const SSL_WRITE_EX: u8 = 13;
+
+    /// True for plaintext captured inside a TLS library.
+    pub const fn is_tls(source: u8) -> bool {
+        source >= SSL_READ && source <= SSL_WRITE_EX
+    }
 }
 
 /// Largest payload the kernel copies from one syscall (or one iovec). A power of two so the
@@ -114,6 +145,36 @@ pub struct ConnEvent {
     /// Local address: IPv4 in the first 4 bytes, or IPv6; network byte order.
     pub local_addr: [u8; 16],
     /// Remote address, as `local_addr`.
+    pub remote_addr: [u8; 16],
+    /// The kernel's `struct sock *` of the connection (0 when unknown: seeded at start-up, or
+    /// the socket could not be read). `StateEvent::skaddr` names the same socket, which is how
+    /// state changes seen in softirq context (any pid) are attributed to their connection.
+    /// Added after the first recordings: a record 8 bytes shorter decodes with `sock = 0`.
+    pub sock: u64,
+}
+
+/// A TCP socket changed state (`sock:inet_sock_set_state`). Only transitions out of
+/// ESTABLISHED are reported: ESTABLISHED -> FIN_WAIT1 (this side closed first: it keeps the
+/// TIME_WAIT), ESTABLISHED -> CLOSE_WAIT (the peer closed first), ESTABLISHED -> CLOSE (reset).
+/// These often run in softirq context: `header.pid`/`comm` are whoever was on the CPU, not the
+/// owner; `header.fd` is -1 and `header.conn_ts_ns` 0. Attribute by `skaddr`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StateEvent {
+    pub header: EventHeader,
+    /// The kernel's `struct sock *` (matches [`ConnEvent::sock`]).
+    pub skaddr: u64,
+    /// [`tcp_state`] before and after.
+    pub old_state: u8,
+    pub new_state: u8,
+    /// `AF_INET` (2) or `AF_INET6` (10).
+    pub family: u16,
+    /// Local (source) port, host byte order.
+    pub local_port: u16,
+    /// Remote (destination) port, host byte order.
+    pub remote_port: u16,
+    /// As [`ConnEvent::local_addr`].
+    pub local_addr: [u8; 16],
     pub remote_addr: [u8; 16],
 }
 
@@ -192,6 +253,8 @@ pub mod stat {
     pub const SOCKS_FULL: u32 = 3;
     /// Reading a socket's endpoints through the kernel structs failed.
     pub const SOCK_READ_FAILED: u32 = 4;
+    /// A TLS read/write whose socket could not be determined (no syscall seen inside it yet).
+    pub const TLS_NO_FD: u32 = 5;
     /// Number of counters.
     pub const COUNT: u32 = 8;
 }
@@ -217,7 +280,11 @@ mod tests {
         assert_eq!(offset_of!(EventHeader, comm), 32);
         assert_eq!(size_of::<DataEvent>(), 64);
         assert_eq!(offset_of!(DataEvent, real_len), 56);
-        assert_eq!(size_of::<ConnEvent>(), 88);
+        assert_eq!(size_of::<ConnEvent>(), 96);
+        assert_eq!(offset_of!(ConnEvent, sock), 88);
+        assert_eq!(size_of::<StateEvent>(), 96);
+        assert_eq!(offset_of!(StateEvent, skaddr), 48);
+        assert_eq!(offset_of!(StateEvent, local_addr), 64);
         assert_eq!(size_of::<SockInfo>(), 16);
         assert_eq!(size_of::<SockKey>(), 8);
         assert_eq!(size_of::<KernelOffsets>(), 64);

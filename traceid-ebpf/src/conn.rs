@@ -143,6 +143,7 @@ fn register(pid: u32, tid: u32, fd: i32, role: u8) {
     ev.remote_port = 0;
     ev.local_addr = [0; 16];
     ev.remote_addr = [0; 16];
+    ev.sock = 0;
     match read_endpoints(fd, ev) {
         Ok(true) => {}
         Ok(false) => {
@@ -207,6 +208,7 @@ fn read_endpoints(fd: i32, ev: &mut ConnEvent) -> Result<bool, ()> {
         return Ok(false);
     }
     ev.family = family;
+    ev.sock = sk;
     ev.local_port = read_at(sk, o.skc_num)?;
     let dport: u16 = read_at(sk, o.skc_dport)?;
     ev.remote_port = u16::from_be(dport);

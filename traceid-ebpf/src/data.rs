@@ -74,6 +74,11 @@ fn on_enter(ctx: &TracePointContext, src: u8) {
     let Some(info) = known_socket(pid, fd) else {
         return;
     };
+    // Inside SSL_read/SSL_write: the bytes are ciphertext; the plaintext comes from the
+    // TLS return probe, which learns the socket from this call.
+    if crate::tls::note_syscall_fd(fd) {
+        return;
+    }
     let ptr: u64 = if src == source::SENDFILE {
         0
     } else {
@@ -143,14 +148,14 @@ fn on_exit(ctx: &TracePointContext, src: u8) {
     }
 }
 
-struct Ids {
-    pid: u32,
-    tid: u32,
-    fd: i32,
-    conn_ts_ns: u64,
-    direction: u8,
-    source: u8,
-    role: u8,
+pub struct Ids {
+    pub pid: u32,
+    pub tid: u32,
+    pub fd: i32,
+    pub conn_ts_ns: u64,
+    pub direction: u8,
+    pub source: u8,
+    pub role: u8,
 }
 
 /// Reports `total` bytes spread over an iovec array, one record per iovec, so each record is
@@ -187,7 +192,7 @@ fn emit_iovecs(ids: &Ids, iov: u64, iovcnt: u64, total: u64) {
 /// Writes one data record: `real_len` bytes moved, the first `min(avail, CAPTURE_BYTES)` of
 /// which are copied from `buf`.
 #[inline(always)]
-fn emit(ids: &Ids, buf: u64, avail: u64, real_len: u64) {
+pub fn emit(ids: &Ids, buf: u64, avail: u64, real_len: u64) {
     let Some(rec) = SCRATCH.get_ptr_mut(0) else {
         return;
     };

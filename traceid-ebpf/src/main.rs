@@ -4,6 +4,8 @@
 //!   (`SOCKS`) and report connections opening and closing.
 //! - `data`: read/write/readv/writev/recvfrom/sendto/recvmsg/sendmsg/sendfile tracepoints copy
 //!   the first bytes of every transfer on a known socket into the ring buffer.
+//! - `state`: `sock:inet_sock_set_state` reports TCP sockets leaving ESTABLISHED (who closed
+//!   first), tagged with the `struct sock *` that `conn` reported at registration.
 //!
 //! Everything is bounded: fixed-size maps (LRU where entries could pile up), at most
 //! `MAX_IOVECS` iovecs per call, at most `MAX_CAPTURE` bytes per copy. Every loss is counted in
@@ -14,6 +16,8 @@
 mod conn;
 mod data;
 mod maps;
+mod state;
+mod tls;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -186,7 +186,7 @@ pub fn run_checks() -> Vec<CheckLine> {
             "no process maps libssl right now".into()
         } else {
             format!(
-                "found {} (TLS plaintext capture is not attached yet: HTTPS is not decoded)",
+                "found {}: the agent attaches its OpenSSL probes to these (and to libraries of processes started later)",
                 libs.into_iter().collect::<Vec<_>>().join(", ")
             )
         },

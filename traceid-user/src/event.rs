@@ -6,8 +6,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use traceid_common::{
-    kind, ConnEvent, DataEvent, EventHeader, COMM_LEN, DIR_EGRESS, MAX_CAPTURE, ROLE_CLIENT,
-    ROLE_SERVER,
+    kind, ConnEvent, DataEvent, EventHeader, StateEvent, COMM_LEN, DIR_EGRESS, MAX_CAPTURE,
+    ROLE_CLIENT, ROLE_SERVER,
 };
 
 /// One decoded record; `payload` borrows from the record.
@@ -16,6 +16,8 @@ pub enum Event<'a> {
     Data(DataEvent, &'a [u8]),
     ConnOpen(ConnEvent),
     ConnClose(EventHeader),
+    /// A TCP socket left ESTABLISHED; its header's pid is not the owner (see [`StateEvent`]).
+    State(StateEvent),
 }
 
 impl Event<'_> {
@@ -24,6 +26,7 @@ impl Event<'_> {
             Event::Data(d, _) => &d.header,
             Event::ConnOpen(c) => &c.header,
             Event::ConnClose(h) => h,
+            Event::State(s) => &s.header,
         }
     }
 }
@@ -65,7 +68,21 @@ pub fn decode(buf: &[u8]) -> Result<Event<'_>, DecodeError> {
                 })?;
             Ok(Event::Data(ev, payload))
         }
-        kind::CONN_OPEN => Ok(Event::ConnOpen(
+        kind::CONN_OPEN => {
+            // Recordings made before `ConnEvent::sock` existed carry 8 bytes less: zero-fill.
+            let size = std::mem::size_of::<ConnEvent>();
+            let old = size - std::mem::size_of::<u64>();
+            if buf.len() < old {
+                return Err(DecodeError::Short(buf.len()));
+            }
+            let mut full = [0u8; std::mem::size_of::<ConnEvent>()];
+            let n = buf.len().min(size);
+            full[..n].copy_from_slice(&buf[..n]);
+            Ok(Event::ConnOpen(
+                read_pod(&full).ok_or(DecodeError::Short(buf.len()))?,
+            ))
+        }
+        kind::STATE => Ok(Event::State(
             read_pod(buf).ok_or(DecodeError::Short(buf.len()))?,
         )),
         kind::CONN_CLOSE => Ok(Event::ConnClose(header)),
@@ -108,6 +125,22 @@ pub fn endpoints(c: &ConnEvent) -> Option<(SocketAddr, SocketAddr)> {
         SocketAddr::new(ip(&c.local_addr)?, c.local_port),
         SocketAddr::new(ip(&c.remote_addr)?, c.remote_port),
     ))
+}
+
+/// Local and remote endpoints of a state event; None for an unknown family.
+pub fn state_endpoints(s: &StateEvent) -> Option<(SocketAddr, SocketAddr)> {
+    let c = ConnEvent {
+        header: s.header,
+        role: 0,
+        _pad0: 0,
+        family: s.family,
+        local_port: s.local_port,
+        remote_port: s.remote_port,
+        local_addr: s.local_addr,
+        remote_addr: s.remote_addr,
+        sock: s.skaddr,
+    };
+    endpoints(&c)
 }
 
 /// Socket role as the engine uses it.
@@ -199,7 +232,16 @@ mod tests {
             remote_port: 50000,
             local_addr: [0; 16],
             remote_addr: [0; 16],
+            sock: 0xffff_8880_dead_b000,
         };
+        // A record from before `sock` existed (8 bytes shorter) decodes with sock = 0.
+        let raw = pod_bytes(&c);
+        assert_eq!(decode(&raw), Ok(Event::ConnOpen(c)));
+        match decode(&raw[..raw.len() - 8]).unwrap() {
+            Event::ConnOpen(old) => assert_eq!(old, ConnEvent { sock: 0, ..c }),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(decode(&raw[..raw.len() - 9]), Err(DecodeError::Short(87)));
         c.local_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
         c.remote_addr[..4].copy_from_slice(&[127, 0, 0, 2]);
         let (l, r) = endpoints(&c).unwrap();
@@ -213,5 +255,37 @@ mod tests {
         assert_eq!(r.to_string(), "10.1.2.3:50000");
         c.family = 0;
         assert_eq!(endpoints(&c), None);
+    }
+
+    #[test]
+    fn state_event_decodes() {
+        let mut s = StateEvent {
+            header: EventHeader {
+                fd: -1,
+                conn_ts_ns: 0,
+                ..header(kind::STATE)
+            },
+            skaddr: 0xffff_8880_0000_1000,
+            old_state: traceid_common::tcp_state::ESTABLISHED,
+            new_state: traceid_common::tcp_state::FIN_WAIT1,
+            family: 10,
+            local_port: 40000,
+            remote_port: 8080,
+            local_addr: Ipv6Addr::LOCALHOST.octets(),
+            remote_addr: Ipv6Addr::LOCALHOST.octets(),
+        };
+        let raw = pod_bytes(&s);
+        assert_eq!(decode(&raw), Ok(Event::State(s)));
+        assert!(decode(&raw[..raw.len() - 1]).is_err());
+        let (l, r) = state_endpoints(&s).unwrap();
+        assert_eq!(
+            (l.to_string(), r.to_string()),
+            ("[::1]:40000".into(), "[::1]:8080".into())
+        );
+        s.family = 2;
+        s.local_addr = [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        s.remote_addr = s.local_addr;
+        let (_, r) = state_endpoints(&s).unwrap();
+        assert_eq!(r.to_string(), "127.0.0.1:8080");
     }
 }

@@ -5,6 +5,7 @@
 //! - [`event`]: decoding raw records;
 //! - [`engine`]: connection table, HTTP reassembly ([`http`]), trace context ([`tracectx`]),
 //!   findings; pure, fed by live capture or by a recording;
+//! - [`lifecycle`]: connection lifecycle, TIME_WAIT census (sock_diag) and `buildup`;
 //! - [`report`]: JSON lines, human lines, the diagnosis.
 
 pub mod agent;
@@ -13,6 +14,8 @@ pub mod check;
 pub mod engine;
 pub mod event;
 pub mod http;
+pub mod lifecycle;
+pub mod metrics;
 pub mod recording;
 pub mod report;
 pub mod tracectx;

@@ -12,7 +12,8 @@ use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand};
 
 use traceid::capture::CaptureConfig;
-use traceid::engine::{Engine, EngineConfig, Filter, Record};
+use traceid::engine::{Engine, EngineConfig, Filter, Finding, Record};
+use traceid::metrics::{server as metrics_server, Metrics, MetricsConfig};
 use traceid::report::{self, diagnose::Aggregator, LineSink};
 use traceid::tracectx::HeaderNames;
 use traceid::{agent, check, recording};
@@ -81,6 +82,39 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// The long-running agent: Prometheus/OpenMetrics metrics on /metrics (exemplars carry
+    /// trace ids) and /healthz; with --log-findings, findings as JSON lines on stdout.
+    Run {
+        #[command(flatten)]
+        run: RunArgs,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+/// Knobs of `traceid run`.
+#[derive(Args, Clone)]
+struct RunArgs {
+    /// Address of the metrics endpoint (/metrics, /healthz); 0.0.0.0:9464 to be scraped from
+    /// other hosts.
+    #[arg(long, default_value = "127.0.0.1:9464", value_name = "ADDR")]
+    metrics_addr: String,
+    /// Write requests with findings (all but `propagated`), `buildup` and `lost` events as
+    /// JSON lines to stdout, for log stores.
+    #[arg(long)]
+    log_findings: bool,
+    /// Most per-trace_id series kept in traceid_trace_requests_total (LRU; 0: none).
+    #[arg(long, default_value_t = 2000, value_name = "N")]
+    trace_series_cap: usize,
+    /// A per-trace_id series idle this long is dropped (e.g. 5m, 30s).
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    trace_series_ttl: Duration,
+    /// Distinct `comm` label values before `other`.
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    comm_cap: usize,
+    /// Stop after this long (default: until SIGINT/SIGTERM).
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
 }
 
 /// Filters and knobs shared by every command.
@@ -105,6 +139,10 @@ struct Common {
     /// Ring buffer size in MiB (power of two).
     #[arg(long, default_value_t = 16, hide = true)]
     ring_mib: u32,
+    /// TIME_WAIT sockets toward one remote that make a `buildup` finding (when growing).
+    /// Default: 1000 or 10 % of ip_local_port_range, whichever is lower.
+    #[arg(long, value_name = "N")]
+    tw_threshold: Option<u64>,
 }
 
 impl Common {
@@ -117,6 +155,10 @@ impl Common {
                 ports: self.port.clone(),
             },
             realtime_offset_ns,
+            lifecycle: traceid::lifecycle::LifecycleConfig {
+                tw_threshold: self.tw_threshold,
+                ..Default::default()
+            },
             ..EngineConfig::default()
         }
     }
@@ -260,7 +302,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 |_| {},
                 |r| agg.add(r),
             )?;
-            let d = agg.diagnosis(summary.elapsed.as_secs_f64());
+            let mut d = agg.diagnosis(summary.elapsed.as_secs_f64());
+            d.time_wait = summary.time_wait;
             print_diagnosis(&d, json)?;
             Ok(ExitCode::SUCCESS)
         }
@@ -354,7 +397,52 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Run { run, common } => run_agent(&run, &common),
     }
+}
+
+/// `traceid run`: the live loop feeding the metrics, served over HTTP.
+fn run_agent(args: &RunArgs, common: &Common) -> anyhow::Result<ExitCode> {
+    preflight()?;
+    let capture_cfg = common.capture_config()?;
+    let stop = stop_flag()?;
+    let metrics = Arc::new(Metrics::new(&MetricsConfig {
+        trace_series_cap: args.trace_series_cap,
+        trace_series_ttl: args.trace_series_ttl,
+        comm_cap: args.comm_cap,
+        ..MetricsConfig::default()
+    }));
+    metrics.init_known_lost_stages();
+    let listener = metrics_server::bind(&args.metrics_addr)?;
+    let addr = metrics_server::spawn(listener, Arc::clone(&metrics))
+        .context("starting the metrics server thread")?;
+    eprintln!("traceid: metrics on http://{addr}/metrics");
+    let mut out = std::io::stdout().lock();
+    let mut log = args.log_findings;
+    let mut engine_cfg = common.engine_config(agent::realtime_offset_ns());
+    // Connection lifecycle and TIME_WAIT census feed the traceid_tcp_* series.
+    engine_cfg.lifecycle.observer = Some(traceid::lifecycle::Observer(metrics.clone()));
+    agent::run_live(
+        &capture_cfg,
+        engine_cfg,
+        args.duration,
+        stop,
+        |_| {},
+        |r| {
+            metrics.observe(r);
+            let worth_logging = match r {
+                Record::Request(q) => q.findings.iter().any(|f| *f != Finding::Propagated),
+                _ => true,
+            };
+            if log && worth_logging {
+                if let Err(e) = writeln!(out, "{}", report::json_line(r)) {
+                    eprintln!("traceid: stopped writing findings to stdout: {e}");
+                    log = false;
+                }
+            }
+        },
+    )?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn print_diagnosis(d: &report::diagnose::Diagnosis, json: bool) -> anyhow::Result<()> {

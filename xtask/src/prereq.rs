@@ -35,10 +35,17 @@ pub const INTEGRATION_PACKAGES: &[&str] = &[
     "golang-go",
     "ca-certificates",
     "openssl",
+    // promtool (`promtool check metrics` on the /metrics exposition, tests/metrics.rs).
+    "prometheus",
+    // The reference OpenMetrics parser, to check the exposition with exemplars.
+    "python3-prometheus-client",
 ];
 
 /// Python packages the integration tests need beyond Debian's (`python3 -m pip install`).
-pub const PIP_PACKAGES: &[&str] = &[];
+pub const PIP_PACKAGES: &[&str] = &[
+    // Validates deploy/kubernetes/*.yaml against bundled Kubernetes schemas, offline.
+    "kubernetes-validate",
+];
 
 /// `apt-get update` runs at most once per xtask run, and only when something is installed.
 static APT_UPDATED: AtomicBool = AtomicBool::new(false);

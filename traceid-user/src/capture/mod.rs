@@ -7,6 +7,7 @@
 
 pub mod btf;
 pub mod seed;
+pub mod tls;
 pub mod tracefs;
 
 use std::{
@@ -50,6 +51,8 @@ pub const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("sys_exit_sendmsg", "syscalls", "sys_exit_sendmsg"),
     ("sys_enter_sendfile64", "syscalls", "sys_enter_sendfile64"),
     ("sys_exit_sendfile64", "syscalls", "sys_exit_sendfile64"),
+    ("inet_sock_set_state", "sock", "inet_sock_set_state"),
+    ("sched_process_exec", "sched", "sched_process_exec"),
 ];
 
 #[derive(thiserror::Error, Debug)]
@@ -110,12 +113,16 @@ pub struct StartInfo {
     pub btf_error: Option<String>,
     pub seeded: usize,
     pub attached: usize,
+    /// Why the TLS probes could not be loaded (TLS traffic is then not decoded).
+    pub tls_error: Option<String>,
 }
 
 /// The loaded programs and their ring buffer.
 pub struct Capture {
     // Keeps programs attached and maps alive for as long as the capture lives.
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
+    /// OpenSSL files the TLS probes are attached to, and the pending looks at new processes.
+    pub tls: tls::TlsAttacher,
     ring: RingBuf<MapData>,
     stats: PerCpuArray<MapData, u64>,
     /// Records describing the connections found at start-up (ConnOpen events), to be fed to
@@ -210,8 +217,17 @@ impl Capture {
                 .ok_or(CaptureError::Map("STATS", "missing".into()))?,
         )
         .map_err(|e| CaptureError::Map("STATS", e.to_string()))?;
+        let mut tls = tls::TlsAttacher::default();
+        match tls.load(&mut ebpf) {
+            Ok(()) => tls.scan_all(&mut ebpf, agent_pid),
+            Err(e) => {
+                tracing::warn!("TLS probes unavailable: {e}");
+                info.tls_error = Some(e);
+            }
+        }
         Ok(Capture {
-            _ebpf: ebpf,
+            ebpf,
+            tls,
             ring,
             stats,
             seeded,
@@ -280,6 +296,7 @@ pub fn stat_name(index: u32) -> Option<&'static str> {
         stat::ARGS_FULL => "kernel_args_table_full",
         stat::SOCKS_FULL => "kernel_socket_table_full",
         stat::SOCK_READ_FAILED => "kernel_socket_read_failed",
+        stat::TLS_NO_FD => "kernel_tls_socket_unknown",
         _ => return None,
     })
 }
@@ -298,4 +315,16 @@ pub fn monotonic_ns() -> u64 {
 /// True when this binary carries its kernel programs.
 pub fn object_built() -> bool {
     !EBPF_OBJECT.is_empty()
+}
+
+impl Capture {
+    /// A process called execve: look for TLS libraries in it shortly.
+    pub fn on_exec(&mut self, pid: u32) {
+        self.tls.on_exec(pid);
+    }
+
+    /// Periodic work: attaches TLS probes to processes that exec'd recently.
+    pub fn tick(&mut self) {
+        self.tls.tick(&mut self.ebpf);
+    }
 }

@@ -215,6 +215,9 @@ fn conn_event(
         remote_port: remote.port(),
         local_addr,
         remote_addr,
+        // /proc does not give the kernel's socket pointer: state changes of seeded
+        // connections stay unattributed.
+        sock: 0,
     }
 }
 

@@ -3,7 +3,14 @@
 //! Rules, strongest first (DESIGN.md "What it reports"):
 //! 1. certain: an inbound request in flight in the same process carries the same trace id;
 //! 2. strong: an inbound request in flight was read by the thread that writes the outbound
-//!    request (thread-per-request servers: Flask, Java servlet pools);
+//!    request (thread-per-request servers: Flask, Java servlet pools), in a process that has
+//!    shown, `MIN_THREAD_EVIDENCE` times and never the opposite, that one thread carries a
+//!    request through: a response written by the thread that read its request, a propagating
+//!    call written by the thread that read the request it propagates, a call's response read
+//!    by the thread that wrote the call. Go schedules goroutines across threads (and its HTTP
+//!    client writes and reads on two goroutines), so a Go service soon shows a request handled
+//!    by two threads and is never linked by thread: under concurrency a thread says nothing
+//!    about which goroutine it runs;
 //! 3. weak: it is the only inbound request in flight in that process (sequential load on
 //!    async runtimes and Go, where goroutines hop threads);
 //! 4. otherwise unlinked: the engine never guesses between several candidates.
@@ -20,6 +27,8 @@ use crate::tracectx::TraceContext;
 
 pub const MAX_INFLIGHT_PER_PROCESS: usize = 4096;
 pub const MAX_PROCESSES: usize = 16_384;
+/// Observations of one thread carrying a request through before a process is linked by thread.
+pub const MIN_THREAD_EVIDENCE: u32 = 8;
 
 /// An inbound request whose response has not been seen yet.
 #[derive(Debug, Clone)]
@@ -44,8 +53,26 @@ pub struct Linker {
     /// Processes seen serving inbound requests (bounded): only their outbound calls can be
     /// unlinked; a pure client (curl, a batch job) is the start of a chain.
     servers: std::collections::HashSet<u32>,
+    /// What each server process has shown about serving a request on one thread (bounded).
+    affinity: HashMap<u32, Affinity>,
     /// Inflight entries forgotten because a bound was hit.
     pub evicted: u64,
+}
+
+/// Evidence that a process serves each request on one thread from read to response.
+#[derive(Debug, Default, Clone, Copy)]
+struct Affinity {
+    /// Requests seen handled by the thread that read them.
+    same: u32,
+    /// Requests seen handled by another thread than the one that read them.
+    hopped: u32,
+}
+
+impl Affinity {
+    /// Linking by thread is sound: seen often enough, contradicted never.
+    fn thread_per_request(self) -> bool {
+        self.same >= MIN_THREAD_EVIDENCE && self.hopped == 0
+    }
 }
 
 impl Linker {
@@ -83,6 +110,28 @@ impl Linker {
         }
     }
 
+    /// Records that a request first handled by thread `read_tid` of `pid` (an inbound request
+    /// read, a call written) was later handled by thread `later_tid` (its response written, a
+    /// call propagating its trace written, the call's response read).
+    pub fn observe_thread(&mut self, pid: u32, read_tid: u32, later_tid: u32) {
+        if !self.affinity.contains_key(&pid) && self.affinity.len() >= MAX_PROCESSES * 4 {
+            return;
+        }
+        let a = self.affinity.entry(pid).or_default();
+        if read_tid == later_tid {
+            a.same = a.same.saturating_add(1);
+        } else {
+            a.hopped = a.hopped.saturating_add(1);
+        }
+    }
+
+    /// True when `pid` has shown that it serves each request on one thread.
+    pub fn thread_per_request(&self, pid: u32) -> bool {
+        self.affinity
+            .get(&pid)
+            .is_some_and(|a| a.thread_per_request())
+    }
+
     /// True when `pid` has served inbound requests.
     pub fn is_server(&self, pid: u32) -> bool {
         self.servers.contains(&pid)
@@ -94,7 +143,7 @@ impl Linker {
     }
 
     /// Chooses the inbound request an outbound request made by (pid, tid) serves.
-    pub fn link(&self, pid: u32, tid: u32, outbound: Option<&TraceContext>) -> Option<Link> {
+    pub fn link(&mut self, pid: u32, tid: u32, outbound: Option<&TraceContext>) -> Option<Link> {
         let q = self.by_pid.get(&pid)?;
         if let Some(out) = outbound {
             // Newest first: a nested call is most likely to serve the latest request.
@@ -103,20 +152,25 @@ impl Linker {
                     .as_ref()
                     .is_some_and(|t| t.same_trace(out) == Some(true))
             }) {
-                return Some(Link {
+                let link = Link {
                     inbound: e.clone(),
                     confidence: Confidence::Certain,
-                });
+                };
+                self.observe_thread(pid, link.inbound.head.tid, tid);
+                return Some(link);
             }
         }
         // An event-loop server reads every request on one thread: a thread that has several
-        // requests in flight says nothing about which one a call serves.
-        let mut same_thread = q.iter().filter(|e| e.head.tid == tid);
-        if let (Some(e), None) = (same_thread.next(), same_thread.next()) {
-            return Some(Link {
-                inbound: e.clone(),
-                confidence: Confidence::Strong,
-            });
+        // requests in flight says nothing about which one a call serves. Neither does a thread
+        // of a process that hands requests from thread to thread (Go, async servlets).
+        if self.thread_per_request(pid) {
+            let mut same_thread = q.iter().filter(|e| e.head.tid == tid);
+            if let (Some(e), None) = (same_thread.next(), same_thread.next()) {
+                return Some(Link {
+                    inbound: e.clone(),
+                    confidence: Confidence::Strong,
+                });
+            }
         }
         if q.len() == 1 {
             return Some(Link {

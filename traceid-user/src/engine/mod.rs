@@ -16,7 +16,9 @@ use crate::http::{self, Chunk, Flow, HttpConn, HttpEvent, RequestHead, ResponseH
 use crate::tracectx::{self, Extraction, HeaderNames, TraceContext};
 
 use link::{Inflight, Linker};
-pub use record::{Confidence, Direction, Finding, InboundRef, LostRecord, Record, RequestRecord};
+pub use record::{
+    BuildupRecord, Confidence, Direction, Finding, InboundRef, LostRecord, Record, RequestRecord,
+};
 
 /// Which processes and ports to report (empty = all).
 #[derive(Debug, Clone, Default)]
@@ -53,6 +55,8 @@ pub struct EngineConfig {
     pub filter: Filter,
     /// CLOCK_REALTIME - CLOCK_MONOTONIC in ns, to stamp records with wall-clock time.
     pub realtime_offset_ns: i128,
+    /// Connection lifecycle and TIME_WAIT census (run next to the engine by the live loop).
+    pub lifecycle: crate::lifecycle::LifecycleConfig,
 }
 
 impl Default for EngineConfig {
@@ -63,6 +67,7 @@ impl Default for EngineConfig {
             max_conns: 200_000,
             filter: Filter::default(),
             realtime_offset_ns: 0,
+            lifecycle: crate::lifecycle::LifecycleConfig::default(),
         }
     }
 }
@@ -82,6 +87,13 @@ struct Conn {
     comm: String,
     /// None when the filter excludes this connection: its data is dropped unparsed.
     http: Option<HttpConn>,
+    /// The plaintext stream of a TLS connection (from the OpenSSL probes), parsed apart from
+    /// the ciphertext the syscalls see. Created on its first plaintext.
+    tls_http: Option<HttpConn>,
+    /// The filter admits this connection.
+    admitted: bool,
+    /// Records being emitted come from `tls_http`.
+    emitting_tls: bool,
     last_ns: u64,
     /// Outbound requests' links, decided when each request started (by request number).
     links: Vec<(u64, Option<link::Link>)>,
@@ -152,14 +164,11 @@ impl Engine {
             }
             Event::ConnClose(_) => {
                 if let Some(mut conn) = self.conns.remove(&key) {
-                    if let Some(mut http) = conn.http.take() {
-                        let mut evs = std::mem::take(&mut self.http_events);
-                        http.on_close(h.ts_ns, &mut evs);
-                        self.handle_http(key, &mut conn, &mut evs, out);
-                        self.http_events = evs;
-                    }
+                    self.end_conn(key, &mut conn, Some(h.ts_ns), out);
                 }
             }
+            // TCP state changes feed the connection lifecycle (crate::lifecycle), not HTTP.
+            Event::State(_) => {}
             Event::Data(d, payload) => {
                 if !self.conns.contains_key(&key) {
                     // Its open was lost or happened before a replay started: follow it anyway.
@@ -170,7 +179,16 @@ impl Engine {
                     return;
                 };
                 conn.last_ns = h.ts_ns;
-                if conn.http.is_some() {
+                let tls = traceid_common::source::is_tls(d.source);
+                if tls && conn.admitted && conn.tls_http.is_none() {
+                    conn.tls_http = Some(HttpConn::new(self.cfg.limits));
+                }
+                let parser_alive = if tls {
+                    conn.tls_http.is_some()
+                } else {
+                    conn.http.is_some()
+                };
+                if parser_alive {
                     let egress = event::is_egress(d);
                     if conn.role == Role::Unknown {
                         conn.role = sniff_role(egress, payload);
@@ -180,7 +198,12 @@ impl Engine {
                         (Role::Server, true) | (Role::Client, false) => Some(Flow::ServerToClient),
                         (Role::Unknown, _) => None,
                     };
-                    if let (Some(flow), Some(http)) = (flow, conn.http.as_mut()) {
+                    let parser = if tls {
+                        conn.tls_http.as_mut()
+                    } else {
+                        conn.http.as_mut()
+                    };
+                    if let (Some(flow), Some(http)) = (flow, parser) {
                         let chunk = Chunk {
                             data: payload,
                             real_len: d.real_len,
@@ -192,8 +215,13 @@ impl Engine {
                         let mut evs = std::mem::take(&mut self.http_events);
                         http.on_data(flow, chunk, &keep, &mut evs);
                         if http.is_dead() {
-                            conn.http = None;
+                            if tls {
+                                conn.tls_http = None;
+                            } else {
+                                conn.http = None;
+                            }
                         }
+                        conn.emitting_tls = tls;
                         self.handle_http(key, &mut conn, &mut evs, out);
                         self.http_events = evs;
                     }
@@ -209,12 +237,34 @@ impl Engine {
         let keys: Vec<ConnKey> = self.conns.keys().copied().collect();
         for key in keys {
             if let Some(mut conn) = self.conns.remove(&key) {
-                if let Some(mut http) = conn.http.take() {
-                    let mut evs = std::mem::take(&mut self.http_events);
-                    http.flush(&mut evs);
-                    self.handle_http(key, &mut conn, &mut evs, out);
-                    self.http_events = evs;
+                self.end_conn(key, &mut conn, None, out);
+            }
+        }
+    }
+
+    /// Ends both parsers of a connection: at its close (`Some(ts)`), or flushing (`None`).
+    fn end_conn(
+        &mut self,
+        key: ConnKey,
+        conn: &mut Conn,
+        close_ts: Option<u64>,
+        out: &mut Vec<Record>,
+    ) {
+        for tls in [false, true] {
+            let parser = if tls {
+                conn.tls_http.take()
+            } else {
+                conn.http.take()
+            };
+            if let Some(mut http) = parser {
+                let mut evs = std::mem::take(&mut self.http_events);
+                match close_ts {
+                    Some(ts) => http.on_close(ts, &mut evs),
+                    None => http.flush(&mut evs),
                 }
+                conn.emitting_tls = tls;
+                self.handle_http(key, conn, &mut evs, out);
+                self.http_events = evs;
             }
         }
     }
@@ -233,11 +283,8 @@ impl Engine {
         if self.conns.len() >= self.cfg.max_conns && !self.conns.contains_key(&key) {
             self.evict_idle(out);
         }
-        let http = self
-            .cfg
-            .filter
-            .admits(key.pid, &comm, local, peer)
-            .then(|| HttpConn::new(self.cfg.limits));
+        let admitted = self.cfg.filter.admits(key.pid, &comm, local, peer);
+        let http = admitted.then(|| HttpConn::new(self.cfg.limits));
         self.conns.insert(
             key,
             Conn {
@@ -246,6 +293,9 @@ impl Engine {
                 peer,
                 comm,
                 http,
+                tls_http: None,
+                admitted,
+                emitting_tls: false,
                 last_ns: ts_ns,
                 links: Vec::new(),
             },
@@ -261,11 +311,7 @@ impl Engine {
         ages.select_nth_unstable(n - 1);
         for (_, key) in ages.into_iter().take(n) {
             if let Some(mut conn) = self.conns.remove(&key) {
-                if let Some(mut http) = conn.http.take() {
-                    let mut evs = Vec::new();
-                    http.flush(&mut evs);
-                    self.handle_http(key, &mut conn, &mut evs, out);
-                }
+                self.end_conn(key, &mut conn, None, out);
                 self.stats.conns_evicted += 1;
             }
         }
@@ -309,8 +355,17 @@ impl Engine {
                 } => {
                     let link = if conn.role == Role::Server {
                         self.linker.finish(key.pid, (key.fd, key.conn_ts_ns), seq);
+                        if let Some(resp) = &response {
+                            self.linker.observe_thread(key.pid, request.tid, resp.tid);
+                        }
                         None
                     } else {
+                        // A server's own calls say whether one thread carries them through.
+                        if let Some(resp) = &response {
+                            if self.linker.is_server(key.pid) {
+                                self.linker.observe_thread(key.pid, request.tid, resp.tid);
+                            }
+                        }
                         conn.links
                             .iter()
                             .position(|(s, _)| *s == seq)
@@ -393,7 +448,7 @@ impl Engine {
             comm: conn.comm.clone(),
             local: conn.local.map(|a| a.to_string()),
             peer: conn.peer.map(|a| a.to_string()),
-            tls: false,
+            tls: conn.emitting_tls,
             method: req.method.clone(),
             path: req.path.clone(),
             status: resp.map(|r| r.status),

@@ -151,11 +151,38 @@ pub struct LostRecord {
     pub count: u64,
 }
 
+/// TIME_WAIT toward one remote passed the threshold and is growing (crate::lifecycle).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BuildupRecord {
+    /// Always "buildup".
+    pub event: &'static str,
+    pub ts: String,
+    /// The endpoint the TIME_WAIT sockets point to, "ip:port".
+    pub remote: String,
+    /// TIME_WAIT sockets toward `remote` at the census.
+    pub time_wait: u64,
+    pub threshold: u64,
+    /// The process that owned most of them (matched by 4-tuple with connections it closed);
+    /// null when none was seen closing.
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    /// Connections that process opened to `remote` per second (recent window).
+    pub connections_per_s: f64,
+    /// Requests per connection of that process to `remote` (reuse): 1 means no reuse.
+    pub requests_per_connection: Option<f64>,
+    /// `net.ipv4.tcp_tw_reuse` and `ip_local_port_range`, for the human line and the report.
+    #[serde(skip)]
+    pub tcp_tw_reuse: Option<u8>,
+    #[serde(skip)]
+    pub port_range: Option<(u16, u16)>,
+}
+
 /// Everything the engine emits.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Record {
     Request(Box<RequestRecord>),
     Lost(LostRecord),
+    Buildup(Box<BuildupRecord>),
 }
 
 /// Formats CLOCK_REALTIME nanoseconds as RFC 3339 UTC with milliseconds.

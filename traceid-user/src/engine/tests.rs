@@ -26,14 +26,40 @@ const MID_OUT: C = C {
     role: ROLE_CLIENT,
 };
 
+/// Earlier inbound requests of middle (pid 200), each read by thread `read_tid` and answered by
+/// thread `answer_tid`: what the linker learns about the process's threads from.
+const MID_EARLIER: C = C {
+    pid: 200,
+    fd: 4,
+    ts: 0,
+    comm: "middle",
+    role: ROLE_SERVER,
+};
+
+fn earlier_exchanges(s: &mut Stream, read_tid: u32, answer_tid: u32, n: u32) {
+    for _ in 0..n {
+        s.open(MID_EARLIER, [127, 0, 0, 1], 8080, [127, 0, 0, 1], 39999);
+        s.data(MID_EARLIER, read_tid, false, &get("/earlier", &[]));
+        s.data(MID_EARLIER, answer_tid, true, OK);
+        s.close(MID_EARLIER);
+    }
+}
+
+/// Enough earlier requests read and answered by thread 201 to link middle by thread.
+fn thread_per_request(s: &mut Stream) {
+    earlier_exchanges(s, 201, 201, link::MIN_THREAD_EVIDENCE);
+}
+
 /// front -> middle (inbound with `in_headers`), middle -> back (outbound with `out_headers`),
-/// the outbound written by thread `out_tid`.
+/// the outbound written by thread `out_tid`, in a middle that has already answered one request
+/// on the thread that read it, often enough (thread 201: a thread-per-request server).
 fn hop(
     in_headers: &[(&str, &str)],
     out_headers: &[(&str, &str)],
     out_tid: u32,
 ) -> Vec<RequestRecord> {
     let mut s = Stream::default();
+    thread_per_request(&mut s);
     s.open(MID_IN, [127, 0, 0, 1], 8080, [127, 0, 0, 1], 40000);
     s.data(MID_IN, 201, false, &get("/pay?card=1", in_headers));
     s.open(MID_OUT, [127, 0, 0, 1], 40001, [127, 0, 0, 1], 9090);
@@ -56,7 +82,7 @@ fn inbound_request_carries_trace_endpoints_status_and_strips_query() {
     let recs = hop(&[("traceparent", TP)], &[("traceparent", TP)], 201);
     let inb = recs
         .iter()
-        .find(|r| r.direction == Direction::Inbound)
+        .find(|r| r.direction == Direction::Inbound && r.path != "/earlier")
         .unwrap();
     assert_eq!(inb.pid, 200);
     assert_eq!(inb.comm, "middle");
@@ -114,6 +140,142 @@ fn only_request_in_flight_links_weakly_across_threads() {
     let out = outbound(&recs);
     assert!(out.has(Finding::Dropped));
     assert_eq!(out.inbound.as_ref().unwrap().confidence, Confidence::Weak);
+}
+
+/// Two inbound requests of middle in flight, /a (traceparent TP) read by thread 201 and /b
+/// (no trace) read by thread 202, then a call without trace context written by thread 201.
+fn two_in_flight_then_untraced_call_on_201(s: &mut Stream) -> RequestRecord {
+    let in2 = C {
+        pid: 200,
+        fd: 6,
+        ts: 4,
+        comm: "middle",
+        role: ROLE_SERVER,
+    };
+    s.open(MID_IN, [127, 0, 0, 1], 8080, [127, 0, 0, 1], 40000);
+    s.open(in2, [127, 0, 0, 1], 8080, [127, 0, 0, 1], 40002);
+    s.data(MID_IN, 201, false, &get("/a", &[("traceparent", TP)]));
+    s.data(in2, 202, false, &get("/b", &[]));
+    s.open(MID_OUT, [127, 0, 0, 1], 40001, [127, 0, 0, 1], 9090);
+    s.data(MID_OUT, 201, true, &get("/charge", &[]));
+    s.data(MID_OUT, 201, false, OK);
+    let recs = s.run();
+    recs.into_iter()
+        .find(|r| r.path == "/charge")
+        .expect("the call")
+}
+
+#[test]
+fn thread_per_request_process_links_strongly_among_several_in_flight() {
+    let mut s = Stream::default();
+    thread_per_request(&mut s);
+    let out = two_in_flight_then_untraced_call_on_201(&mut s);
+    assert!(out.has(Finding::Dropped), "{:?}", out.findings);
+    let link = out.inbound.as_ref().expect("linked by thread");
+    assert_eq!(
+        (link.path.as_str(), link.confidence),
+        ("/a", Confidence::Strong)
+    );
+}
+
+/// Regression (Go `net/http` middle under concurrent load, tests/chain.rs): goroutines hop
+/// threads, so the thread that read a request often writes another request's call; the
+/// thread rule linked 5 of 21 such calls to the wrong inbound request, as `strong`.
+#[test]
+fn process_that_answers_on_another_thread_is_never_linked_by_thread() {
+    let mut s = Stream::default();
+    thread_per_request(&mut s);
+    // One request answered by another thread than the one that read it outweighs them all.
+    earlier_exchanges(&mut s, 201, 1, 1);
+    thread_per_request(&mut s);
+    let out = two_in_flight_then_untraced_call_on_201(&mut s);
+    assert_eq!(out.findings, vec![Finding::Missing, Finding::Unlinked]);
+    assert!(out.inbound.is_none());
+}
+
+#[test]
+fn process_that_propagates_from_another_thread_is_never_linked_by_thread() {
+    let mut s = Stream::default();
+    thread_per_request(&mut s);
+    // A propagating call written by thread 1 for a request read by thread 201: certain, and
+    // proof that this process hands requests from thread to thread.
+    let early_out = C {
+        pid: 200,
+        fd: 3,
+        ts: 0,
+        comm: "middle",
+        role: ROLE_CLIENT,
+    };
+    let other = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    s.open(MID_EARLIER, [127, 0, 0, 1], 8080, [127, 0, 0, 1], 39998);
+    s.data(
+        MID_EARLIER,
+        201,
+        false,
+        &get("/early", &[("traceparent", other)]),
+    );
+    s.open(early_out, [127, 0, 0, 1], 39997, [127, 0, 0, 1], 9090);
+    s.data(
+        early_out,
+        1,
+        true,
+        &get("/early-call", &[("traceparent", other)]),
+    );
+    s.data(early_out, 1, false, OK);
+    s.close(early_out);
+    s.data(MID_EARLIER, 201, true, OK);
+    s.close(MID_EARLIER);
+    let out = two_in_flight_then_untraced_call_on_201(&mut s);
+    assert_eq!(out.findings, vec![Finding::Missing, Finding::Unlinked]);
+    let recs = s.run();
+    let early = recs.iter().find(|r| r.path == "/early-call").unwrap();
+    assert_eq!(
+        early.inbound.as_ref().map(|l| l.confidence),
+        Some(Confidence::Certain)
+    );
+}
+
+#[test]
+fn process_whose_calls_are_read_by_another_thread_is_never_linked_by_thread() {
+    // Go's HTTP client writes a call on one goroutine and reads its response on another.
+    let mut s = Stream::default();
+    thread_per_request(&mut s);
+    let early_out = C {
+        pid: 200,
+        fd: 3,
+        ts: 0,
+        comm: "middle",
+        role: ROLE_CLIENT,
+    };
+    s.open(early_out, [127, 0, 0, 1], 39997, [127, 0, 0, 1], 9090);
+    s.data(early_out, 201, true, &get("/early-call", &[]));
+    s.data(early_out, 2, false, OK);
+    s.close(early_out);
+    let out = two_in_flight_then_untraced_call_on_201(&mut s);
+    assert_eq!(out.findings, vec![Finding::Missing, Finding::Unlinked]);
+}
+
+#[test]
+fn process_not_yet_seen_answering_is_not_linked_by_thread() {
+    // Too little evidence yet that this process serves a request on one thread: the only
+    // request in flight is a weak link, never a strong one.
+    let mut s = Stream::default();
+    earlier_exchanges(&mut s, 201, 201, link::MIN_THREAD_EVIDENCE - 1);
+    s.open(MID_IN, [127, 0, 0, 1], 8080, [127, 0, 0, 1], 40000);
+    s.data(MID_IN, 201, false, &get("/pay", &[("traceparent", TP)]));
+    s.open(MID_OUT, [127, 0, 0, 1], 40001, [127, 0, 0, 1], 9090);
+    s.data(MID_OUT, 201, true, &get("/charge", &[]));
+    s.data(MID_OUT, 201, false, OK);
+    let recs = s.run();
+    assert_eq!(
+        outbound(&recs).inbound.as_ref().map(|l| l.confidence),
+        Some(Confidence::Weak)
+    );
+    // And with two in flight, unlinked.
+    let mut s = Stream::default();
+    earlier_exchanges(&mut s, 201, 201, link::MIN_THREAD_EVIDENCE - 1);
+    let out = two_in_flight_then_untraced_call_on_201(&mut s);
+    assert!(out.has(Finding::Unlinked), "{:?}", out.findings);
 }
 
 #[test]

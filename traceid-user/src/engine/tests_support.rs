@@ -68,6 +68,7 @@ impl Stream {
             remote_port: pport,
             local_addr: la,
             remote_addr: ra,
+            sock: 0,
         };
         self.records.push(pod_bytes(&ev));
     }
@@ -116,7 +117,7 @@ pub fn run_records(records: &[Vec<u8>]) -> Vec<RequestRecord> {
     out.into_iter()
         .filter_map(|r| match r {
             Record::Request(r) => Some(*r),
-            Record::Lost(_) => None,
+            _ => None,
         })
         .collect()
 }

@@ -123,6 +123,9 @@ pub struct Diagnosis {
     /// Extra sections appended by other parts of the agent (TIME_WAIT census).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// Connection lifecycle and TIME_WAIT census of a live run (None for replays).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time_wait: Option<crate::lifecycle::TimeWaitReport>,
 }
 
 #[derive(Default)]
@@ -155,6 +158,8 @@ impl Aggregator {
         match rec {
             Record::Request(r) => self.add_request(r),
             Record::Lost(l) => *self.lost.entry(l.stage.clone()).or_default() += l.count,
+            // Buildups reach the diagnosis through `Diagnosis::time_wait` (the live run's report).
+            Record::Buildup(_) => {}
         }
     }
 
@@ -279,6 +284,7 @@ impl Aggregator {
             links: self.links.clone(),
             lost: self.lost.clone(),
             notes: Vec::new(),
+            time_wait: None,
         }
     }
 }
@@ -436,6 +442,9 @@ pub fn render(d: &Diagnosis) -> String {
             lost.join(", ")
         }
     );
+    if let Some(tw) = &d.time_wait {
+        let _ = write!(s, "\n{}", tw.render());
+    }
     for n in &d.notes {
         let _ = writeln!(s, "\n{n}");
     }

@@ -4,13 +4,14 @@ pub mod diagnose;
 
 use std::io::Write;
 
-use crate::engine::{Finding, Record, RequestRecord};
+use crate::engine::{BuildupRecord, Finding, Record, RequestRecord};
 
 /// One JSON line for a record (the contract of DESIGN.md "Interfaces").
 pub fn json_line(r: &Record) -> String {
     let v = match r {
         Record::Request(q) => serde_json::to_string(q),
         Record::Lost(l) => serde_json::to_string(l),
+        Record::Buildup(b) => serde_json::to_string(b),
     };
     v.unwrap_or_else(|e| format!("{{\"event\":\"error\",\"reason\":\"{e}\"}}"))
 }
@@ -25,7 +26,40 @@ pub fn human_line(r: &Record) -> String {
             l.count,
             l.stage
         ),
+        Record::Buildup(b) => format!("{}  BUILDUP {}", time_of_day(&b.ts), buildup_text(b)),
     }
+}
+
+/// A `buildup` finding in words, with the sysctls that decide whether it hurts.
+pub fn buildup_text(b: &BuildupRecord) -> String {
+    let who = match (&b.comm, b.pid) {
+        (Some(c), Some(p)) => format!("{c}[{p}]"),
+        (None, Some(p)) => format!("pid {p}"),
+        _ => "an unknown process".to_string(),
+    };
+    let share = b
+        .port_range
+        .map(|(lo, hi)| u64::from(hi) - u64::from(lo) + 1)
+        .map_or_else(String::new, |n| {
+            format!(
+                ", {:.0} % of the ephemeral port range",
+                b.time_wait as f64 * 100.0 / n as f64
+            )
+        });
+    let reuse = b
+        .requests_per_connection
+        .map_or_else(|| "-".to_string(), |r| format!("{r:.2}"));
+    let sysctls = format!(
+        " (tcp_tw_reuse={}, ip_local_port_range={})",
+        b.tcp_tw_reuse
+            .map_or_else(|| "?".to_string(), |v| v.to_string()),
+        b.port_range
+            .map_or_else(|| "?".to_string(), |(lo, hi)| format!("{lo}-{hi}"))
+    );
+    format!(
+        "{who} opens {:.1} connections/s to {} at {reuse} requests per connection; {} sockets in TIME_WAIT toward it{share} (threshold {}){sysctls}",
+        b.connections_per_s, b.remote, b.time_wait, b.threshold
+    )
 }
 
 fn time_of_day(ts: &str) -> &str {

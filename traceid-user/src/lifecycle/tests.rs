@@ -1,0 +1,623 @@
+//! Unit tests of the pure lifecycle: synthetic events and censuses, no kernel.
+
+use super::*;
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use traceid_common::{kind, ConnEvent, EventHeader, StateEvent, ROLE_CLIENT, ROLE_SERVER};
+
+use crate::engine::record::RequestRecord;
+use crate::engine::Direction;
+
+const S: u64 = NS;
+const CLIENT_PID: u32 = 100;
+const SERVER: ([u8; 4], u16) = ([10, 0, 0, 7], 9000);
+
+fn comm(name: &str) -> [u8; 16] {
+    let mut c = [0u8; 16];
+    c[..name.len()].copy_from_slice(name.as_bytes());
+    c
+}
+
+fn header(kind: u16, pid: u32, fd: i32, conn_ts: u64, ts: u64, name: &str) -> EventHeader {
+    EventHeader {
+        kind,
+        _pad0: 0,
+        pid,
+        tid: pid,
+        fd,
+        ts_ns: ts,
+        conn_ts_ns: conn_ts,
+        comm: comm(name),
+    }
+}
+
+fn v4(a: [u8; 4]) -> [u8; 16] {
+    let mut o = [0u8; 16];
+    o[..4].copy_from_slice(&a);
+    o
+}
+
+fn addr(a: [u8; 4], port: u16) -> SocketAddr {
+    SocketAddr::from((a, port))
+}
+
+/// A client connection of `pid` from 10.0.0.1:`lport` to SERVER, sock = 0x1000 + lport.
+struct Conn {
+    pid: u32,
+    fd: i32,
+    ts: u64,
+    lport: u16,
+}
+
+impl Conn {
+    fn sock(&self) -> u64 {
+        0xffff_0000_0000_0000 + u64::from(self.lport)
+    }
+
+    fn open(&self, lc: &mut Lifecycle, name: &str) {
+        let ev = ConnEvent {
+            header: header(kind::CONN_OPEN, self.pid, self.fd, self.ts, self.ts, name),
+            role: ROLE_CLIENT,
+            _pad0: 0,
+            family: 2,
+            local_port: self.lport,
+            remote_port: SERVER.1,
+            local_addr: v4([10, 0, 0, 1]),
+            remote_addr: v4(SERVER.0),
+            sock: self.sock(),
+        };
+        lc.on_event(&Event::ConnOpen(ev));
+    }
+
+    fn close(&self, lc: &mut Lifecycle, at: u64) {
+        let h = header(kind::CONN_CLOSE, self.pid, self.fd, self.ts, at, "x");
+        lc.on_event(&Event::ConnClose(h));
+    }
+
+    /// A state change seen in softirq context: pid 0, comm "swapper/1".
+    fn state(&self, lc: &mut Lifecycle, new: u8, at: u64) {
+        let ev = StateEvent {
+            header: header(kind::STATE, 0, -1, 0, at, "swapper/1"),
+            skaddr: self.sock(),
+            old_state: tcp_state::ESTABLISHED,
+            new_state: new,
+            family: 2,
+            local_port: self.lport,
+            remote_port: SERVER.1,
+            local_addr: v4([10, 0, 0, 1]),
+            remote_addr: v4(SERVER.0),
+        };
+        lc.on_event(&Event::State(ev));
+    }
+
+    fn request(&self, lc: &mut Lifecycle) {
+        lc.on_record(&Record::Request(Box::new(request_record((
+            self.pid, self.fd, self.ts,
+        )))));
+    }
+
+    fn time_wait(&self) -> TimeWaitSocket {
+        TimeWaitSocket {
+            local: addr([10, 0, 0, 1], self.lport),
+            remote: addr(SERVER.0, SERVER.1),
+        }
+    }
+}
+
+fn request_record(conn: (u32, i32, u64)) -> RequestRecord {
+    RequestRecord {
+        event: "request",
+        ts: String::new(),
+        direction: Direction::Outbound,
+        pid: conn.0,
+        tid: conn.0,
+        comm: "client".into(),
+        local: None,
+        peer: None,
+        tls: false,
+        method: "GET".into(),
+        path: "/".into(),
+        status: Some(200),
+        duration_ms: None,
+        trace_id: None,
+        trace_format: None,
+        findings: Vec::new(),
+        reason: None,
+        inbound: None,
+        header: None,
+        local_port: None,
+        ts_ns: 0,
+        conn,
+    }
+}
+
+fn sys() -> Sysctls {
+    Sysctls {
+        tcp_tw_reuse: Some(2),
+        port_range: Some((32768, 60999)),
+    }
+}
+
+/// `n` churned connections (open, one request, client closes first) starting at `t0`, one per
+/// millisecond; returns their TIME_WAIT sockets.
+fn churn(lc: &mut Lifecycle, pid: u32, first_port: u16, n: u16, t0: u64) -> Vec<TimeWaitSocket> {
+    (0..n)
+        .map(|i| {
+            let t = t0 + u64::from(i) * 1_000_000;
+            let c = Conn {
+                pid,
+                fd: 5,
+                ts: t,
+                lport: first_port + i,
+            };
+            c.open(lc, "grpc-client");
+            c.request(lc);
+            // close() first, then the kernel moves the socket to FIN_WAIT1.
+            c.close(lc, t + 500_000);
+            c.state(lc, tcp_state::FIN_WAIT1, t + 600_000);
+            c.time_wait()
+        })
+        .collect()
+}
+
+fn census(sockets: Vec<TimeWaitSocket>) -> Census {
+    Census {
+        sockets,
+        truncated: false,
+    }
+}
+
+fn buildups(out: &[Record]) -> Vec<&BuildupRecord> {
+    out.iter()
+        .filter_map(|r| match r {
+            Record::Buildup(b) => Some(&**b),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn threshold_is_explicit_or_lower_of_default_and_range_share() {
+    // Default range 32768-60999: 10 % is 2824, so 1000 holds.
+    assert_eq!(effective_threshold(None, Some(28232), 1000, 0.10), 1000);
+    // A narrow range: 10 % of 5000 ports.
+    assert_eq!(effective_threshold(None, Some(5000), 1000, 0.10), 500);
+    assert_eq!(effective_threshold(None, None, 1000, 0.10), 1000);
+    assert_eq!(effective_threshold(Some(50), Some(5000), 1000, 0.10), 50);
+    assert_eq!(effective_threshold(Some(0), None, 1000, 0.10), 1);
+    assert_eq!(effective_threshold(None, Some(3), 1000, 0.10), 1);
+}
+
+#[test]
+fn buildup_needs_threshold_and_growth() {
+    assert!(is_buildup(1000, Some(999), 1000));
+    assert!(!is_buildup(999, Some(10), 1000));
+    // Flat or shrinking: not a buildup, however high.
+    assert!(!is_buildup(5000, Some(5000), 1000));
+    assert!(!is_buildup(5000, Some(6000), 1000));
+    // No earlier census: growth unknown.
+    assert!(!is_buildup(5000, None, 1000));
+}
+
+#[test]
+fn reuse_ratio_is_requests_per_connection() {
+    assert_eq!(reuse_ratio(0, 0), None);
+    assert_eq!(reuse_ratio(10, 10), Some(1.0));
+    assert_eq!(reuse_ratio(2000, 1), Some(2000.0));
+}
+
+#[test]
+fn rate_limiter_fires_once_per_period_per_key() {
+    let mut l = RateLimiter::default();
+    let a = addr([1, 1, 1, 1], 80);
+    let b = addr([2, 2, 2, 2], 80);
+    assert!(l.allow(a, 0, 10 * S));
+    assert!(!l.allow(a, 9 * S, 10 * S));
+    assert!(l.allow(b, 9 * S, 10 * S));
+    assert!(l.allow(a, 10 * S, 10 * S));
+    l.expire(25 * S, 10 * S);
+    assert!(l.last.is_empty());
+}
+
+#[test]
+fn closer_from_states() {
+    use tcp_state::*;
+    assert_eq!(
+        Closer::from_states(ESTABLISHED, FIN_WAIT1),
+        Some(Closer::Local)
+    );
+    assert_eq!(
+        Closer::from_states(ESTABLISHED, CLOSE_WAIT),
+        Some(Closer::Peer)
+    );
+    assert_eq!(Closer::from_states(ESTABLISHED, CLOSE), Some(Closer::Reset));
+    assert_eq!(Closer::from_states(SYN_SENT, ESTABLISHED), None);
+    assert_eq!(Closer::from_states(FIN_WAIT2, CLOSE), None);
+}
+
+#[test]
+fn churn_is_attributed_and_reported_as_buildup_once_per_10s() {
+    let mut lc = Lifecycle::new(LifecycleConfig::default());
+    let mut out = Vec::new();
+    // Noise: another process's TIME_WAIT toward another remote, never seen opening.
+    let other = TimeWaitSocket {
+        local: addr([10, 0, 0, 1], 1),
+        remote: addr([10, 9, 9, 9], 443),
+    };
+    lc.on_census(S, &census(vec![other]), sys(), 0, &mut out);
+    assert!(out.is_empty());
+
+    let mut tw = churn(&mut lc, CLIENT_PID, 20000, 1200, S);
+    tw.push(other);
+    lc.on_census(2 * S, &census(tw.clone()), sys(), 0, &mut out);
+    let b = buildups(&out);
+    assert_eq!(b.len(), 1, "{out:?}");
+    let b = b[0];
+    assert_eq!(b.remote, "10.0.0.7:9000");
+    assert_eq!(b.time_wait, 1200);
+    assert_eq!(b.threshold, 1000);
+    assert_eq!(b.pid, Some(CLIENT_PID));
+    assert_eq!(b.comm.as_deref(), Some("grpc-client"));
+    assert_eq!(b.requests_per_connection, Some(1.0));
+    assert!(b.connections_per_s > 1000.0, "{b:?}");
+    assert_eq!(b.tcp_tw_reuse, Some(2));
+    let json = crate::report::json_line(&out[0]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        [
+            "comm",
+            "connections_per_s",
+            "event",
+            "pid",
+            "remote",
+            "requests_per_connection",
+            "threshold",
+            "time_wait",
+            "ts"
+        ]
+    );
+    assert_eq!(v["event"], "buildup");
+    assert!(crate::report::human_line(&out[0]).contains("grpc-client[100] opens"));
+
+    // Still growing 5 s later: rate-limited. 11 s after the first: reported again.
+    out.clear();
+    tw.extend(churn(&mut lc, CLIENT_PID, 30000, 100, 3 * S));
+    lc.on_census(7 * S, &census(tw.clone()), sys(), 0, &mut out);
+    assert!(buildups(&out).is_empty());
+    tw.extend(churn(&mut lc, CLIENT_PID, 31000, 100, 8 * S));
+    lc.on_census(13 * S, &census(tw.clone()), sys(), 0, &mut out);
+    assert_eq!(buildups(&out).len(), 1);
+    assert_eq!(buildups(&out)[0].time_wait, 1400);
+    // Flat: no buildup even after the period.
+    out.clear();
+    lc.on_census(30 * S, &census(tw.clone()), sys(), 0, &mut out);
+    assert!(out.is_empty());
+
+    let r = lc.report(30 * S);
+    assert_eq!(r.total, 1401);
+    assert_eq!(r.threshold, 1000);
+    assert_eq!(r.remotes[0].remote, "10.0.0.7:9000");
+    assert_eq!(r.remotes[0].pid, Some(CLIENT_PID));
+    assert_eq!(r.remotes[0].attributed, 1400);
+    assert_eq!(r.remotes[0].requests_per_connection, Some(1.0));
+    assert_eq!(r.remotes[1].pid, None);
+    let p = &r.peers[0];
+    assert_eq!(
+        (p.opened, p.closed, p.closed_local_first),
+        (1400, 1400, 1400)
+    );
+    assert_eq!(p.closed_peer_first, 0);
+    assert_eq!(p.mean_lifetime_ms, Some(0.5));
+    assert_eq!(r.locals[0], ("10.0.0.1".to_string(), 1401));
+    assert_eq!(r.buildups.len(), 2);
+    let text = r.render();
+    assert!(text.contains("10.0.0.7:9000"), "{text}");
+    assert!(text.contains("grpc-client[100]"), "{text}");
+    assert!(text.contains("tcp_tw_reuse=2 (loopback only)"), "{text}");
+    assert!(text.contains("32768-60999 (28232 ports)"), "{text}");
+}
+
+#[test]
+fn keep_alive_shows_reuse_and_no_buildup() {
+    let mut lc = Lifecycle::new(LifecycleConfig::default());
+    let mut out = Vec::new();
+    let c = Conn {
+        pid: CLIENT_PID,
+        fd: 7,
+        ts: S,
+        lport: 40000,
+    };
+    c.open(&mut lc, "pooled");
+    lc.on_census(S, &census(vec![]), sys(), 0, &mut out);
+    for _ in 0..2000 {
+        c.request(&mut lc);
+    }
+    // The peer closes first this time: CLOSE_WAIT arrives while the fd is still open.
+    c.state(&mut lc, tcp_state::CLOSE_WAIT, 5 * S);
+    c.close(&mut lc, 5 * S + 1000);
+    lc.on_census(6 * S, &census(vec![]), sys(), 0, &mut out);
+    assert!(out.is_empty());
+    let r = lc.report(6 * S);
+    let p = &r.peers[0];
+    assert_eq!(p.requests_per_connection, Some(2000.0));
+    assert_eq!((p.closed_local_first, p.closed_peer_first), (0, 1));
+}
+
+#[test]
+fn attribution_matches_four_tuples_not_pids_of_the_moment() {
+    let mut lc = Lifecycle::new(LifecycleConfig {
+        tw_threshold: Some(2),
+        ..LifecycleConfig::default()
+    });
+    let mut out = Vec::new();
+    lc.on_census(0, &census(vec![]), sys(), 0, &mut out);
+    // Two processes talk to the same remote; A closes 3, B closes 1.
+    let tw_a = churn(&mut lc, 1, 20000, 3, S);
+    let tw_b = churn(&mut lc, 2, 21000, 1, S);
+    // A TIME_WAIT socket whose connection was never seen: counted, not attributed.
+    let unknown = TimeWaitSocket {
+        local: addr([10, 0, 0, 1], 22000),
+        remote: addr(SERVER.0, SERVER.1),
+    };
+    let all: Vec<_> = tw_a.iter().chain(&tw_b).copied().chain([unknown]).collect();
+    lc.on_census(2 * S, &census(all), sys(), 0, &mut out);
+    let b = buildups(&out);
+    assert_eq!(b.len(), 1);
+    assert_eq!((b[0].pid, b[0].time_wait), (Some(1), 5));
+    let r = lc.report(2 * S);
+    assert_eq!(r.remotes[0].attributed, 4);
+}
+
+#[test]
+fn state_change_before_the_open_or_of_unknown_sockets_is_ignored() {
+    let mut lc = Lifecycle::new(LifecycleConfig::default());
+    let c = Conn {
+        pid: 1,
+        fd: 3,
+        ts: S,
+        lport: 40000,
+    };
+    c.state(&mut lc, tcp_state::FIN_WAIT1, S);
+    c.open(&mut lc, "x");
+    c.state(&mut lc, tcp_state::CLOSE_WAIT, 2 * S);
+    // A second state change of the same connection does not count twice.
+    c.state(&mut lc, tcp_state::CLOSE, 2 * S);
+    c.close(&mut lc, 3 * S);
+    let p = &lc.report(3 * S).peers[0];
+    assert_eq!(
+        (p.closed_local_first, p.closed_peer_first, p.resets),
+        (0, 1, 0)
+    );
+}
+
+#[test]
+fn recently_closed_is_bounded_by_ttl_and_cap() {
+    let mut lc = Lifecycle::new(LifecycleConfig {
+        recent_cap: 100,
+        recent_ttl_ns: 120 * S,
+        ..LifecycleConfig::default()
+    });
+    let mut out = Vec::new();
+    let tw = churn(&mut lc, 1, 20000, 250, S);
+    assert_eq!(lc.recently_closed(), 100);
+    // The oldest were dropped: only the last 100 can be attributed.
+    lc.on_census(2 * S, &census(tw.clone()), sys(), 0, &mut out);
+    assert_eq!(lc.report(2 * S).remotes[0].attributed, 100);
+    lc.on_census(200 * S, &census(tw), sys(), 0, &mut out);
+    assert_eq!(lc.recently_closed(), 0);
+}
+
+#[test]
+fn ipv4_mapped_census_entries_match_ipv4_connections() {
+    let mut lc = Lifecycle::new(LifecycleConfig {
+        tw_threshold: Some(1),
+        ..LifecycleConfig::default()
+    });
+    let mut out = Vec::new();
+    lc.on_census(0, &census(vec![]), sys(), 0, &mut out);
+    let tw = churn(&mut lc, 9, 20000, 1, S);
+    let mapped = |a: SocketAddr| match a {
+        SocketAddr::V4(v) => SocketAddr::new(IpAddr::V6(v.ip().to_ipv6_mapped()), v.port()),
+        v6 => v6,
+    };
+    let s = TimeWaitSocket {
+        local: mapped(tw[0].local),
+        remote: mapped(tw[0].remote),
+    };
+    lc.on_census(S, &census(vec![s]), sys(), 0, &mut out);
+    let b = buildups(&out);
+    assert_eq!((b[0].remote.as_str(), b[0].pid), ("10.0.0.7:9000", Some(9)));
+}
+
+#[test]
+fn server_side_time_wait_is_counted_per_listening_address() {
+    let mut lc = Lifecycle::new(LifecycleConfig::default());
+    let mut out = Vec::new();
+    let listen = addr([10, 0, 0, 7], 8080);
+    let mut sockets = Vec::new();
+    for i in 0..3u16 {
+        let ev = ConnEvent {
+            header: header(kind::CONN_OPEN, 50, 10 + i32::from(i), S, S, "nginx"),
+            role: ROLE_SERVER,
+            _pad0: 0,
+            family: 10,
+            local_port: 8080,
+            remote_port: 50000 + i,
+            local_addr: Ipv4Addr::new(10, 0, 0, 7).to_ipv6_mapped().octets(),
+            remote_addr: Ipv6Addr::from([0xfd00, 0, 0, 0, 0, 0, 0, 1]).octets(),
+            sock: 0,
+        };
+        lc.on_event(&Event::ConnOpen(ev));
+        let h = header(kind::CONN_CLOSE, 50, 10 + i32::from(i), S, 2 * S, "nginx");
+        lc.on_event(&Event::ConnClose(h));
+        sockets.push(TimeWaitSocket {
+            local: listen,
+            remote: SocketAddr::new("fd00::1".parse().unwrap(), 50000 + i),
+        });
+    }
+    lc.on_census(3 * S, &census(sockets), sys(), 0, &mut out);
+    let r = lc.report(3 * S);
+    assert_eq!(r.locals, vec![("10.0.0.7:8080".to_string(), 3)]);
+    assert_eq!(r.peers[0].role, Role::Server);
+    assert_eq!(r.peers[0].endpoint, "10.0.0.7:8080");
+    assert_eq!(r.peers[0].opened, 3);
+}
+
+#[test]
+fn peers_are_capped() {
+    let mut lc = Lifecycle::new(LifecycleConfig {
+        max_peers: 2,
+        ..LifecycleConfig::default()
+    });
+    for port in 0..5u16 {
+        let ev = ConnEvent {
+            header: header(kind::CONN_OPEN, 1, i32::from(port), S, S, "c"),
+            role: ROLE_CLIENT,
+            _pad0: 0,
+            family: 2,
+            local_port: 1000 + port,
+            remote_port: 80 + port,
+            local_addr: v4([10, 0, 0, 1]),
+            remote_addr: v4([10, 0, 0, 2]),
+            sock: 0,
+        };
+        lc.on_event(&Event::ConnOpen(ev));
+    }
+    assert_eq!(lc.report(S).peers.len(), 2);
+    assert_eq!(lc.peers_dropped, 3);
+}
+
+#[test]
+fn process_that_exits_without_close_still_owns_its_time_wait() {
+    let mut lc = Lifecycle::new(LifecycleConfig {
+        tw_threshold: Some(2),
+        ..LifecycleConfig::default()
+    });
+    let mut out = Vec::new();
+    lc.on_census(0, &census(vec![]), sys(), 0, &mut out);
+    // Opened, then the process exited: the kernel closed the fds, no close() was traced.
+    let tw: Vec<TimeWaitSocket> = (0..3u16)
+        .map(|i| {
+            let c = Conn {
+                pid: 77,
+                fd: 3 + i32::from(i),
+                ts: S,
+                lport: 45000 + i,
+            };
+            c.open(&mut lc, "curl");
+            c.state(&mut lc, tcp_state::FIN_WAIT1, 2 * S);
+            c.time_wait()
+        })
+        .collect();
+    lc.on_census(3 * S, &census(tw), sys(), 0, &mut out);
+    let b = buildups(&out);
+    assert_eq!((b[0].pid, b[0].comm.as_deref()), (Some(77), Some("curl")));
+    assert_eq!(lc.report(3 * S).peers[0].closed_local_first, 3);
+}
+
+#[derive(Default)]
+struct Seen(std::sync::Mutex<Vec<String>>);
+
+impl LifecycleObserver for Seen {
+    fn connection_opened(&self, comm: &str, endpoint: &str, role: &'static str) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("open {comm} {endpoint} {role}"));
+    }
+    fn connection_closed(&self, comm: &str, endpoint: &str, requests: u64) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("close {comm} {endpoint} {requests}"));
+    }
+    fn time_wait(&self, by_remote: &[(String, u64)]) {
+        self.0.lock().unwrap().push(format!("tw {by_remote:?}"));
+    }
+}
+
+#[test]
+fn observer_gets_opens_requests_per_connection_and_census() {
+    let seen = std::sync::Arc::new(Seen::default());
+    let mut lc = Lifecycle::new(LifecycleConfig {
+        observer: Some(Observer(seen.clone())),
+        ..LifecycleConfig::default()
+    });
+    let tw = churn(&mut lc, 1, 20000, 2, S);
+    let mut out = Vec::new();
+    lc.on_census(2 * S, &census(tw), sys(), 0, &mut out);
+    let seen = seen.0.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        [
+            "open grpc-client 10.0.0.7:9000 client",
+            "close grpc-client 10.0.0.7:9000 1",
+            "open grpc-client 10.0.0.7:9000 client",
+            "close grpc-client 10.0.0.7:9000 1",
+            "tw [(\"10.0.0.7:9000\", 2)]",
+        ]
+    );
+}
+
+#[test]
+fn metrics_export_the_lifecycle_series() {
+    let m = crate::metrics::Metrics::new(&crate::metrics::MetricsConfig::default());
+    let obs: &dyn LifecycleObserver = &m;
+    obs.connection_opened("grpc-client", "10.0.0.7:9000", "client");
+    obs.connection_closed("grpc-client", "10.0.0.7:9000", 1);
+    obs.time_wait(&[("10.0.0.7:9000".to_string(), 1200)]);
+    let text = m.encode_prometheus();
+    for want in [
+        "traceid_tcp_connections_opened_total{",
+        "traceid_tcp_connection_requests_count{",
+        "traceid_tcp_time_wait_sockets{remote=\"10.0.0.7:9000\"} 1200",
+    ] {
+        assert!(text.contains(want), "{want} missing in\n{text}");
+    }
+}
+
+#[test]
+fn unattributed_buildup_waits_one_census_for_late_connection_events() {
+    let mut lc = Lifecycle::new(LifecycleConfig {
+        tw_threshold: Some(3),
+        ..LifecycleConfig::default()
+    });
+    let mut out = Vec::new();
+    lc.on_census(0, &census(vec![]), sys(), 0, &mut out);
+    // The census sees the TIME_WAIT before the connection events were read.
+    let conns: Vec<Conn> = (0..3u16)
+        .map(|i| Conn {
+            pid: 5,
+            fd: 3,
+            ts: S + u64::from(i),
+            lport: 41000 + i,
+        })
+        .collect();
+    let tw: Vec<TimeWaitSocket> = conns.iter().map(Conn::time_wait).collect();
+    lc.on_census(S, &census(tw.clone()), sys(), 0, &mut out);
+    assert!(out.is_empty(), "deferred: {out:?}");
+    for c in &conns {
+        c.open(&mut lc, "late");
+        c.close(&mut lc, 2 * S);
+    }
+    // Flat since, yet reported (it was growing when first seen), now with its owner.
+    lc.on_census(2 * S, &census(tw.clone()), sys(), 0, &mut out);
+    let b = buildups(&out);
+    assert_eq!((b.len(), b[0].pid), (1, Some(5)));
+    // A genuinely unknown owner is reported one census late, with pid null.
+    let mut lc = Lifecycle::new(LifecycleConfig {
+        tw_threshold: Some(3),
+        ..LifecycleConfig::default()
+    });
+    out.clear();
+    lc.on_census(0, &census(vec![]), sys(), 0, &mut out);
+    lc.on_census(S, &census(tw.clone()), sys(), 0, &mut out);
+    assert!(out.is_empty());
+    lc.on_census(2 * S, &census(tw), sys(), 0, &mut out);
+    let b = buildups(&out);
+    assert_eq!((b.len(), b[0].pid, b[0].time_wait), (1, None, 3));
+}
