@@ -36,14 +36,7 @@ fn read_one(s: &mut TcpStream, buf: &mut Vec<u8>) -> u16 {
     loop {
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&buf[..end]).to_string();
-            let len: usize = head
-                .lines()
-                .find_map(|l| {
-                    let (n, v) = l.split_once(':')?;
-                    n.eq_ignore_ascii_case("content-length")
-                        .then(|| v.trim().parse().ok())?
-                })
-                .unwrap_or(0);
+            let len = content_length(&head);
             let total = end + 4 + len;
             if buf.len() >= total {
                 let status = head[9..12].parse().expect("status code");

@@ -135,25 +135,7 @@ impl RunAgent {
 
     /// SIGTERM, as Kubernetes stops a pod; the agent must exit 0.
     fn stop(mut self) -> Vec<String> {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                assert!(
-                    status.success(),
-                    "agent exited with {status}: {}",
-                    self.stderr.lock().unwrap()
-                );
-                break;
-            }
-            if Instant::now() >= deadline {
-                let _ = self.child.kill();
-                panic!("agent did not stop within 15 s of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        std::thread::sleep(Duration::from_millis(200));
+        stop_child(&mut self.child, libc::SIGTERM, &self.stderr);
         self.stdout.lock().unwrap().clone()
     }
 }

@@ -126,25 +126,7 @@ impl Agent {
 
     /// Stops the agent with Ctrl-C and returns every line it printed.
     pub fn stop(mut self) -> Vec<Value> {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                assert!(
-                    status.success(),
-                    "agent exited with {status}: {}",
-                    self.stderr.lock().unwrap()
-                );
-                break;
-            }
-            if Instant::now() >= deadline {
-                let _ = self.child.kill();
-                panic!("agent did not stop within 15 s of SIGINT");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        std::thread::sleep(Duration::from_millis(200));
+        stop_child(&mut self.child, libc::SIGINT, &self.stderr);
         self.lines.lock().unwrap().clone()
     }
 }
@@ -154,6 +136,41 @@ impl Drop for Agent {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Sends `signal` to a child agent and waits (at most 15 s) for it to exit successfully;
+/// then gives its output threads a moment to drain the pipes.
+pub fn stop_child(child: &mut Child, signal: i32, stderr: &Mutex<String>) {
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, signal) };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            assert!(
+                status.success(),
+                "agent exited with {status}: {}",
+                stderr.lock().unwrap()
+            );
+            break;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("agent did not stop within 15 s of signal {signal}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+}
+
+/// The Content-Length of an HTTP head (0 when absent or invalid).
+pub fn content_length(head: &str) -> usize {
+    head.lines()
+        .find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0)
 }
 
 /// Request lines matching a predicate.
@@ -302,14 +319,7 @@ pub fn read_response(s: &mut TcpStream) -> u16 {
     }
     let head = String::from_utf8_lossy(&buf).to_string();
     let status: u16 = head[9..12].parse().unwrap();
-    let len: usize = head
-        .lines()
-        .find_map(|l| {
-            let (n, v) = l.split_once(':')?;
-            n.eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse().ok())?
-        })
-        .unwrap_or(0);
+    let len = content_length(&head);
     let mut body = vec![0u8; len];
     s.read_exact(&mut body).unwrap();
     status

@@ -57,7 +57,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1_000_000)]
     short_conns: u64,
     /// Stop the short-connection run after this many seconds and report how many it made.
-    #[arg(long, default_value_t = 150)]
+    #[arg(long, default_value_t = 180)]
     short_secs: u64,
     /// Skip the criterion pipeline benchmark.
     #[arg(long)]
@@ -607,6 +607,11 @@ impl Nginx {
             .context("starting nginx")?;
         let n = Nginx { child, port, dir };
         wait_port(port)?;
+        if nproc() >= 2 {
+            for pid in std::iter::once(n.child.id()).chain(n.worker_pids()) {
+                pin_process(pid, "0");
+            }
+        }
         Ok(n)
     }
 
@@ -721,7 +726,15 @@ impl Drop for Agent {
 // Load: wrk at saturation, a paced keep-alive generator, a ping-pong loop
 
 fn run_wrk(port: u16, secs: u64) -> Result<WrkResult> {
-    let out = Command::new("wrk")
+    // wrk on CPU 1 and nginx on CPU 0 (see Nginx::start): the same placement every run.
+    let mut cmd = if nproc() >= 2 {
+        let mut c = Command::new("taskset");
+        c.args(["-c", "1", "wrk"]);
+        c
+    } else {
+        Command::new("wrk")
+    };
+    let out = cmd
         .args(["-t1", "-c32", &format!("-d{secs}s"), "--latency"])
         .arg(format!("http://127.0.0.1:{port}/"))
         .stdin(Stdio::null())
@@ -931,6 +944,19 @@ fn pin_process(pid: u32, cpus: &str) -> bool {
     probe(Command::new("taskset").args(["-apc", cpus, &pid.to_string()])).is_some()
 }
 
+/// Each kernel-cost loop runs as this many blocks; the fastest block counts (other work on a
+/// shared machine only ever adds time).
+const BLOCKS: u64 = 5;
+
+/// The fastest of [`BLOCKS`] runs of `f` over `n / BLOCKS` iterations each, in ns per op.
+fn best_of(n: u64, f: fn(u64) -> Result<f64>) -> Result<f64> {
+    let mut best = f64::INFINITY;
+    for _ in 0..BLOCKS {
+        best = best.min(f((n / BLOCKS).max(1))?);
+    }
+    Ok(best)
+}
+
 /// ns per op of the kernel-cost loops.
 struct KernelCost {
     socket: f64,
@@ -943,8 +969,9 @@ struct KernelCost {
 }
 
 /// Round trips of the paused-agent loop: 4 records of 176 bytes each must fit in the 16 MiB
-/// ring buffer (about 95,000 records) with the warm-up, or the rest would be dropped.
-const PAUSED_PINGPONGS: u64 = 20_000;
+/// ring buffer (about 95,000 records) with the warm-ups (1000 per block), or the rest would be
+/// dropped.
+const PAUSED_PINGPONGS: u64 = 15_000;
 
 /// The pipe, file and socket loops (ns per op), in a thread of their own pinned to CPU 0 when
 /// there are two CPUs or more (the agent is then pinned to the others meanwhile), so that the
@@ -962,14 +989,14 @@ fn kernel_cost(pingpongs: u64, agent: Option<u32>) -> Result<KernelCost> {
     thread::sleep(Duration::from_secs(1));
     let r = thread::spawn(move || -> Result<KernelCost> {
         let ok = pinned && pin_this_thread(0);
-        let pipe = pipe_pingpong(pingpongs)?;
-        let file = file_pingpong(pingpongs)?;
-        let socket = socket_pingpong(pingpongs)?;
+        let pipe = best_of(pingpongs, pipe_pingpong)?;
+        let file = best_of(pingpongs, file_pingpong)?;
+        let socket = best_of(pingpongs, socket_pingpong)?;
         let socket_paused = match agent {
             Some(pid) => {
                 thread::sleep(Duration::from_secs(1));
                 signal(pid, "-STOP");
-                let r = socket_pingpong(PAUSED_PINGPONGS.min(pingpongs));
+                let r = best_of(PAUSED_PINGPONGS.min(pingpongs), socket_pingpong);
                 signal(pid, "-CONT");
                 Some(r?)
             }
@@ -1083,9 +1110,9 @@ fn run_phase(
     // (c) kernel cost per event.
     let k = kernel_cost(a.pingpongs, apid)?;
     let (s, pi, f) = (k.socket, k.pipe, k.file);
-    sent += a.pingpongs + 1000;
+    sent += a.pingpongs + BLOCKS * 1000;
     if k.socket_paused.is_some() {
-        sent += PAUSED_PINGPONGS.min(a.pingpongs) + 1000;
+        sent += PAUSED_PINGPONGS.min(a.pingpongs) + BLOCKS * 1000;
     }
     step(format!(
         "  {label}: ns per op: pipe {pi:.0}, file {f:.0}, socket {s:.0}{}{}",
@@ -1760,7 +1787,9 @@ fn report(
          tracepoints attached, every request parsed and aggregated; stopped with SIGINT, its \
          report gives the requests it saw). A fresh agent is started for each with-round.\n\
          - Request overhead: nginx ({ng}) on 127.0.0.1, one worker, `return 200 \"ok\"`; \
-         `wrk -t1 -c32 -d{secs}s --latency`; requests/s and the 50%/99% latencies wrk prints.\n\
+         `wrk -t1 -c32 -d{secs}s --latency`; requests/s and the 50%/99% latencies wrk prints. \
+         nginx is pinned to CPU 0 and wrk to CPU 1 (the same placement every run); the agent \
+         is not pinned and takes its CPU from both.\n\
          - Fixed rate: {rate} req/s from 16 keep-alive Rust clients in the bench process, each on a \
          fixed schedule (a late request goes at once); a W3C traceparent on every request. \
          CPU = utime+stime from /proc/PID/stat over the {secs} s window, in millicores \
@@ -1769,7 +1798,9 @@ fn report(
          cost the eBPF programs add to the traced process.\n\
          - Kernel cost per event: one thread of the bench process, a loopback TCP connection \
          (TCP_NODELAY) with both ends in the thread: write 100 B, read 100 B, write 100 B back, \
-         read it ({n} round trips after 1000 warm-up, each 4 captured messages; the messages \
+         read it ({n} round trips in {blocks} blocks of {per_block}, each after 1000 warm-up \
+         round trips; the fastest block counts, as other work on the machine only adds time; \
+         each round trip is 4 captured messages; the messages \
          are a 100-byte HTTP request and response so the agent parses them). The loops run \
          in a thread pinned to CPU 0 and the agent is pinned to the other CPUs meanwhile \
          ({pin}), so the agent's userspace work does not take the core from the loop: ns per \
@@ -1806,18 +1837,26 @@ fn report(
         short_secs = a.short_secs,
         total = util::fmt_duration(started.elapsed()),
         paused = PAUSED_PINGPONGS.min(a.pingpongs),
+        blocks = BLOCKS,
+        per_block = (a.pingpongs / BLOCKS).max(1),
         pin = if with.pinned { "done in this run" } else { "not done in this run: one CPU, or taskset failed" },
     );
     let misses: Vec<&Row> = rows.iter().filter(|r| r.verdict == "MISSED").collect();
     let _ = writeln!(md, "\n## Closing note\n");
-    if misses.is_empty() {
-        let _ = writeln!(md, "Every target with a goal was met in this run.");
-    } else {
-        let _ = writeln!(md, "Targets missed in this run:\n");
-        for r in misses {
-            let _ = writeln!(md, "- {}: {} (goal {})", r.figure, r.result, r.goal);
-        }
+    let _ = writeln!(md, "Each target, its figure in this run, and its goal:\n");
+    for r in rows.iter().filter(|r| r.verdict != "n/a") {
+        let _ = writeln!(
+            md,
+            "- {}: **{}** — {} (goal {})",
+            r.figure, r.verdict, r.result, r.goal
+        );
     }
+    let _ = writeln!(
+        md,
+        "\n{} of {} targets missed in this run.",
+        misses.len(),
+        rows.iter().filter(|r| r.verdict != "n/a").count()
+    );
     let _ = writeln!(md, "\nRound-by-round figures (with / without):\n");
     for i in 0..with.wrk.len().min(without.wrk.len()) {
         let (w, wo) = (&with.wrk[i], &without.wrk[i]);

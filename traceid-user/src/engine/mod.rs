@@ -80,6 +80,17 @@ pub struct ConnKey {
     pub conn_ts_ns: u64,
 }
 
+impl ConnKey {
+    /// The connection an event belongs to.
+    pub fn of(h: &traceid_common::EventHeader) -> ConnKey {
+        ConnKey {
+            pid: h.pid,
+            fd: h.fd,
+            conn_ts_ns: h.conn_ts_ns,
+        }
+    }
+}
+
 struct Conn {
     role: Role,
     local: Option<SocketAddr>,
@@ -148,11 +159,7 @@ impl Engine {
 
     pub fn process_event(&mut self, ev: &Event<'_>, out: &mut Vec<Record>) {
         let h = *ev.header();
-        let key = ConnKey {
-            pid: h.pid,
-            fd: h.fd,
-            conn_ts_ns: h.conn_ts_ns,
-        };
+        let key = ConnKey::of(&h);
         match ev {
             Event::ConnOpen(c) => {
                 let (local, peer) = match event::endpoints(c) {

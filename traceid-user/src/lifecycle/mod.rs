@@ -519,11 +519,7 @@ impl Lifecycle {
     pub fn on_event(&mut self, ev: &Event<'_>) {
         let h = *ev.header();
         self.first_ns.get_or_insert(h.ts_ns);
-        let key = ConnKey {
-            pid: h.pid,
-            fd: h.fd,
-            conn_ts_ns: h.conn_ts_ns,
-        };
+        let key = ConnKey::of(&h);
         match ev {
             Event::ConnOpen(c) => {
                 let (local, remote) = match event::endpoints(c) {

@@ -232,7 +232,9 @@ impl Aggregator {
                     Some(Confidence::Certain) => "certain",
                     Some(Confidence::Strong) => "strong",
                     Some(Confidence::Weak) => "weak",
-                    None => "unlinked",
+                    // A process that never served a request starts its chains: nothing to link.
+                    None if r.has(Finding::Unlinked) => "unlinked",
+                    None => "chain_start",
                 };
                 *self.links.entry(link.to_string()).or_default() += 1;
             }
