@@ -28,10 +28,7 @@ fn tool(name: &str, package: &str) -> Option<PathBuf> {
     let reason = format!(
         "{name} not installed (package {package}; `cargo xtask integration-test` installs it)"
     );
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("CI=true and {reason}");
-    }
-    eprintln!("SKIPPED: {reason}");
+    skip(&reason);
     None
 }
 
@@ -62,18 +59,8 @@ impl RunAgent {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawning traceid run");
-        let stderr = Arc::new(Mutex::new(String::new()));
+        let stderr = collect_stderr(&mut child);
         let stdout = Arc::new(Mutex::new(Vec::new()));
-        let err = child.stderr.take().unwrap();
-        let e2 = Arc::clone(&stderr);
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                eprintln!("[agent] {line}");
-                let mut s = e2.lock().unwrap();
-                s.push_str(&line);
-                s.push('\n');
-            }
-        });
         let out = child.stdout.take().unwrap();
         let o2 = Arc::clone(&stdout);
         std::thread::spawn(move || {
@@ -204,20 +191,7 @@ fn promtool_check(text: &str) {
     let Some(promtool) = tool("promtool", "prometheus") else {
         return;
     };
-    let mut child = Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = run_with_stdin(Command::new(promtool).args(["check", "metrics"]), text);
     assert!(
         out.status.success(),
         "promtool check metrics failed:\n{}{}\n--- exposition:\n{text}",
@@ -237,10 +211,7 @@ fn openmetrics_exemplar_trace_ids(text: &str) -> Option<Vec<String>> {
     if !probe.success() {
         let reason =
             "python3-prometheus-client not installed (`cargo xtask integration-test` installs it)";
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("CI=true and {reason}");
-        }
-        eprintln!("SKIPPED: {reason}");
+        skip(reason);
         return None;
     }
     let script = r#"import sys
@@ -250,20 +221,7 @@ for f in text_string_to_metric_families(sys.stdin.read()):
         if s.exemplar:
             print(s.exemplar.labels["trace_id"])
 "#;
-    let mut child = Command::new(python)
-        .args(["-c", script])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = run_with_stdin(Command::new(python).args(["-c", script]), text);
     assert!(
         out.status.success(),
         "the OpenMetrics parser rejected the exposition: {}\n--- exposition:\n{text}",

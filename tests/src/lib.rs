@@ -39,12 +39,52 @@ pub fn can_run() -> bool {
     };
     match reason {
         None => true,
-        Some(r) if std::env::var("CI").is_ok_and(|v| v == "true") => panic!("CI=true and {r}"),
         Some(r) => {
-            eprintln!("SKIPPED: {r}");
+            skip(&r);
             false
         }
     }
+}
+
+/// Says why a test cannot run here; under CI=true that is a failure, never a skip.
+pub fn skip(reason: &str) {
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("CI=true and {reason}");
+    }
+    eprintln!("SKIPPED: {reason}");
+}
+
+/// Echoes a child agent's stderr with an `[agent]` prefix and keeps it for assertions.
+pub fn collect_stderr(child: &mut Child) -> Arc<Mutex<String>> {
+    let stderr = Arc::new(Mutex::new(String::new()));
+    let err = child.stderr.take().expect("stderr piped");
+    let e2 = Arc::clone(&stderr);
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            eprintln!("[agent] {line}");
+            let mut s = e2.lock().unwrap();
+            s.push_str(&line);
+            s.push('\n');
+        }
+    });
+    stderr
+}
+
+/// Runs `cmd` with `input` on its stdin and returns its output.
+pub fn run_with_stdin(cmd: &mut Command, input: &str) -> std::process::Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning a checker");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
 }
 
 /// A free TCP port on 127.0.0.1.
@@ -75,7 +115,7 @@ impl Agent {
             .spawn()
             .expect("spawning traceid");
         let lines = Arc::new(Mutex::new(Vec::new()));
-        let stderr = Arc::new(Mutex::new(String::new()));
+        let stderr = collect_stderr(&mut child);
         let out = child.stdout.take().unwrap();
         let l2 = Arc::clone(&lines);
         std::thread::spawn(move || {
@@ -83,16 +123,6 @@ impl Agent {
                 let v: Value = serde_json::from_str(&line)
                     .unwrap_or_else(|e| panic!("agent printed a non-JSON line {line:?}: {e}"));
                 l2.lock().unwrap().push(v);
-            }
-        });
-        let err = child.stderr.take().unwrap();
-        let e2 = Arc::clone(&stderr);
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                eprintln!("[agent] {line}");
-                let mut s = e2.lock().unwrap();
-                s.push_str(&line);
-                s.push('\n');
             }
         });
         let agent = Agent {

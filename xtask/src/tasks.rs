@@ -59,17 +59,7 @@ pub fn build_ebpf(debug_output: bool) -> Result<()> {
     step(format!(
         "building kernel programs ({EBPF_CRATE}, {EBPF_TARGET})"
     ));
-    let mut cmd = cargo_nightly(&ebpf_dir());
-    cmd.args([
-        "build",
-        "--target",
-        EBPF_TARGET,
-        "-Z",
-        "build-std=core",
-        "--release",
-    ])
-    .arg("--target-dir")
-    .arg(target_dir());
+    let mut cmd = ebpf_cargo("build");
     let out_dir = target_dir().join(EBPF_TARGET).join("release");
     if debug_output {
         let log = out_dir.join("bpf-linker.log");
@@ -242,18 +232,8 @@ fn clippy() -> Result<()> {
     step(format!(
         "cargo +nightly clippy ({EBPF_CRATE}, {EBPF_TARGET}) -- -D warnings"
     ));
-    let mut cmd = cargo_nightly(&ebpf_dir());
-    cmd.args([
-        "clippy",
-        "--target",
-        EBPF_TARGET,
-        "-Z",
-        "build-std=core",
-        "--release",
-    ])
-    .arg("--target-dir")
-    .arg(target_dir())
-    .args(["--", "-D", "warnings"]);
+    let mut cmd = ebpf_cargo("clippy");
+    cmd.args(["--", "-D", "warnings"]);
     run(&mut cmd).with_context(|| format!("clippy found problems in {EBPF_CRATE}"))
 }
 
@@ -383,6 +363,23 @@ pub fn integration_test(extra: &[OsString]) -> Result<()> {
 
 fn absolute(path: &Path) -> Result<PathBuf> {
     std::path::absolute(path).with_context(|| format!("making {} absolute", path.display()))
+}
+
+/// `cargo +nightly SUBCOMMAND` for the kernel crate: its target, core built from source,
+/// release profile, and the workspace's target directory (where the agent embeds it from).
+fn ebpf_cargo(subcommand: &str) -> Command {
+    let mut cmd = cargo_nightly(&ebpf_dir());
+    cmd.args([
+        subcommand,
+        "--target",
+        EBPF_TARGET,
+        "-Z",
+        "build-std=core",
+        "--release",
+    ])
+    .arg("--target-dir")
+    .arg(target_dir());
+    cmd
 }
 
 #[cfg(test)]
