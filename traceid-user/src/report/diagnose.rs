@@ -346,8 +346,8 @@ pub fn render(d: &Diagnosis) -> String {
     if d.requests == 0 {
         let _ = writeln!(
             s,
-            "\nNo HTTP/1.x requests were seen. Plaintext HTTP on any TCP port is watched; \
-             TLS, HTTP/2 and gRPC are not decoded yet."
+            "\nNo HTTP/1.x requests were seen. Plaintext HTTP on any TCP port and HTTPS through \
+             OpenSSL are watched; HTTP/2, gRPC and other TLS libraries are not decoded yet."
         );
     }
     if !d.services.is_empty() {
