@@ -19,6 +19,12 @@ pub mod kind {
     pub const STATE: u16 = 4;
     /// [`super::EventHeader`] alone: the process called execve (new libraries to probe for TLS).
     pub const EXEC: u16 = 5;
+    /// Written by the agent, never by the kernel: a TIME_WAIT census taken through sock_diag,
+    /// recorded so a replay sees what the live run saw (layout: traceid-user lifecycle).
+    pub const CENSUS: u16 = 6;
+    /// Written by the agent, never by the kernel: events the kernel side counted as lost
+    /// (layout: traceid-user pipeline).
+    pub const LOSS: u16 = 7;
 }
 
 /// TCP states as the kernel numbers them (`include/net/tcp_states.h`).

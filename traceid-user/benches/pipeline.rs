@@ -17,8 +17,10 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use traceid::engine::{Engine, EngineConfig, Finding, Record};
 use traceid::event::pod_bytes;
+use traceid::pipeline::{Pipeline, PipelineConfig};
+use traceid::record::{Finding, Record};
+use traceid::test_util::Rng;
 use traceid_common::{
     kind, source, ConnEvent, DataEvent, EventHeader, DIR_EGRESS, DIR_INGRESS, ROLE_CLIENT,
     ROLE_SERVER,
@@ -33,35 +35,6 @@ const BACK_CONNS: usize = 8;
 const CLIENT: (u32, &str) = (3000, "client");
 const FRONT: (u32, &str) = (1000, "front");
 const BACK: (u32, &str) = (2000, "back");
-
-/// xorshift64*: deterministic, no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    /// true with probability `pct` percent.
-    fn pct(&mut self, pct: u64) -> bool {
-        self.below(100) < pct
-    }
-    fn hex(&mut self, digits: usize) -> String {
-        let mut s = String::with_capacity(digits);
-        while s.len() < digits {
-            s.push_str(&format!("{:016x}", self.next()));
-        }
-        s.truncate(digits);
-        s
-    }
-}
 
 /// One observed end of a TCP connection.
 #[derive(Clone, Copy)]
@@ -310,7 +283,7 @@ struct Generated {
 }
 
 fn generate() -> Generated {
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut rng = Rng::new(0x9e37_79b9_7f4a_7c15);
     let mut s = Stream::default();
     let mut front: Vec<Pair> = (0..FRONT_CONNS)
         .map(|_| {
@@ -389,34 +362,32 @@ fn generate() -> Generated {
     }
 }
 
-/// Feeds the whole stream through a fresh engine; returns the request records reported.
-fn run(records: &[Vec<u8>], out: &mut Vec<Record>) -> u64 {
-    let mut engine = Engine::new(EngineConfig::default());
-    let mut requests = 0u64;
+/// Feeds the whole stream through a fresh pipeline (what the live loop and replay run);
+/// returns the records it emitted.
+fn run(records: &[Vec<u8>]) -> u64 {
+    let mut pipeline = Pipeline::new(PipelineConfig::default());
+    let mut emitted = 0u64;
+    let mut sink = |r: &Record| {
+        black_box(r);
+        emitted += 1;
+    };
     for r in records {
-        engine.process(r, out);
-        if !out.is_empty() {
-            requests += out.len() as u64;
-            // The agent drains its output after every ring-buffer poll; do the same.
-            black_box(&out);
-            out.clear();
-        }
+        pipeline.process(r, &mut sink);
     }
-    engine.finish(out);
-    requests += out.len() as u64;
-    out.clear();
-    requests
+    pipeline.finish(&mut sink);
+    emitted
 }
 
 fn pipeline(c: &mut Criterion) {
     let g = generate();
     // Check once, outside the timing, that the stream exercises what it should.
     let mut out = Vec::new();
-    let mut engine = Engine::new(EngineConfig::default());
+    let mut pipeline = Pipeline::new(PipelineConfig::default());
+    let mut sink = |r: &Record| out.push(r.clone());
     for r in &g.records {
-        engine.process(r, &mut out);
+        pipeline.process(r, &mut sink);
     }
-    engine.finish(&mut out);
+    pipeline.finish(&mut sink);
     let mut counts = [0u64; Finding::ALL.len()];
     let mut requests = 0u64;
     for r in &out {
@@ -460,10 +431,7 @@ fn pipeline(c: &mut Criterion) {
         elements: g.messages,
         bytes: g.bytes,
     });
-    group.bench_function("http1_mixed", |b| {
-        let mut out = Vec::with_capacity(64);
-        b.iter(|| run(black_box(&g.records), &mut out))
-    });
+    group.bench_function("http1_mixed", |b| b.iter(|| run(black_box(&g.records))));
     group.finish();
 }
 

@@ -1,13 +1,18 @@
-//! The live loop: capture -> engine -> the caller's sink, until told to stop.
+//! The live loop: capture -> pipeline -> the caller's sink, until told to stop.
+//!
+//! Everything the loop learns reaches the pipeline as a raw record, and every raw record also
+//! goes to the caller's `raw` callback (`traceid record`), so a recording replays exactly what
+//! the live run saw: kernel events, TIME_WAIT censuses and the kernel's loss counters.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::capture::{self, Capture, CaptureConfig};
-use crate::engine::record::rfc3339_ms;
-use crate::engine::{Engine, EngineConfig, LostRecord, Record};
-use crate::lifecycle::{Lifecycle, LiveCensus, Sysctls, TimeWaitReport};
+use crate::capture::{self, Capture, CaptureConfig, CaptureError};
+use crate::lifecycle::{census_record, LiveCensus, Sysctls, TimeWaitReport};
+use crate::pipeline::{loss_record, Pipeline, PipelineConfig};
+use crate::record::Record;
 
 /// CLOCK_REALTIME - CLOCK_MONOTONIC, ns.
 pub fn realtime_offset_ns() -> i128 {
@@ -17,76 +22,84 @@ pub fn realtime_offset_ns() -> i128 {
     real - capture::monotonic_ns() as i128
 }
 
-/// Loss counters already reported, to report only increases.
-#[derive(Default)]
-struct LossTracker {
-    seen: std::collections::HashMap<String, u64>,
+/// What an operator should hear about while the agent starts and runs (the binary prints it).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Notice {
+    /// tracefs was not mounted; the agent mounted it here.
+    TracefsMounted(&'static str),
+    /// Socket endpoints cannot be read in the kernel (BTF offsets missing): why.
+    EndpointsUnavailable(String),
+    /// Capture is running.
+    Watching {
+        tracepoints: usize,
+        seeded: usize,
+        tls_files: usize,
+        duration: Option<Duration>,
+    },
+    /// The TIME_WAIT census failed (said once; later failures are only in the report).
+    CensusUnavailable(String),
 }
 
-impl LossTracker {
-    fn delta(&mut self, stage: &str, total: u64) -> u64 {
-        let prev = self.seen.entry(stage.to_string()).or_default();
-        let d = total.saturating_sub(*prev);
-        *prev = total;
-        d
-    }
+#[derive(thiserror::Error, Debug)]
+pub enum AgentError {
+    #[error("starting the kernel capture: {0}")]
+    Capture(#[from] CaptureError),
+    #[error("reading the ring buffer: {0}")]
+    Ring(std::io::Error),
 }
 
-/// What a finished live run saw, for the report footer.
+/// What a finished live run saw, for the report.
 #[derive(Debug, Default, Clone)]
 pub struct RunSummary {
-    pub elapsed: Duration,
-    pub events: u64,
+    /// Seconds between the first and the last record (as a replay of the run computes it).
+    pub span_s: f64,
+    pub records: u64,
     /// Connection lifecycle and the last TIME_WAIT census, for the diagnosis.
-    pub time_wait: Option<TimeWaitReport>,
+    pub time_wait: TimeWaitReport,
 }
 
-/// Runs the capture until `stop` is set or `duration` passes, handing every record (requests
-/// and losses) to `sink`. Raw records also go to `raw` (for `record`).
+/// Runs the capture until `stop` is set or `duration` passes, handing every record to `sink`
+/// and every raw record to `raw` (for `record`).
 pub fn run_live(
     capture_cfg: &CaptureConfig,
-    engine_cfg: EngineConfig,
+    pipeline_cfg: PipelineConfig,
     duration: Option<Duration>,
     stop: Arc<AtomicBool>,
-    mut raw: impl FnMut(&[u8]),
-    mut sink: impl FnMut(&Record),
-) -> anyhow::Result<RunSummary> {
-    use anyhow::Context as _;
-    let mut cap = Capture::start(capture_cfg).context("starting the kernel capture")?;
+    notify: &mut dyn FnMut(Notice),
+    raw: &mut dyn FnMut(&[u8]),
+    sink: &mut dyn FnMut(&Record),
+) -> Result<RunSummary, AgentError> {
+    let mut cap = Capture::start(capture_cfg)?;
     if cap.info.tracefs_mounted {
-        eprintln!(
-            "traceid: tracefs was not mounted; mounted it at {}",
-            capture::tracefs::TRACEFS
-        );
+        notify(Notice::TracefsMounted(capture::tracefs::TRACEFS));
     }
     if let Some(e) = &cap.info.btf_error {
-        eprintln!("traceid: connection endpoints unavailable: {e}");
+        notify(Notice::EndpointsUnavailable(e.to_string()));
     }
-    let mut lifecycle = Lifecycle::new(engine_cfg.lifecycle.clone());
-    let mut live_census = LiveCensus::default();
-    let realtime_offset = engine_cfg.realtime_offset_ns;
-    let mut engine = Engine::new(engine_cfg);
-    let mut out = Vec::new();
+    let census_max = pipeline_cfg.lifecycle.census_max;
+    let mut live = Live {
+        pipeline: Pipeline::new(pipeline_cfg),
+        census: LiveCensus::default(),
+        census_warned: false,
+        census_max,
+        kernel_losses: HashMap::new(),
+        raw,
+        sink,
+        notify,
+    };
     for r in cap.take_seeded() {
-        raw(&r);
-        engine.process(&r, &mut out);
-        lifecycle.on_raw(&r);
+        live.feed(&r);
     }
     // A first census before anything else: the baseline TIME_WAIT growth is measured from.
-    let mut last_census = Some(Instant::now());
-    census_tick(&mut lifecycle, &mut live_census, realtime_offset, &mut out);
-    eprintln!(
-        "traceid: watching: {} tracepoints attached, {} existing connections followed, TLS probes on {} OpenSSL files{}",
-        cap.info.attached,
-        cap.info.seeded,
-        cap.tls.attached.len(),
-        match duration {
-            Some(d) => format!(", for {:.0} s (Ctrl-C ends early)", d.as_secs_f64()),
-            None => ", Ctrl-C to stop".to_string(),
-        }
-    );
+    live.census();
+    (live.notify)(Notice::Watching {
+        tracepoints: cap.info.attached,
+        seeded: cap.info.seeded,
+        tls_files: cap.tls.attached.len(),
+        duration,
+    });
     let start = Instant::now();
-    let mut losses = LossTracker::default();
+    let mut last_census = Instant::now();
     let mut last_loss_check = Instant::now();
     let mut execs: Vec<u32> = Vec::new();
     loop {
@@ -94,118 +107,101 @@ pub fn run_live(
             break;
         }
         let polled = cap
-            .poll(Duration::from_millis(100), |rec| {
-                if let Some(pid) = exec_pid(rec) {
-                    execs.push(pid);
-                    return;
-                }
-                raw(rec);
-                engine.process(rec, &mut out);
-                lifecycle.on_raw(rec);
+            .poll(Duration::from_millis(100), |rec| match exec_pid(rec) {
+                Some(pid) => execs.push(pid),
+                None => live.feed(rec),
             })
-            .context("reading the ring buffer")?;
+            .map_err(AgentError::Ring)?;
         for pid in execs.drain(..) {
             cap.on_exec(pid);
         }
         cap.tick();
-        for r in out.drain(..) {
-            lifecycle.on_record(&r);
-            sink(&r);
-        }
         // The census is matched with the connections seen so far: take it when the ring
         // buffer is drained (a full drain is 65,536 records), at most 5 s late otherwise.
         let caught_up = polled < 65_536;
-        if last_census
-            .is_none_or(|t| t.elapsed() >= Duration::from_secs(if caught_up { 1 } else { 5 }))
-        {
-            last_census = Some(Instant::now());
-            census_tick(&mut lifecycle, &mut live_census, realtime_offset, &mut out);
-            for r in out.drain(..) {
-                sink(&r);
-            }
+        if last_census.elapsed() >= Duration::from_secs(if caught_up { 1 } else { 5 }) {
+            last_census = Instant::now();
+            live.census();
         }
         if last_loss_check.elapsed() >= Duration::from_secs(1) {
             last_loss_check = Instant::now();
-            report_losses(&cap, &engine, &mut losses, &mut sink);
+            live.losses(&cap);
         }
     }
-    // Drain what the kernel already wrote, then end every connection.
-    let _ = cap.poll(Duration::from_millis(0), |rec| {
-        if exec_pid(rec).is_some() {
-            return;
+    // Drain what the kernel already wrote, then a last census so the report shows the state
+    // at the end of the run, then end every connection.
+    cap.poll(Duration::from_millis(0), |rec| {
+        if exec_pid(rec).is_none() {
+            live.feed(rec);
         }
-        raw(rec);
-        engine.process(rec, &mut out);
-        lifecycle.on_raw(rec);
-    });
-    engine.finish(&mut out);
-    for r in out.drain(..) {
-        lifecycle.on_record(&r);
-        sink(&r);
-    }
-    // A last census so the report shows the state at the end of the run.
-    census_tick(&mut lifecycle, &mut live_census, realtime_offset, &mut out);
-    for r in out.drain(..) {
-        sink(&r);
-    }
-    report_losses(&cap, &engine, &mut losses, &mut sink);
+    })
+    .map_err(AgentError::Ring)?;
+    live.census();
+    live.losses(&cap);
+    live.pipeline.finish(live.sink);
     Ok(RunSummary {
-        elapsed: start.elapsed(),
-        events: engine.stats.events,
-        time_wait: Some(lifecycle.report(capture::monotonic_ns())),
+        span_s: live.pipeline.span_s(),
+        records: live.pipeline.stats().records,
+        time_wait: live.pipeline.time_wait_report(),
     })
 }
 
-/// One TIME_WAIT census through sock_diag, fed to the lifecycle (which may emit `buildup`).
-fn census_tick(
-    lifecycle: &mut Lifecycle,
-    live: &mut LiveCensus,
-    realtime_offset_ns: i128,
-    out: &mut Vec<Record>,
-) {
-    let max = lifecycle.config().census_max;
-    match live.take(max) {
-        Ok(c) => lifecycle.on_census(
-            capture::monotonic_ns(),
-            &c,
-            Sysctls::read(),
-            realtime_offset_ns,
-            out,
-        ),
-        Err(e) => lifecycle.on_census_error(e),
-    }
+/// The live loop's state between polls.
+struct Live<'a> {
+    pipeline: Pipeline,
+    census: LiveCensus,
+    census_warned: bool,
+    census_max: usize,
+    /// Kernel loss counters as last recorded, to record only increases.
+    kernel_losses: HashMap<&'static str, u64>,
+    raw: &'a mut dyn FnMut(&[u8]),
+    sink: &'a mut dyn FnMut(&Record),
+    notify: &'a mut dyn FnMut(Notice),
 }
 
-fn report_losses(
-    cap: &Capture,
-    engine: &Engine,
-    losses: &mut LossTracker,
-    sink: &mut impl FnMut(&Record),
-) {
-    let ts = rfc3339_ms(realtime_offset_ns() + capture::monotonic_ns() as i128);
-    let mut emit = |stage: &str, total: u64| {
-        let d = losses.delta(stage, total);
-        if d > 0 {
-            sink(&Record::Lost(LostRecord {
-                event: "lost",
-                ts: ts.clone(),
-                stage: stage.to_string(),
-                count: d,
-            }));
-        }
-    };
-    let k = cap.kernel_stats();
-    for (i, v) in k.iter().enumerate() {
-        if let Some(name) = capture::stat_name(i as u32) {
-            emit(name, *v);
-        }
+impl Live<'_> {
+    fn feed(&mut self, rec: &[u8]) {
+        (self.raw)(rec);
+        self.pipeline.process(rec, self.sink);
     }
-    emit("decode", engine.stats.decode_errors);
-    emit("connections_evicted", engine.stats.conns_evicted);
+
+    /// One TIME_WAIT census through sock_diag, fed as a record.
+    fn census(&mut self) {
+        let now = capture::monotonic_ns();
+        let rec = match self.census.take(self.census_max) {
+            Ok(c) => census_record::encode(now, &c, &Sysctls::read()),
+            Err(e) => {
+                let e = e.to_string();
+                if !self.census_warned {
+                    self.census_warned = true;
+                    (self.notify)(Notice::CensusUnavailable(e.clone()));
+                }
+                census_record::encode_failure(now, &e)
+            }
+        };
+        self.feed(&rec);
+    }
+
+    /// The kernel's loss counters' increases, fed as records; then the pipeline's own.
+    fn losses(&mut self, cap: &Capture) {
+        let now = capture::monotonic_ns();
+        for (i, total) in cap.kernel_stats().iter().enumerate() {
+            let Some(stage) = capture::stat_name(i as u32) else {
+                continue;
+            };
+            let seen = self.kernel_losses.entry(stage).or_default();
+            let delta = total.saturating_sub(*seen);
+            *seen = *total;
+            if delta > 0 {
+                self.feed(&loss_record(now, stage, delta));
+            }
+        }
+        self.pipeline.report_losses(now, self.sink);
+    }
 }
 
 /// The pid of an exec notification record (they steer TLS probing and are not events of
-/// the engine, so they are neither processed nor recorded).
+/// the pipeline, so they are neither processed nor recorded).
 fn exec_pid(rec: &[u8]) -> Option<u32> {
     let kind = u16::from_ne_bytes([*rec.first()?, *rec.get(1)?]);
     if kind != traceid_common::kind::EXEC {

@@ -18,6 +18,10 @@ pub enum Event<'a> {
     ConnClose(EventHeader),
     /// A TCP socket left ESTABLISHED; its header's pid is not the owner (see [`StateEvent`]).
     State(StateEvent),
+    /// Written by the agent: a TIME_WAIT census (body decoded by the lifecycle).
+    Census(EventHeader, &'a [u8]),
+    /// Written by the agent: losses the kernel counted (body decoded by the pipeline).
+    Loss(EventHeader, &'a [u8]),
 }
 
 impl Event<'_> {
@@ -27,6 +31,7 @@ impl Event<'_> {
             Event::ConnOpen(c) => &c.header,
             Event::ConnClose(h) => h,
             Event::State(s) => &s.header,
+            Event::Census(h, _) | Event::Loss(h, _) => h,
         }
     }
 }
@@ -86,8 +91,31 @@ pub fn decode(buf: &[u8]) -> Result<Event<'_>, DecodeError> {
             read_pod(buf).ok_or(DecodeError::Short(buf.len()))?,
         )),
         kind::CONN_CLOSE => Ok(Event::ConnClose(header)),
+        kind::CENSUS | kind::LOSS => {
+            let body = buf.get(std::mem::size_of::<EventHeader>()..).unwrap_or(&[]);
+            Ok(if header.kind == kind::CENSUS {
+                Event::Census(header, body)
+            } else {
+                Event::Loss(header, body)
+            })
+        }
         other => Err(DecodeError::UnknownKind(other)),
     }
+}
+
+/// The header of a record the agent writes itself ([`kind::CENSUS`], [`kind::LOSS`]): no
+/// process, no connection, stamped `ts_ns`. The body follows.
+pub fn agent_header(kind: u16, ts_ns: u64) -> Vec<u8> {
+    pod_bytes(&EventHeader {
+        kind,
+        _pad0: 0,
+        pid: 0,
+        tid: 0,
+        fd: -1,
+        ts_ns,
+        conn_ts_ns: 0,
+        comm: [0; COMM_LEN],
+    })
 }
 
 /// Encodes a struct as its raw bytes (for seeded records and tests).

@@ -1,21 +1,33 @@
 //! traceid: finds, from the outside, which service loses the trace id.
 //!
-//! The pipeline, in the order data flows:
+//! The pipeline, in the order data flows (docs/architecture.md):
 //! - [`capture`]: kernel programs and their ring buffer (the only eBPF-facing part);
-//! - [`event`]: decoding raw records;
-//! - [`engine`]: connection table, HTTP reassembly ([`http`]), trace context ([`tracectx`]),
-//!   findings; pure, fed by live capture or by a recording;
-//! - [`lifecycle`]: connection lifecycle, TIME_WAIT census (sock_diag) and `buildup`;
-//! - [`report`]: JSON lines, human lines, the diagnosis.
+//! - [`pipeline`]: decodes each raw record once ([`event`]) and feeds the producers, for live
+//!   runs ([`agent`]) and replays alike;
+//! - producers: [`engine`] (connections, [`protocol`] parsers, trace context from [`tracectx`],
+//!   linking, findings) and [`lifecycle`] (TCP lifecycle, TIME_WAIT census, `buildup`);
+//! - [`record`]: what they emit, the JSON-line contract;
+//! - sinks: [`report`] (JSON lines, human lines, the diagnosis), [`metrics`], [`recording`].
+//!
+//! Dependencies point from sinks to producers and from producers to `record`, never back
+//! (checked by a unit test of the module graph).
 
 pub mod agent;
 pub mod capture;
 pub mod check;
 pub mod engine;
 pub mod event;
-pub mod http;
 pub mod lifecycle;
 pub mod metrics;
+pub mod pipeline;
+pub mod protocol;
+pub mod record;
 pub mod recording;
 pub mod report;
 pub mod tracectx;
+
+#[cfg(any(test, feature = "test-util"))]
+pub mod test_util;
+
+#[cfg(test)]
+mod module_graph;

@@ -6,17 +6,21 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand};
 
+use traceid::agent::{self, Notice, RunSummary};
 use traceid::capture::CaptureConfig;
-use traceid::engine::{Engine, EngineConfig, Filter, Finding, Record};
+use traceid::engine::{EngineConfig, Filter};
+use traceid::lifecycle::LifecycleConfig;
 use traceid::metrics::{server as metrics_server, Metrics, MetricsConfig};
+use traceid::pipeline::{Pipeline, PipelineConfig};
+use traceid::record::{Finding, Record};
 use traceid::report::{self, diagnose::Aggregator, LineSink};
 use traceid::tracectx::HeaderNames;
-use traceid::{agent, check, recording};
+use traceid::{capture, check, recording};
 
 /// Finds which service loses the trace id: watches every HTTP exchange on this host from the
 /// kernel (eBPF), without touching any service, and reports requests without trace context,
@@ -44,6 +48,10 @@ enum Command {
         /// Print the diagnosis as one JSON object.
         #[arg(long)]
         json: bool,
+        /// Also write the raw events to FILE, as `traceid record` does: `traceid replay FILE
+        /// --diagnose` then prints this same diagnosis.
+        #[arg(long, value_name = "FILE")]
+        record: Option<PathBuf>,
         #[command(flatten)]
         common: Common,
     },
@@ -146,20 +154,22 @@ struct Common {
 }
 
 impl Common {
-    fn engine_config(&self, realtime_offset_ns: i128) -> EngineConfig {
-        EngineConfig {
-            names: HeaderNames::new(&self.headers),
-            filter: Filter {
-                pids: self.pid.clone(),
-                comms: self.comm.clone(),
-                ports: self.port.clone(),
+    fn pipeline_config(&self, realtime_offset_ns: i128) -> PipelineConfig {
+        PipelineConfig {
+            engine: EngineConfig {
+                names: HeaderNames::new(&self.headers),
+                filter: Filter {
+                    pids: self.pid.clone(),
+                    comms: self.comm.clone(),
+                    ports: self.port.clone(),
+                },
+                realtime_offset_ns,
+                ..EngineConfig::default()
             },
-            realtime_offset_ns,
-            lifecycle: traceid::lifecycle::LifecycleConfig {
+            lifecycle: LifecycleConfig {
                 tw_threshold: self.tw_threshold,
                 ..Default::default()
             },
-            ..EngineConfig::default()
         }
     }
 
@@ -261,23 +271,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             common,
         } => {
             preflight()?;
-            let stop = stop_flag()?;
             let mut sink = LineSink::new(std::io::stdout().lock(), json);
             let mut write_err = None;
-            agent::run_live(
-                &common.capture_config()?,
-                common.engine_config(agent::realtime_offset_ns()),
-                duration,
-                stop,
-                |_| {},
-                |r| {
-                    if write_err.is_none() {
-                        if let Err(e) = sink.write(r) {
-                            write_err = Some(e);
-                        }
+            live(&common, duration, None, &mut |r| {
+                if write_err.is_none() {
+                    if let Err(e) = sink.write(r) {
+                        write_err = Some(e);
                     }
-                },
-            )?;
+                }
+            })?;
             match write_err {
                 // A closed pipe (`| head`) is a normal way to stop watching.
                 Some(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
@@ -289,21 +291,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Diagnose {
             duration,
             json,
+            record,
             common,
         } => {
             preflight()?;
-            let stop = stop_flag()?;
             let mut agg = Aggregator::default();
-            let summary = agent::run_live(
-                &common.capture_config()?,
-                common.engine_config(agent::realtime_offset_ns()),
-                Some(duration),
-                stop,
-                |_| {},
-                |r| agg.add(r),
-            )?;
-            let mut d = agg.diagnosis(summary.elapsed.as_secs_f64());
-            d.time_wait = summary.time_wait;
+            let summary = live(&common, Some(duration), record.as_deref(), &mut |r| {
+                agg.add(r)
+            })?;
+            let mut d = agg.diagnosis(summary.span_s);
+            d.time_wait = Some(summary.time_wait);
             print_diagnosis(&d, json)?;
             Ok(ExitCode::SUCCESS)
         }
@@ -313,41 +310,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             common,
         } => {
             preflight()?;
-            let stop = stop_flag()?;
-            let file =
-                File::create(&output).with_context(|| format!("creating {}", output.display()))?;
-            let offset = agent::realtime_offset_ns();
-            let mut w = recording::Writer::new(BufWriter::new(file), offset)
-                .with_context(|| format!("writing {}", output.display()))?;
-            let mut n = 0u64;
-            let mut err = None;
             let mut requests = 0u64;
-            agent::run_live(
-                &common.capture_config()?,
-                common.engine_config(offset),
-                duration,
-                stop,
-                |raw| {
-                    if err.is_none() {
-                        match w.write(raw) {
-                            Ok(()) => n += 1,
-                            Err(e) => err = Some(e),
-                        }
-                    }
-                },
-                |r| {
-                    if matches!(r, Record::Request(_)) {
-                        requests += 1;
-                    }
-                },
-            )?;
-            if let Some(e) = err {
-                return Err(e).with_context(|| format!("writing {}", output.display()));
-            }
-            w.finish()
-                .with_context(|| format!("writing {}", output.display()))?;
+            let summary = live(&common, duration, Some(&output), &mut |r| {
+                if matches!(r, Record::Request(_)) {
+                    requests += 1;
+                }
+            })?;
             eprintln!(
-                "traceid: recorded {n} events ({requests} HTTP requests) to {}",
+                "traceid: recorded {} events ({requests} HTTP requests) to {}",
+                summary.records,
                 output.display()
             );
             Ok(ExitCode::SUCCESS)
@@ -361,39 +332,42 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let f = File::open(&file).with_context(|| format!("opening {}", file.display()))?;
             let mut rd = recording::Reader::new(BufReader::new(f))
                 .with_context(|| format!("reading {}", file.display()))?;
-            let mut engine = Engine::new(common.engine_config(rd.realtime_offset_ns));
-            let mut out = Vec::new();
+            let mut pipeline = Pipeline::new(common.pipeline_config(rd.realtime_offset_ns));
             let mut agg = Aggregator::default();
-            let mut sink = LineSink::new(std::io::stdout().lock(), json);
-            let started = Instant::now();
-            let mut emit = |out: &mut Vec<Record>, agg: &mut Aggregator| -> std::io::Result<()> {
-                for r in out.drain(..) {
-                    if diagnose {
-                        agg.add(&r);
-                    } else {
-                        sink.write(&r)?;
+            let mut lines = LineSink::new(std::io::stdout().lock(), json);
+            let mut write_err = None;
+            let mut sink = |r: &Record| {
+                if diagnose {
+                    agg.add(r);
+                } else if write_err.is_none() {
+                    if let Err(e) = lines.write(r) {
+                        write_err = Some(e);
                     }
                 }
-                Ok(())
             };
             while let Some(rec) = rd
                 .next_record()
                 .with_context(|| format!("reading {}", file.display()))?
             {
-                engine.process(&rec, &mut out);
-                emit(&mut out, &mut agg).context("writing to stdout")?;
+                pipeline.process(&rec, &mut sink);
             }
-            engine.finish(&mut out);
-            emit(&mut out, &mut agg).context("writing to stdout")?;
-            if engine.stats.decode_errors > 0 {
+            pipeline.finish(&mut sink);
+            if let Some(e) = write_err {
+                if e.kind() != std::io::ErrorKind::BrokenPipe {
+                    return Err(e).context("writing to stdout");
+                }
+            }
+            let stats = pipeline.stats();
+            if stats.decode_errors > 0 {
                 eprintln!(
                     "traceid: {} records could not be decoded",
-                    engine.stats.decode_errors
+                    stats.decode_errors
                 );
             }
             if diagnose {
-                agg.add_lost("decode", engine.stats.decode_errors);
-                print_diagnosis(&agg.diagnosis(started.elapsed().as_secs_f64()), json)?;
+                let mut d = agg.diagnosis(pipeline.span_s());
+                d.time_wait = Some(pipeline.time_wait_report());
+                print_diagnosis(&d, json)?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -412,23 +386,24 @@ fn run_agent(args: &RunArgs, common: &Common) -> anyhow::Result<ExitCode> {
         comm_cap: args.comm_cap,
         ..MetricsConfig::default()
     }));
-    metrics.init_known_lost_stages();
+    metrics.init_lost_stages(capture::stat_names().chain(["decode", "connections_evicted"]));
     let listener = metrics_server::bind(&args.metrics_addr)?;
     let addr = metrics_server::spawn(listener, Arc::clone(&metrics))
         .context("starting the metrics server thread")?;
     eprintln!("traceid: metrics on http://{addr}/metrics");
     let mut out = std::io::stdout().lock();
     let mut log = args.log_findings;
-    let mut engine_cfg = common.engine_config(agent::realtime_offset_ns());
+    let mut pipeline_cfg = common.pipeline_config(agent::realtime_offset_ns());
     // Connection lifecycle and TIME_WAIT census feed the traceid_tcp_* series.
-    engine_cfg.lifecycle.observer = Some(traceid::lifecycle::Observer(metrics.clone()));
+    pipeline_cfg.lifecycle.observer = Some(traceid::lifecycle::Observer(metrics.clone()));
     agent::run_live(
         &capture_cfg,
-        engine_cfg,
+        pipeline_cfg,
         args.duration,
         stop,
-        |_| {},
-        |r| {
+        &mut print_notice,
+        &mut |_| {},
+        &mut |r| {
             metrics.observe(r);
             let worth_logging = match r {
                 Record::Request(q) => q.findings.iter().any(|f| *f != Finding::Propagated),
@@ -443,6 +418,78 @@ fn run_agent(args: &RunArgs, common: &Common) -> anyhow::Result<ExitCode> {
         },
     )?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Runs the live loop with the command's filters, printing notices on stderr, writing the raw
+/// events to `record_to` when given.
+fn live(
+    common: &Common,
+    duration: Option<Duration>,
+    record_to: Option<&std::path::Path>,
+    sink: &mut dyn FnMut(&Record),
+) -> anyhow::Result<RunSummary> {
+    let stop = stop_flag()?;
+    let offset = agent::realtime_offset_ns();
+    let capture_cfg = common.capture_config()?;
+    let mut writer = match record_to {
+        Some(path) => {
+            let file =
+                File::create(path).with_context(|| format!("creating {}", path.display()))?;
+            Some(
+                recording::Writer::new(BufWriter::new(file), offset)
+                    .with_context(|| format!("writing {}", path.display()))?,
+            )
+        }
+        None => None,
+    };
+    let mut write_err = None;
+    let summary = agent::run_live(
+        &capture_cfg,
+        common.pipeline_config(offset),
+        duration,
+        stop,
+        &mut print_notice,
+        &mut |raw| {
+            if let (Some(w), None) = (&mut writer, &write_err) {
+                if let Err(e) = w.write(raw) {
+                    write_err = Some(e);
+                }
+            }
+        },
+        sink,
+    )?;
+    if let (Some(w), Some(path)) = (writer, record_to) {
+        if let Some(e) = write_err {
+            return Err(e).with_context(|| format!("writing {}", path.display()));
+        }
+        w.finish()
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(summary)
+}
+
+fn print_notice(n: Notice) {
+    match n {
+        Notice::TracefsMounted(at) => {
+            eprintln!("traceid: tracefs was not mounted; mounted it at {at}")
+        }
+        Notice::EndpointsUnavailable(e) => {
+            eprintln!("traceid: connection endpoints unavailable: {e}")
+        }
+        Notice::Watching {
+            tracepoints,
+            seeded,
+            tls_files,
+            duration,
+        } => eprintln!(
+            "traceid: watching: {tracepoints} tracepoints attached, {seeded} existing connections followed, TLS probes on {tls_files} OpenSSL files{}",
+            match duration {
+                Some(d) => format!(", for {:.0} s (Ctrl-C ends early)", d.as_secs_f64()),
+                None => ", Ctrl-C to stop".to_string(),
+            }
+        ),
+        Notice::CensusUnavailable(e) => eprintln!("traceid: TIME_WAIT census unavailable: {e}"),
+    }
 }
 
 fn print_diagnosis(d: &report::diagnose::Diagnosis, json: bool) -> anyhow::Result<()> {

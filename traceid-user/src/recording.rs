@@ -165,7 +165,7 @@ fn read_exact_at<R: Read>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::tests_support::{get, Stream, C, OK, TP};
+    use crate::test_util::events::{get, Stream, C, OK, TP};
 
     #[test]
     fn redacts_secret_values_keeping_lengths() {
@@ -208,7 +208,7 @@ mod tests {
         while let Some(r) = rd.next_record().unwrap() {
             recs.push(r);
         }
-        let replayed = crate::engine::tests_support::run_records(&recs);
+        let replayed = crate::test_util::events::run_records(&recs);
         assert_eq!(live, replayed);
         assert_eq!(live.len(), 10);
 

@@ -301,6 +301,11 @@ pub fn stat_name(index: u32) -> Option<&'static str> {
     })
 }
 
+/// Names of every kernel counter.
+pub fn stat_names() -> impl Iterator<Item = &'static str> {
+    (0..stat::COUNT).filter_map(stat_name)
+}
+
 /// CLOCK_MONOTONIC now, in the kernel's `bpf_ktime_get_ns` time base.
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {

@@ -21,8 +21,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use super::record::Confidence;
-use crate::http::RequestHead;
+use crate::protocol::RequestHead;
+use crate::record::Confidence;
 use crate::tracectx::TraceContext;
 
 pub const MAX_INFLIGHT_PER_PROCESS: usize = 4096;

@@ -1,24 +1,26 @@
-//! The pure engine: raw records in, request records and findings out.
+//! The pure engine: decoded events in, request records and findings out.
 //!
-//! It holds no eBPF: `traceid replay` and the unit tests feed it exactly what the kernel
-//! would. Per event it does a hash lookup and, for data, feeds the connection's HTTP parser;
-//! everything it keeps is bounded (connections, requests in flight, head buffers).
+//! It holds no eBPF and decodes nothing: the [`crate::pipeline`] hands it each event once,
+//! for live runs and replays alike. Per connection it keeps two streams (the plain bytes, and
+//! the TLS plaintext from the OpenSSL probes), each with the protocol sniffed from its first
+//! bytes ([`crate::protocol`]); the protocol's messages become request records with their
+//! trace context, links and findings. Everything it keeps is bounded (connections, requests in
+//! flight, head buffers).
 
 pub mod link;
-pub mod record;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::event::{self, Event, Role};
-use crate::http::{self, Chunk, Flow, HttpConn, HttpEvent, RequestHead, ResponseHead};
+use crate::protocol::{
+    self, Chunk, Flow, Limits, Message, Parser, Protocol, ProtocolParser, RequestHead, ResponseHead,
+};
+use crate::record::{rfc3339_ms, ConnKey, Direction, Finding, InboundRef, Record, RequestRecord};
 use crate::tracectx::{self, Extraction, HeaderNames, TraceContext};
 
 use link::{Inflight, Linker};
-pub use record::{
-    BuildupRecord, Confidence, Direction, Finding, InboundRef, LostRecord, Record, RequestRecord,
-};
 
 /// Which processes and ports to report (empty = all).
 #[derive(Debug, Clone, Default)]
@@ -49,62 +51,49 @@ impl Filter {
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     pub names: HeaderNames,
-    pub limits: http::Limits,
+    pub limits: Limits,
     /// Connections followed at once; the least recently active are dropped beyond it.
     pub max_conns: usize,
     pub filter: Filter,
     /// CLOCK_REALTIME - CLOCK_MONOTONIC in ns, to stamp records with wall-clock time.
     pub realtime_offset_ns: i128,
-    /// Connection lifecycle and TIME_WAIT census (run next to the engine by the live loop).
-    pub lifecycle: crate::lifecycle::LifecycleConfig,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             names: HeaderNames::new(&[]),
-            limits: http::Limits::default(),
+            limits: Limits::default(),
             max_conns: 200_000,
             filter: Filter::default(),
             realtime_offset_ns: 0,
-            lifecycle: crate::lifecycle::LifecycleConfig::default(),
         }
     }
 }
 
-/// Identity of a connection: fd reuse cannot mix two connections.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ConnKey {
-    pub pid: u32,
-    pub fd: i32,
-    pub conn_ts_ns: u64,
+/// One byte stream of a connection and the protocol that frames it.
+#[derive(Debug)]
+enum StreamState {
+    /// No bytes seen yet: the protocol is sniffed from the first ones.
+    Unsniffed,
+    Parsing(Parser),
+    /// Nothing more to parse: the filter excludes the connection, the protocol is recognised
+    /// but not decoded, or its parser ended.
+    Off,
 }
 
-impl ConnKey {
-    /// The connection an event belongs to.
-    pub fn of(h: &traceid_common::EventHeader) -> ConnKey {
-        ConnKey {
-            pid: h.pid,
-            fd: h.fd,
-            conn_ts_ns: h.conn_ts_ns,
-        }
-    }
-}
+/// Index of the plain stream in `Conn::streams`; the TLS plaintext is at 1.
+const PLAIN: usize = 0;
+const TLS: usize = 1;
 
 struct Conn {
     role: Role,
     local: Option<SocketAddr>,
     peer: Option<SocketAddr>,
     comm: String,
-    /// None when the filter excludes this connection: its data is dropped unparsed.
-    http: Option<HttpConn>,
-    /// The plaintext stream of a TLS connection (from the OpenSSL probes), parsed apart from
-    /// the ciphertext the syscalls see. Created on its first plaintext.
-    tls_http: Option<HttpConn>,
-    /// The filter admits this connection.
-    admitted: bool,
-    /// Records being emitted come from `tls_http`.
-    emitting_tls: bool,
+    /// The syscalls' bytes and, for a TLS connection, the plaintext of the OpenSSL probes:
+    /// parsed apart, each with its own protocol.
+    streams: [StreamState; 2],
     last_ns: u64,
     /// Outbound requests' links, decided when each request started (by request number).
     links: Vec<(u64, Option<link::Link>)>,
@@ -113,9 +102,9 @@ struct Conn {
 /// Counters of everything the engine dropped or could not make sense of.
 #[derive(Debug, Clone, Default)]
 pub struct EngineStats {
-    pub events: u64,
-    pub decode_errors: u64,
     pub conns_evicted: u64,
+    /// Parser anomalies by name, plus `<protocol>_not_decoded` for recognised streams of a
+    /// protocol the engine does not decode.
     pub anomalies: HashMap<&'static str, u64>,
     pub requests: u64,
 }
@@ -125,7 +114,8 @@ pub struct Engine {
     conns: HashMap<ConnKey, Conn>,
     linker: Linker,
     pub stats: EngineStats,
-    http_events: Vec<HttpEvent>,
+    /// Reused buffer of parser messages.
+    messages: Vec<Message>,
 }
 
 impl Engine {
@@ -135,7 +125,7 @@ impl Engine {
             conns: HashMap::new(),
             linker: Linker::default(),
             stats: EngineStats::default(),
-            http_events: Vec::new(),
+            messages: Vec::new(),
         }
     }
 
@@ -146,15 +136,6 @@ impl Engine {
     /// Connections currently followed.
     pub fn connections(&self) -> usize {
         self.conns.len()
-    }
-
-    /// Feeds one raw ring-buffer record.
-    pub fn process(&mut self, raw: &[u8], out: &mut Vec<Record>) {
-        self.stats.events += 1;
-        match event::decode(raw) {
-            Ok(ev) => self.process_event(&ev, out),
-            Err(_) => self.stats.decode_errors += 1,
-        }
     }
 
     pub fn process_event(&mut self, ev: &Event<'_>, out: &mut Vec<Record>) {
@@ -174,66 +155,73 @@ impl Engine {
                     self.end_conn(key, &mut conn, Some(h.ts_ns), out);
                 }
             }
-            // TCP state changes feed the connection lifecycle (crate::lifecycle), not HTTP.
-            Event::State(_) => {}
+            // TCP state changes, censuses and losses are the lifecycle's and the pipeline's.
+            Event::State(_) | Event::Census(..) | Event::Loss(..) => {}
             Event::Data(d, payload) => {
                 if !self.conns.contains_key(&key) {
                     // Its open was lost or happened before a replay started: follow it anyway.
                     let comm = event::comm(&h);
                     self.insert_conn(key, Role::from_raw(d.role), None, None, comm, h.ts_ns, out);
                 }
-                let Some(mut conn) = self.conns.remove(&key) else {
+                let Engine {
+                    cfg,
+                    conns,
+                    linker,
+                    stats,
+                    messages,
+                } = self;
+                let Some(conn) = conns.get_mut(&key) else {
                     return;
                 };
                 conn.last_ns = h.ts_ns;
                 let tls = traceid_common::source::is_tls(d.source);
-                if tls && conn.admitted && conn.tls_http.is_none() {
-                    conn.tls_http = Some(HttpConn::new(self.cfg.limits));
+                let idx = if tls { TLS } else { PLAIN };
+                if matches!(conn.streams[idx], StreamState::Off) {
+                    return;
                 }
-                let parser_alive = if tls {
-                    conn.tls_http.is_some()
-                } else {
-                    conn.http.is_some()
-                };
-                if parser_alive {
-                    let egress = event::is_egress(d);
+                let egress = event::is_egress(d);
+                let sniffed = (conn.role == Role::Unknown
+                    || matches!(conn.streams[idx], StreamState::Unsniffed))
+                .then(|| protocol::sniff(egress, payload));
+                if let Some(s) = sniffed {
                     if conn.role == Role::Unknown {
-                        conn.role = sniff_role(egress, payload);
-                    }
-                    let flow = match (conn.role, egress) {
-                        (Role::Server, false) | (Role::Client, true) => Some(Flow::ClientToServer),
-                        (Role::Server, true) | (Role::Client, false) => Some(Flow::ServerToClient),
-                        (Role::Unknown, _) => None,
-                    };
-                    let parser = if tls {
-                        conn.tls_http.as_mut()
-                    } else {
-                        conn.http.as_mut()
-                    };
-                    if let (Some(flow), Some(http)) = (flow, parser) {
-                        let chunk = Chunk {
-                            data: payload,
-                            real_len: d.real_len,
-                            ts_ns: h.ts_ns,
-                            tid: h.tid,
-                        };
-                        let names = &self.cfg.names;
-                        let keep = |n: &str| names.is_trace_header(n);
-                        let mut evs = std::mem::take(&mut self.http_events);
-                        http.on_data(flow, chunk, &keep, &mut evs);
-                        if http.is_dead() {
-                            if tls {
-                                conn.tls_http = None;
-                            } else {
-                                conn.http = None;
-                            }
-                        }
-                        conn.emitting_tls = tls;
-                        self.handle_http(key, &mut conn, &mut evs, out);
-                        self.http_events = evs;
+                        conn.role = s.role;
                     }
                 }
-                self.conns.insert(key, conn);
+                if matches!(conn.streams[idx], StreamState::Unsniffed) {
+                    // HTTP/1 is the fallback: its parser ignores a direction that does not
+                    // start like HTTP, and counts it.
+                    let protocol = sniffed.and_then(|s| s.protocol).unwrap_or(Protocol::Http1);
+                    conn.streams[idx] = match Parser::for_protocol(protocol, cfg.limits) {
+                        Some(p) => StreamState::Parsing(p),
+                        None => {
+                            *stats.anomalies.entry(not_decoded(protocol)).or_default() += 1;
+                            StreamState::Off
+                        }
+                    };
+                }
+                let flow = match (conn.role, egress) {
+                    (Role::Server, false) | (Role::Client, true) => Flow::ClientToServer,
+                    (Role::Server, true) | (Role::Client, false) => Flow::ServerToClient,
+                    (Role::Unknown, _) => return,
+                };
+                let StreamState::Parsing(parser) = &mut conn.streams[idx] else {
+                    return;
+                };
+                let chunk = Chunk {
+                    data: payload,
+                    real_len: d.real_len,
+                    ts_ns: h.ts_ns,
+                    tid: h.tid,
+                };
+                let names = &cfg.names;
+                let keep = |n: &str| names.is_trace_header(n);
+                parser.on_data(flow, chunk, &keep, messages);
+                if parser.is_dead() {
+                    conn.streams[idx] = StreamState::Off;
+                }
+                let mut cx = Cx { cfg, linker, stats };
+                cx.handle_messages(key, conn, tls, messages, out);
             }
         }
     }
@@ -249,7 +237,7 @@ impl Engine {
         }
     }
 
-    /// Ends both parsers of a connection: at its close (`Some(ts)`), or flushing (`None`).
+    /// Ends both streams of a connection: at its close (`Some(ts)`), or flushing (`None`).
     fn end_conn(
         &mut self,
         key: ConnKey,
@@ -257,22 +245,22 @@ impl Engine {
         close_ts: Option<u64>,
         out: &mut Vec<Record>,
     ) {
-        for tls in [false, true] {
-            let parser = if tls {
-                conn.tls_http.take()
-            } else {
-                conn.http.take()
+        for (idx, tls) in [(PLAIN, false), (TLS, true)] {
+            let StreamState::Parsing(mut parser) =
+                std::mem::replace(&mut conn.streams[idx], StreamState::Off)
+            else {
+                continue;
             };
-            if let Some(mut http) = parser {
-                let mut evs = std::mem::take(&mut self.http_events);
-                match close_ts {
-                    Some(ts) => http.on_close(ts, &mut evs),
-                    None => http.flush(&mut evs),
-                }
-                conn.emitting_tls = tls;
-                self.handle_http(key, conn, &mut evs, out);
-                self.http_events = evs;
+            match close_ts {
+                Some(ts) => parser.on_close(ts, &mut self.messages),
+                None => parser.flush(&mut self.messages),
             }
+            let mut cx = Cx {
+                cfg: &self.cfg,
+                linker: &mut self.linker,
+                stats: &mut self.stats,
+            };
+            cx.handle_messages(key, conn, tls, &mut self.messages, out);
         }
     }
 
@@ -291,7 +279,13 @@ impl Engine {
             self.evict_idle(out);
         }
         let admitted = self.cfg.filter.admits(key.pid, &comm, local, peer);
-        let http = admitted.then(|| HttpConn::new(self.cfg.limits));
+        let stream = || {
+            if admitted {
+                StreamState::Unsniffed
+            } else {
+                StreamState::Off
+            }
+        };
         self.conns.insert(
             key,
             Conn {
@@ -299,10 +293,7 @@ impl Engine {
                 local,
                 peer,
                 comm,
-                http,
-                tls_http: None,
-                admitted,
-                emitting_tls: false,
+                streams: [stream(), stream()],
                 last_ns: ts_ns,
                 links: Vec::new(),
             },
@@ -323,17 +314,35 @@ impl Engine {
             }
         }
     }
+}
 
-    fn handle_http(
+/// The anomaly name of a recognised protocol the engine does not decode.
+fn not_decoded(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Http1 => "http1_not_decoded",
+        Protocol::H2 => "h2_not_decoded",
+    }
+}
+
+/// What turning messages into records needs, borrowed apart from the connection table.
+struct Cx<'a> {
+    cfg: &'a EngineConfig,
+    linker: &'a mut Linker,
+    stats: &'a mut EngineStats,
+}
+
+impl Cx<'_> {
+    fn handle_messages(
         &mut self,
         key: ConnKey,
         conn: &mut Conn,
-        evs: &mut Vec<HttpEvent>,
+        tls: bool,
+        messages: &mut Vec<Message>,
         out: &mut Vec<Record>,
     ) {
-        for ev in evs.drain(..) {
-            match ev {
-                HttpEvent::RequestStarted { seq, head } => match conn.role {
+        for m in messages.drain(..) {
+            match m {
+                Message::RequestStarted { seq, head } => match conn.role {
                     Role::Server => {
                         let ex = self.extract(&head.headers);
                         self.linker.start(
@@ -355,7 +364,7 @@ impl Engine {
                         conn.links.push((seq, l));
                     }
                 },
-                HttpEvent::Exchange {
+                Message::Exchange {
                     seq,
                     request,
                     response,
@@ -378,11 +387,12 @@ impl Engine {
                             .position(|(s, _)| *s == seq)
                             .and_then(|i| conn.links.remove(i).1)
                     };
-                    let rec = self.request_record(key, conn, &request, response.as_ref(), link);
+                    let rec =
+                        self.request_record(key, conn, tls, &request, response.as_ref(), link);
                     self.stats.requests += 1;
                     out.push(Record::Request(Box::new(rec)));
                 }
-                HttpEvent::Anomaly(a) => {
+                Message::Anomaly(a) => {
                     *self.stats.anomalies.entry(a.as_str()).or_default() += 1;
                 }
             }
@@ -400,6 +410,7 @@ impl Engine {
         &self,
         key: ConnKey,
         conn: &Conn,
+        tls: bool,
         req: &RequestHead,
         resp: Option<&ResponseHead>,
         link: Option<link::Link>,
@@ -445,7 +456,7 @@ impl Engine {
                 }
             }
         }
-        let ts = record::rfc3339_ms(req.ts_ns as i128 + self.cfg.realtime_offset_ns);
+        let ts = rfc3339_ms(req.ts_ns as i128 + self.cfg.realtime_offset_ns);
         RequestRecord {
             event: "request",
             ts,
@@ -455,7 +466,7 @@ impl Engine {
             comm: conn.comm.clone(),
             local: conn.local.map(|a| a.to_string()),
             peer: conn.peer.map(|a| a.to_string()),
-            tls: conn.emitting_tls,
+            tls,
             method: req.method.clone(),
             path: req.path.clone(),
             status: resp.map(|r| r.status),
@@ -468,7 +479,7 @@ impl Engine {
             header: primary.map(|t| t.header.clone()),
             local_port: conn.local.map(|a| a.port()),
             ts_ns: req.ts_ns,
-            conn: (key.pid, key.fd, key.conn_ts_ns),
+            conn: key,
         }
     }
 }
@@ -491,23 +502,5 @@ pub fn hop_finding(
     }
 }
 
-/// Decides the role of a connection found without one (seeded, or its open was lost) from its
-/// first bytes: the side that sends a request line is the client.
-fn sniff_role(egress: bool, payload: &[u8]) -> Role {
-    let looks_request = payload
-        .iter()
-        .take(17)
-        .position(|&b| b == b' ')
-        .is_some_and(|sp| sp > 0 && payload[..sp].iter().all(u8::is_ascii_uppercase));
-    let looks_response = payload.starts_with(b"HTTP/1.");
-    match (looks_request, looks_response, egress) {
-        (true, _, true) | (_, true, false) => Role::Client,
-        (true, _, false) | (_, true, true) => Role::Server,
-        _ => Role::Unknown,
-    }
-}
-
 #[cfg(test)]
 mod tests;
-#[cfg(test)]
-pub(crate) mod tests_support;

@@ -1,7 +1,8 @@
 //! Engine tests on synthetic event streams.
 
-use super::tests_support::*;
 use super::*;
+use crate::record::Confidence;
+use crate::test_util::events::*;
 use traceid_common::{ROLE_CLIENT, ROLE_SERVER};
 
 const FRONT: C = C {
@@ -421,24 +422,6 @@ fn seeded_connection_without_role_is_sniffed() {
 }
 
 #[test]
-fn garbage_records_are_counted_not_fatal() {
-    let mut engine = Engine::new(EngineConfig::default());
-    let mut out = Vec::new();
-    let mut x: u64 = 0x9e3779b97f4a7c15;
-    for i in 0..5000usize {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let len = (x % 200) as usize;
-        let rec: Vec<u8> = (0..len)
-            .map(|j| (x >> (j % 8 * 8)) as u8 ^ i as u8)
-            .collect();
-        engine.process(&rec, &mut out);
-    }
-    assert!(engine.stats.decode_errors > 0);
-}
-
-#[test]
 fn filter_by_pid_drops_other_processes() {
     let mut cfg = EngineConfig::default();
     cfg.filter.pids = vec![200];
@@ -450,7 +433,7 @@ fn filter_by_pid_drops_other_processes() {
     s.data(MID_IN, 201, true, OK);
     let mut out = Vec::new();
     for r in &s.records {
-        engine.process(r, &mut out);
+        engine.process_event(&crate::event::decode(r).unwrap(), &mut out);
     }
     let pids: Vec<u32> = out
         .iter()

@@ -2,12 +2,15 @@
 
 use super::*;
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use traceid_common::{kind, ConnEvent, EventHeader, StateEvent, ROLE_CLIENT, ROLE_SERVER};
+use traceid_common::{
+    kind, tcp_state, ConnEvent, EventHeader, StateEvent, ROLE_CLIENT, ROLE_SERVER,
+};
 
-use crate::engine::record::RequestRecord;
-use crate::engine::Direction;
+use super::census::{Census, TimeWaitSocket};
+use super::config::NS;
+use crate::record::{Direction, RequestRecord};
 
 const S: u64 = NS;
 const CLIENT_PID: u32 = 100;
@@ -92,9 +95,11 @@ impl Conn {
     }
 
     fn request(&self, lc: &mut Lifecycle) {
-        lc.on_record(&Record::Request(Box::new(request_record((
-            self.pid, self.fd, self.ts,
-        )))));
+        lc.on_record(&Record::Request(Box::new(request_record(ConnKey {
+            pid: self.pid,
+            fd: self.fd,
+            conn_ts_ns: self.ts,
+        }))));
     }
 
     fn time_wait(&self) -> TimeWaitSocket {
@@ -105,13 +110,13 @@ impl Conn {
     }
 }
 
-fn request_record(conn: (u32, i32, u64)) -> RequestRecord {
+fn request_record(conn: ConnKey) -> RequestRecord {
     RequestRecord {
         event: "request",
         ts: String::new(),
         direction: Direction::Outbound,
-        pid: conn.0,
-        tid: conn.0,
+        pid: conn.pid,
+        tid: conn.pid,
         comm: "client".into(),
         local: None,
         peer: None,
@@ -222,7 +227,7 @@ fn rate_limiter_fires_once_per_period_per_key() {
 
 #[test]
 fn closer_from_states() {
-    use tcp_state::*;
+    use traceid_common::tcp_state::*;
     assert_eq!(
         Closer::from_states(ESTABLISHED, FIN_WAIT1),
         Some(Closer::Local)
@@ -314,7 +319,7 @@ fn churn_is_attributed_and_reported_as_buildup_once_per_10s() {
     assert_eq!(p.mean_lifetime_ms, Some(0.5));
     assert_eq!(r.locals[0], ("10.0.0.1".to_string(), 1401));
     assert_eq!(r.buildups.len(), 2);
-    let text = r.render();
+    let text = crate::report::time_wait::render(&r);
     assert!(text.contains("10.0.0.7:9000"), "{text}");
     assert!(text.contains("grpc-client[100]"), "{text}");
     assert!(text.contains("tcp_tw_reuse=2 (loopback only)"), "{text}");

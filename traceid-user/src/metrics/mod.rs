@@ -29,7 +29,8 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::engine::{Record, RequestRecord};
+use crate::lifecycle::LifecycleObserver;
+use crate::record::{Record, RequestRecord};
 use lru::TraceLru;
 
 /// Content type of the Prometheus text format 0.0.4.
@@ -346,12 +347,9 @@ impl Metrics {
         }
     }
 
-    /// Creates `traceid_events_lost_total` at 0 for the stages known up front (the kernel's
-    /// counters and `decode`), so `increase()` alerts see the first loss.
-    pub fn init_known_lost_stages(&self) {
-        let known = (0..64u32)
-            .filter_map(crate::capture::stat_name)
-            .chain(["decode"]);
+    /// Creates `traceid_events_lost_total` at 0 for the stages known up front (the caller's:
+    /// the kernel's counters, `decode`...), so `increase()` alerts see the first loss.
+    pub fn init_lost_stages<'a>(&self, known: impl IntoIterator<Item = &'a str>) {
         for stage in known {
             let stage = lock(&self.stages).label(stage);
             let _ = self.lost.get_or_create(&StageLabels { stage });
@@ -478,6 +476,21 @@ fn truncate(s: &str, max: usize) -> String {
     match s.char_indices().nth(max) {
         Some((i, _)) => s[..i].to_string(),
         None => s.to_string(),
+    }
+}
+
+/// The lifecycle's figures feed the `traceid_tcp_*` series.
+impl LifecycleObserver for Metrics {
+    fn connection_opened(&self, comm: &str, endpoint: &str, role: &'static str) {
+        self.tcp_connection_opened(comm, endpoint, role);
+    }
+
+    fn connection_closed(&self, comm: &str, endpoint: &str, requests: u64) {
+        self.tcp_connection_requests(comm, endpoint, requests);
+    }
+
+    fn time_wait(&self, by_remote: &[(String, u64)]) {
+        self.set_time_wait_sockets(by_remote.iter().map(|(r, n)| (r.as_str(), *n)));
     }
 }
 

@@ -2,8 +2,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::server::{parse_head, respond, wants_openmetrics, Head};
 use super::*;
-use crate::engine::tests_support::*;
-use crate::engine::{Direction, Finding, LostRecord, Record, RequestRecord};
+use crate::record::{Direction, Finding, LostRecord, Record, RequestRecord};
+use crate::test_util::events::*;
 use crate::tracectx::TraceFormat;
 use traceid_common::ROLE_SERVER;
 

@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::engine::{Confidence, Direction, Finding, Record, RequestRecord};
+use crate::record::{Confidence, Direction, Finding, Record, RequestRecord};
 
 const MAX_KEYS: usize = 500;
 
@@ -445,7 +445,7 @@ pub fn render(d: &Diagnosis) -> String {
         }
     );
     if let Some(tw) = &d.time_wait {
-        let _ = write!(s, "\n{}", tw.render());
+        let _ = write!(s, "\n{}", super::time_wait::render(tw));
     }
     for n in &d.notes {
         let _ = writeln!(s, "\n{n}");

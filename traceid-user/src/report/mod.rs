@@ -1,12 +1,13 @@
 //! Turning records into what people and machines read.
 
 pub mod diagnose;
+pub mod time_wait;
 
 use std::io::Write;
 
-use crate::engine::{BuildupRecord, Finding, Record, RequestRecord};
+use crate::record::{BuildupRecord, Direction, Finding, Record, RequestRecord};
 
-/// One JSON line for a record (the contract of DESIGN.md "Interfaces").
+/// One JSON line for a record (the contract of docs/json-lines.md).
 pub fn json_line(r: &Record) -> String {
     let v = match r {
         Record::Request(q) => serde_json::to_string(q),
@@ -68,8 +69,8 @@ fn time_of_day(ts: &str) -> &str {
 
 fn human_request(q: &RequestRecord) -> String {
     let arrow = match q.direction {
-        crate::engine::Direction::Inbound => "<-",
-        crate::engine::Direction::Outbound => "->",
+        Direction::Inbound => "<-",
+        Direction::Outbound => "->",
     };
     let status = q
         .status
@@ -96,7 +97,12 @@ fn human_request(q: &RequestRecord) -> String {
         format!("  [{}]", findings.join(","))
     };
     let link = q.inbound.as_ref().map_or_else(String::new, |l| {
-        format!(" (serving {} {}, {:?})", l.method, l.path, l.confidence).to_lowercase()
+        format!(
+            " (serving {} {}, {})",
+            l.method,
+            l.path,
+            l.confidence.as_str()
+        )
     });
     let reason = q
         .reason

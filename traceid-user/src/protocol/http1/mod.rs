@@ -3,7 +3,7 @@
 //! The kernel side reports, per socket and per direction, an ordered sequence
 //! of [`Chunk`]s: the first bytes of each read/write syscall plus the real
 //! length of the transfer. [`HttpConn`] turns both directions of one TCP
-//! connection into [`HttpEvent`]s: request heads as soon as they are complete,
+//! connection into [`Message`]s: request heads as soon as they are complete,
 //! request/response pairs (FIFO, HTTP/1 pipelining), and counted anomalies.
 //!
 //! Design:
@@ -15,10 +15,16 @@
 //! * A direction that does not start like HTTP is ignored until close.
 //! * Every operation is bounded and panic-free on arbitrary input.
 //!
-//! Only `std` and `httparse` are used, so the module can be included by path.
+//! The protocol-neutral types ([`RequestHead`], [`Message`], ...) live in [`crate::protocol`];
+//! [`HttpConn`] implements its [`ProtocolParser`].
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+
+use super::{
+    Anomaly, Chunk, Flow, Limits, Message, ProtocolParser, RequestHead, ResponseHead,
+    MAX_HEADER_VALUE_BYTES, MAX_PATH_BYTES, MIN_HEAD_BYTES,
+};
 
 mod parse;
 #[cfg(test)]
@@ -26,150 +32,26 @@ mod tests;
 
 use parse::{ChunkStep, Chunked, ContentLength, ParsedHead, Sig, TransferEncoding};
 
-/// Stored header values are capped to this many bytes.
-pub const MAX_HEADER_VALUE_BYTES: usize = 512;
-/// Stored request paths are capped to this many bytes.
-pub const MAX_PATH_BYTES: usize = 4096;
-/// `Limits::max_head_bytes` below this value is raised to it.
-pub const MIN_HEAD_BYTES: usize = 64;
 /// A head buffer whose capacity grew beyond this is freed after use.
 const KEEP_BUF_CAPACITY: usize = 4096;
 
-/// Which side of the HTTP exchange a chunk flows on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Flow {
-    ClientToServer,
-    ServerToClient,
-}
-
-/// One captured syscall worth of data for one direction.
+/// What a message's first bytes are, when they are enough to tell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Chunk<'a> {
-    /// Captured bytes (a prefix of the real transfer).
-    pub data: &'a [u8],
-    /// Real length of the transfer; `real_len - data.len()` bytes followed
-    /// `data` in the stream but were not captured. A `real_len` smaller than
-    /// `data.len()` is treated as `data.len()`.
-    pub real_len: u64,
-    /// Monotonic timestamp, ns.
-    pub ts_ns: u64,
-    /// Thread id of the syscall.
-    pub tid: u32,
+pub enum MessageKind {
+    Request,
+    Response,
 }
 
-impl<'a> Chunk<'a> {
-    /// A fully captured chunk (`real_len == data.len()`).
-    pub fn full(data: &'a [u8], ts_ns: u64, tid: u32) -> Self {
-        Chunk {
-            data,
-            real_len: data.len() as u64,
-            ts_ns,
-            tid,
-        }
-    }
-}
-
-/// Resource bounds of one connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    /// Largest head (request/status line + headers + empty line) buffered,
-    /// per direction. Values below [`MIN_HEAD_BYTES`] are raised to it.
-    pub max_head_bytes: usize,
-    /// Pipelined requests awaiting a response (values below 1 are raised to 1).
-    pub max_pending: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_head_bytes: 65536,
-            max_pending: 64,
-        }
-    }
-}
-
-/// One request head as parsed.
-///
-/// Only headers for which `keep(name)` returned true are stored (name
-/// lowercased, value lossily converted, at most [`MAX_HEADER_VALUE_BYTES`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RequestHead {
-    pub method: String,
-    /// Request target without the query string (everything from the first
-    /// `?` is stripped), capped at [`MAX_PATH_BYTES`].
-    pub path: String,
-    /// Minor version: 0 for HTTP/1.0, 1 for HTTP/1.1.
-    pub version: u8,
-    pub headers: Vec<(String, String)>,
-    /// Timestamp of the chunk where the head's first byte arrived.
-    pub ts_ns: u64,
-    /// Thread id of that chunk.
-    pub tid: u32,
-    /// The head is incomplete: some of its bytes were not captured, or it
-    /// exceeded `max_head_bytes`. Only its complete lines were parsed.
-    pub truncated: bool,
-}
-
-/// One response head as parsed (same header rules as [`RequestHead`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ResponseHead {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    /// Timestamp of the chunk where the head's first byte arrived.
-    pub ts_ns: u64,
-    pub tid: u32,
-    pub truncated: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HttpEvent {
-    /// Emitted as soon as a request head is complete (before its body, before
-    /// the response). `seq` numbers requests on this connection from 0.
-    RequestStarted { seq: u64, head: Arc<RequestHead> },
-    /// A request and its response head, paired FIFO. `response` is None when
-    /// the connection closed (or `flush` was called, or the pending queue
-    /// overflowed) before a response came.
-    Exchange {
-        seq: u64,
-        request: Arc<RequestHead>,
-        response: Option<ResponseHead>,
-    },
-    /// Something that must be counted.
-    Anomaly(Anomaly),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Anomaly {
-    /// This direction does not start like HTTP: it is ignored until close.
-    NotHttp,
-    /// A head exceeded `max_head_bytes`; the direction resyncs later.
-    HeadTooLarge,
-    /// Bytes of a head were not captured.
-    HeadTruncated,
-    /// Malformed head or body framing; the direction resyncs later.
-    ParseError,
-    /// A final response arrived with no request to pair it with.
-    ResponseWithoutRequest,
-    /// More than `max_pending` requests awaited a response; the oldest was
-    /// emitted unanswered.
-    TooManyPending,
-    /// A gap made the stream position unknown; resync happens at a later
-    /// chunk that starts with a request/status line.
-    LostSync,
-}
-
-impl Anomaly {
-    /// Stable snake_case name, e.g. for metric labels.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Anomaly::NotHttp => "not_http",
-            Anomaly::HeadTooLarge => "head_too_large",
-            Anomaly::HeadTruncated => "head_truncated",
-            Anomaly::ParseError => "parse_error",
-            Anomaly::ResponseWithoutRequest => "response_without_request",
-            Anomaly::TooManyPending => "too_many_pending",
-            Anomaly::LostSync => "lost_sync",
-        }
+/// Recognises the start of an HTTP/1 request line (`METHOD SP`) or status line (`HTTP/1.`);
+/// None when the bytes are too few to tell or are something else (the HTTP/2 preface's `PRI`
+/// is not a request).
+pub fn sniff_message(bytes: &[u8]) -> Option<MessageKind> {
+    if parse::request_sig(bytes) == Sig::Yes {
+        Some(MessageKind::Request)
+    } else if parse::response_sig(bytes) == Sig::Yes {
+        Some(MessageKind::Response)
+    } else {
+        None
     }
 }
 
@@ -323,7 +205,7 @@ impl HttpConn {
         flow: Flow,
         chunk: Chunk<'_>,
         keep: &dyn Fn(&str) -> bool,
-        out: &mut Vec<HttpEvent>,
+        out: &mut Vec<Message>,
     ) {
         let cx = Cx {
             flow,
@@ -341,7 +223,7 @@ impl HttpConn {
     /// Connection closed: ends a read-until-close response body, then emits
     /// `Exchange { response: None }` for every request still unanswered.
     /// Later data is ignored.
-    pub fn on_close(&mut self, ts_ns: u64, out: &mut Vec<HttpEvent>) {
+    pub fn on_close(&mut self, ts_ns: u64, out: &mut Vec<Message>) {
         let _ = ts_ns;
         for d in [&mut self.req, &mut self.resp] {
             d.reset_head();
@@ -354,9 +236,9 @@ impl HttpConn {
 
     /// Emits `Exchange { response: None }` for every request still
     /// unanswered (e.g. when evicting an idle connection). Parsing state is kept.
-    pub fn flush(&mut self, out: &mut Vec<HttpEvent>) {
+    pub fn flush(&mut self, out: &mut Vec<Message>) {
         for (seq, request) in self.pending.drain(..) {
-            out.push(HttpEvent::Exchange {
+            out.push(Message::Exchange {
                 seq,
                 request,
                 response: None,
@@ -398,7 +280,7 @@ impl HttpConn {
     }
 
     /// Processes captured bytes.
-    fn feed(&mut self, cx: &Cx<'_>, data: &[u8], out: &mut Vec<HttpEvent>) {
+    fn feed(&mut self, cx: &Cx<'_>, data: &[u8], out: &mut Vec<Message>) {
         let mut pos = 0usize;
         // Every step consumes a byte or changes state in a way that makes the
         // next step consume; the budget only guards against a logic error.
@@ -434,13 +316,7 @@ impl HttpConn {
         }
     }
 
-    fn step_body(
-        &mut self,
-        cx: &Cx<'_>,
-        body: Body,
-        rest: &[u8],
-        out: &mut Vec<HttpEvent>,
-    ) -> usize {
+    fn step_body(&mut self, cx: &Cx<'_>, body: Body, rest: &[u8], out: &mut Vec<Message>) -> usize {
         match body {
             Body::UntilClose => rest.len(),
             Body::Length(n) => {
@@ -461,7 +337,7 @@ impl HttpConn {
                     }
                     ChunkStep::Done => self.message_done(cx.flow),
                     ChunkStep::Error => {
-                        out.push(HttpEvent::Anomaly(Anomaly::ParseError));
+                        out.push(Message::Anomaly(Anomaly::ParseError));
                         self.dir_mut(cx.flow).state = State::Lost;
                     }
                 }
@@ -483,7 +359,7 @@ impl HttpConn {
         };
     }
 
-    fn step_head(&mut self, cx: &Cx<'_>, rest: &[u8], out: &mut Vec<HttpEvent>) -> usize {
+    fn step_head(&mut self, cx: &Cx<'_>, rest: &[u8], out: &mut Vec<Message>) -> usize {
         let max = self.limits.max_head_bytes;
         let d = self.dir_mut(cx.flow);
         let mut skip = 0usize;
@@ -539,7 +415,7 @@ impl HttpConn {
             }
             None if rest.len() >= room => {
                 // No end of head within max_head_bytes.
-                out.push(HttpEvent::Anomaly(Anomaly::HeadTooLarge));
+                out.push(Message::Anomaly(Anomaly::HeadTooLarge));
                 let mut buf = std::mem::take(&mut d.buf);
                 buf.extend_from_slice(window);
                 self.salvage(cx.flow, &buf, cx.keep, out);
@@ -556,22 +432,22 @@ impl HttpConn {
     }
 
     /// The first bytes of a message do not look like HTTP.
-    fn bad_signature(&mut self, flow: Flow, out: &mut Vec<HttpEvent>) {
+    fn bad_signature(&mut self, flow: Flow, out: &mut Vec<Message>) {
         let d = self.dir_mut(flow);
         d.reset_head();
         d.buf = Vec::new();
         if d.seen_http {
             d.state = State::Lost;
-            out.push(HttpEvent::Anomaly(Anomaly::ParseError));
+            out.push(Message::Anomaly(Anomaly::ParseError));
         } else {
             d.state = State::Ignored;
             d.upgrade_seq = None;
-            out.push(HttpEvent::Anomaly(Anomaly::NotHttp));
+            out.push(Message::Anomaly(Anomaly::NotHttp));
         }
     }
 
     /// A complete head (terminating empty line included) was received.
-    fn complete_head(&mut self, cx: &Cx<'_>, head: &[u8], out: &mut Vec<HttpEvent>) {
+    fn complete_head(&mut self, cx: &Cx<'_>, head: &[u8], out: &mut Vec<Message>) {
         let parsed = match cx.flow {
             Flow::ClientToServer => parse::parse_request(head, cx.keep),
             Flow::ServerToClient => parse::parse_response(head, cx.keep),
@@ -579,7 +455,7 @@ impl HttpConn {
         match parsed {
             Some(p) => self.on_head(cx.flow, p, false, out),
             None => {
-                out.push(HttpEvent::Anomaly(Anomaly::ParseError));
+                out.push(Message::Anomaly(Anomaly::ParseError));
                 let d = self.dir_mut(cx.flow);
                 d.reset_head();
                 d.state = State::Lost;
@@ -594,7 +470,7 @@ impl HttpConn {
         flow: Flow,
         bytes: &[u8],
         keep: &dyn Fn(&str) -> bool,
-        out: &mut Vec<HttpEvent>,
+        out: &mut Vec<Message>,
     ) {
         let Some(nl) = bytes.iter().rposition(|&b| b == b'\n') else {
             return;
@@ -612,14 +488,14 @@ impl HttpConn {
         }
     }
 
-    fn on_head(&mut self, flow: Flow, p: ParsedHead, truncated: bool, out: &mut Vec<HttpEvent>) {
+    fn on_head(&mut self, flow: Flow, p: ParsedHead, truncated: bool, out: &mut Vec<Message>) {
         match flow {
             Flow::ClientToServer => self.on_request(p, truncated, out),
             Flow::ServerToClient => self.on_response(p, truncated, out),
         }
     }
 
-    fn on_request(&mut self, p: ParsedHead, truncated: bool, out: &mut Vec<HttpEvent>) {
+    fn on_request(&mut self, p: ParsedHead, truncated: bool, out: &mut Vec<Message>) {
         let d = &mut self.req;
         let (ts_ns, tid) = (d.head_ts, d.head_tid);
         d.reset_head();
@@ -639,15 +515,15 @@ impl HttpConn {
             let Some((old_seq, request)) = self.pending.pop_front() else {
                 break;
             };
-            out.push(HttpEvent::Anomaly(Anomaly::TooManyPending));
-            out.push(HttpEvent::Exchange {
+            out.push(Message::Anomaly(Anomaly::TooManyPending));
+            out.push(Message::Exchange {
                 seq: old_seq,
                 request,
                 response: None,
             });
         }
         self.pending.push_back((seq, Arc::clone(&head)));
-        out.push(HttpEvent::RequestStarted { seq, head });
+        out.push(Message::RequestStarted { seq, head });
 
         if truncated {
             self.req.state = State::Lost;
@@ -657,7 +533,7 @@ impl HttpConn {
         let body = match (p.transfer_encoding, p.content_length) {
             (TransferEncoding::Chunked, _) => Some(Body::Chunked(Chunked::START)),
             (TransferEncoding::Other, _) | (TransferEncoding::Absent, ContentLength::Invalid) => {
-                out.push(HttpEvent::Anomaly(Anomaly::ParseError));
+                out.push(Message::Anomaly(Anomaly::ParseError));
                 self.req.state = State::Lost;
                 return;
             }
@@ -675,7 +551,7 @@ impl HttpConn {
         }
     }
 
-    fn on_response(&mut self, p: ParsedHead, truncated: bool, out: &mut Vec<HttpEvent>) {
+    fn on_response(&mut self, p: ParsedHead, truncated: bool, out: &mut Vec<Message>) {
         let d = &mut self.resp;
         let (ts_ns, tid) = (d.head_ts, d.head_tid);
         d.reset_head();
@@ -707,7 +583,7 @@ impl HttpConn {
         };
         match paired {
             Some((seq, request)) => {
-                out.push(HttpEvent::Exchange {
+                out.push(Message::Exchange {
                     seq,
                     request,
                     response: Some(response),
@@ -719,7 +595,7 @@ impl HttpConn {
                     if s == seq && !switching {
                         // The upgrade was refused: the request side stays HTTP.
                         self.req.state = if saw_bytes {
-                            out.push(HttpEvent::Anomaly(Anomaly::LostSync));
+                            out.push(Message::Anomaly(Anomaly::LostSync));
                             State::Lost
                         } else {
                             State::Head
@@ -727,7 +603,7 @@ impl HttpConn {
                     }
                 }
             }
-            None => out.push(HttpEvent::Anomaly(Anomaly::ResponseWithoutRequest)),
+            None => out.push(Message::Anomaly(Anomaly::ResponseWithoutRequest)),
         }
         if switching {
             // The connection stops being HTTP in both directions.
@@ -750,7 +626,7 @@ impl HttpConn {
                 (TransferEncoding::Chunked, _) => Some(Body::Chunked(Chunked::START)),
                 (TransferEncoding::Other, _) => Some(Body::UntilClose),
                 (TransferEncoding::Absent, ContentLength::Invalid) => {
-                    out.push(HttpEvent::Anomaly(Anomaly::ParseError));
+                    out.push(Message::Anomaly(Anomaly::ParseError));
                     self.resp.state = State::Lost;
                     return;
                 }
@@ -766,7 +642,7 @@ impl HttpConn {
     }
 
     /// `len` uncaptured bytes follow the captured ones.
-    fn gap(&mut self, cx: &Cx<'_>, len: u64, out: &mut Vec<HttpEvent>) {
+    fn gap(&mut self, cx: &Cx<'_>, len: u64, out: &mut Vec<Message>) {
         let mut len = len;
         // A gap can finish at most one Content-Length body, after which the
         // direction is at a head (lost) or suspended: two rounds suffice.
@@ -795,7 +671,7 @@ impl HttpConn {
                     if c.gap(len) {
                         self.dir_mut(cx.flow).state = State::Body(Body::Chunked(c));
                     } else {
-                        out.push(HttpEvent::Anomaly(Anomaly::LostSync));
+                        out.push(Message::Anomaly(Anomaly::LostSync));
                         self.dir_mut(cx.flow).state = State::Lost;
                     }
                     return;
@@ -804,11 +680,11 @@ impl HttpConn {
                     let d = self.dir_mut(cx.flow);
                     if d.head_started && d.sig_ok {
                         // Part of a head was captured, the rest is missing.
-                        out.push(HttpEvent::Anomaly(Anomaly::HeadTruncated));
+                        out.push(Message::Anomaly(Anomaly::HeadTruncated));
                         let buf = std::mem::take(&mut d.buf);
                         self.salvage(cx.flow, &buf, cx.keep, out);
                     }
-                    out.push(HttpEvent::Anomaly(Anomaly::LostSync));
+                    out.push(Message::Anomaly(Anomaly::LostSync));
                     let d = self.dir_mut(cx.flow);
                     d.reset_head();
                     d.state = State::Lost;
@@ -816,5 +692,29 @@ impl HttpConn {
                 }
             }
         }
+    }
+}
+
+impl ProtocolParser for HttpConn {
+    fn on_data(
+        &mut self,
+        flow: Flow,
+        chunk: Chunk<'_>,
+        keep: &dyn Fn(&str) -> bool,
+        out: &mut Vec<Message>,
+    ) {
+        HttpConn::on_data(self, flow, chunk, keep, out);
+    }
+
+    fn on_close(&mut self, ts_ns: u64, out: &mut Vec<Message>) {
+        HttpConn::on_close(self, ts_ns, out);
+    }
+
+    fn flush(&mut self, out: &mut Vec<Message>) {
+        HttpConn::flush(self, out);
+    }
+
+    fn is_dead(&self) -> bool {
+        HttpConn::is_dead(self)
     }
 }

@@ -1,4 +1,5 @@
 use super::*;
+use crate::test_util::Rng;
 use std::sync::Arc;
 
 // ---------------------------------------------------------------------------
@@ -98,7 +99,7 @@ const S2C: Flow = Flow::ServerToClient;
 /// Test harness: one connection, timestamps increasing by 1 per chunk.
 struct T {
     c: HttpConn,
-    ev: Vec<HttpEvent>,
+    ev: Vec<Message>,
     ts: u64,
     keep: fn(&str) -> bool,
 }
@@ -164,7 +165,7 @@ impl T {
         self.ev
             .iter()
             .filter_map(|e| match e {
-                HttpEvent::Anomaly(a) => Some(*a),
+                Message::Anomaly(a) => Some(*a),
                 _ => None,
             })
             .collect()
@@ -174,7 +175,7 @@ impl T {
         self.ev
             .iter()
             .filter_map(|e| match e {
-                HttpEvent::RequestStarted { seq, head } => Some((*seq, Arc::clone(head))),
+                Message::RequestStarted { seq, head } => Some((*seq, Arc::clone(head))),
                 _ => None,
             })
             .collect()
@@ -185,7 +186,7 @@ impl T {
         self.ev
             .iter()
             .filter_map(|e| match e {
-                HttpEvent::Exchange {
+                Message::Exchange {
                     seq,
                     request,
                     response,
@@ -204,7 +205,7 @@ impl T {
         self.ev
             .iter()
             .filter_map(|e| match e {
-                HttpEvent::Exchange {
+                Message::Exchange {
                     response: Some(r), ..
                 } => Some(r.clone()),
                 _ => None,
@@ -264,7 +265,7 @@ fn get_200_exchange() {
     };
     assert_eq!(
         t.ev,
-        vec![HttpEvent::RequestStarted {
+        vec![Message::RequestStarted {
             seq: 0,
             head: Arc::new(expected.clone())
         }]
@@ -274,7 +275,7 @@ fn get_200_exchange() {
     assert_eq!(t.ev.len(), 2);
     assert_eq!(
         t.ev[1],
-        HttpEvent::Exchange {
+        Message::Exchange {
             seq: 0,
             request: Arc::new(expected),
             response: Some(ResponseHead {
@@ -1288,27 +1289,6 @@ fn connect_tunnel_stops_parsing() {
 // Deterministic fuzzing
 // ---------------------------------------------------------------------------
 
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 {
-            0
-        } else {
-            self.next() % n
-        }
-    }
-}
-
 const FRAGMENTS: &[&[u8]] = &[
     CURL_GET,
     NGINX_200,
@@ -1341,7 +1321,7 @@ const FRAGMENTS: &[&[u8]] = &[
     TLS_CLIENT_HELLO,
 ];
 
-fn random_stream(rng: &mut XorShift, request_side: bool) -> Vec<u8> {
+fn random_stream(rng: &mut Rng, request_side: bool) -> Vec<u8> {
     let mut s = Vec::new();
     // Usually start like HTTP so that the deeper states get exercised.
     if rng.below(8) != 0 {
@@ -1368,7 +1348,7 @@ fn random_stream(rng: &mut XorShift, request_side: bool) -> Vec<u8> {
             6..=7 => {
                 let n = rng.below(64);
                 for _ in 0..n {
-                    s.push(rng.next() as u8);
+                    s.push(rng.next_u64() as u8);
                 }
             }
             8 => {
@@ -1392,7 +1372,7 @@ fn random_stream(rng: &mut XorShift, request_side: bool) -> Vec<u8> {
 
 #[test]
 fn fuzz_random_streams_never_panic_and_stay_bounded() {
-    let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
+    let mut rng = Rng::new(0x9E37_79B9_7F4A_7C15);
     let mut total_events = 0usize;
     let mut answered = 0usize;
     let mut seen_anomalies = std::collections::HashSet::new();
@@ -1463,8 +1443,8 @@ fn fuzz_random_streams_never_panic_and_stay_bounded() {
             }
             assert!(c.pending() <= limits.max_pending.max(1), "iter {iter}");
             for e in &out {
-                if let HttpEvent::RequestStarted { head, .. }
-                | HttpEvent::Exchange { request: head, .. } = e
+                if let Message::RequestStarted { head, .. }
+                | Message::Exchange { request: head, .. } = e
                 {
                     assert!(head.path.len() <= MAX_PATH_BYTES);
                     assert!(head
@@ -1476,10 +1456,10 @@ fn fuzz_random_streams_never_panic_and_stay_bounded() {
             }
             for e in &out {
                 match e {
-                    HttpEvent::Anomaly(a) => {
+                    Message::Anomaly(a) => {
                         seen_anomalies.insert(*a);
                     }
-                    HttpEvent::Exchange {
+                    Message::Exchange {
                         response: Some(_), ..
                     } => answered += 1,
                     _ => {}
@@ -1504,7 +1484,7 @@ fn fuzz_random_streams_never_panic_and_stay_bounded() {
 fn fuzz_valid_exchanges_with_random_chunking_stay_in_sync() {
     // Valid traffic, random chunking (no gaps): every request must be paired.
     let resps: [&[u8]; 4] = [NGINX_200, NGINX_CHUNKED, NGINX_CHUNKED_TRAILERS, NGINX_404];
-    let mut rng = XorShift(12345);
+    let mut rng = Rng::new(12345);
     for _ in 0..300 {
         let n = 1 + rng.below(10) as usize;
         let mut reqs = Vec::new();

@@ -1,8 +1,32 @@
-//! What the engine reports: the JSON-line contract of DESIGN.md "Interfaces".
+//! What the agent reports: the records every producer emits and every sink consumes.
+//!
+//! This module is a leaf (it names no other module of the agent but the trace format enum):
+//! the engine and the lifecycle produce these records, the report, metrics and recording sinks
+//! consume them. Their JSON form is the contract of docs/json-lines.md.
 
 use serde::Serialize;
 
 use crate::tracectx::TraceFormat;
+
+/// Identity of a connection as one process sees it: fd reuse cannot mix two connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnKey {
+    pub pid: u32,
+    pub fd: i32,
+    /// When the kernel started following the socket (CLOCK_MONOTONIC ns).
+    pub conn_ts_ns: u64,
+}
+
+impl ConnKey {
+    /// The connection an event belongs to.
+    pub fn of(h: &traceid_common::EventHeader) -> ConnKey {
+        ConnKey {
+            pid: h.pid,
+            fd: h.fd,
+            conn_ts_ns: h.conn_ts_ns,
+        }
+    }
+}
 
 /// Inbound: the process accepted the connection (it serves the request). Outbound: the
 /// process connected (it makes the request).
@@ -86,6 +110,17 @@ pub enum Confidence {
     Weak,
 }
 
+impl Confidence {
+    /// The contract name (same as the serde name).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Confidence::Certain => "certain",
+            Confidence::Strong => "strong",
+            Confidence::Weak => "weak",
+        }
+    }
+}
+
 /// The inbound request an outbound call was linked to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct InboundRef {
@@ -128,9 +163,9 @@ pub struct RequestRecord {
     /// Start of the request, CLOCK_MONOTONIC ns.
     #[serde(skip)]
     pub ts_ns: u64,
-    /// Identity of the connection (pid, fd, conn_ts_ns), for per-connection reuse figures.
+    /// The connection, for per-connection reuse figures.
     #[serde(skip)]
-    pub conn: (u32, i32, u64),
+    pub conn: ConnKey,
 }
 
 impl RequestRecord {
@@ -151,7 +186,7 @@ pub struct LostRecord {
     pub count: u64,
 }
 
-/// TIME_WAIT toward one remote passed the threshold and is growing (crate::lifecycle).
+/// TIME_WAIT toward one remote passed the threshold and is growing (from the lifecycle).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BuildupRecord {
     /// Always "buildup".
@@ -177,7 +212,7 @@ pub struct BuildupRecord {
     pub port_range: Option<(u16, u16)>,
 }
 
-/// Everything the engine emits.
+/// Everything the pipeline emits.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Record {
     Request(Box<RequestRecord>),

@@ -1,7 +1,8 @@
 //! Builders of synthetic event streams: exactly the records the kernel would write.
 
-use super::*;
 use crate::event::pod_bytes;
+use crate::pipeline::{Pipeline, PipelineConfig};
+use crate::record::{Record, RequestRecord};
 use traceid_common::{kind, ConnEvent, DataEvent, EventHeader, DIR_EGRESS, DIR_INGRESS};
 
 pub const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -107,19 +108,20 @@ impl Stream {
     }
 }
 
+/// Every request record a pipeline with the default configuration makes of `records`.
 pub fn run_records(records: &[Vec<u8>]) -> Vec<RequestRecord> {
-    let mut engine = Engine::new(EngineConfig::default());
+    let mut pipeline = Pipeline::new(PipelineConfig::default());
     let mut out = Vec::new();
+    let mut sink = |r: &Record| {
+        if let Record::Request(q) = r {
+            out.push((**q).clone());
+        }
+    };
     for r in records {
-        engine.process(r, &mut out);
+        pipeline.process(r, &mut sink);
     }
-    engine.finish(&mut out);
-    out.into_iter()
-        .filter_map(|r| match r {
-            Record::Request(r) => Some(*r),
-            _ => None,
-        })
-        .collect()
+    pipeline.finish(&mut sink);
+    out
 }
 
 pub fn get(path: &str, headers: &[(&str, &str)]) -> Vec<u8> {

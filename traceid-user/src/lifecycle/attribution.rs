@@ -1,0 +1,182 @@
+//! Attributing a TIME_WAIT census to the processes that closed the connections, growth, and
+//! `buildup` records.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use super::census::{Census, TimeWaitSocket};
+use super::config::{is_buildup, reuse_ratio, Sysctls, NS};
+use super::report::{round2, top_owner};
+use super::track::{normalize, PeerKey};
+use super::{Lifecycle, MAX_BUILDUPS_KEPT, MAX_REMOTES, TOP};
+use crate::event::Role;
+use crate::record::{rfc3339_ms, BuildupRecord, Record};
+
+/// The state of the last census.
+#[derive(Debug, Default)]
+pub(crate) struct LastCensus {
+    pub(crate) ns: u64,
+    pub(crate) total: u64,
+    pub(crate) truncated: bool,
+    pub(crate) growth_per_s: f64,
+    pub(crate) by_remote: HashMap<SocketAddr, u64>,
+    /// Per remote, sockets per second since the census before.
+    pub(crate) growth: HashMap<SocketAddr, f64>,
+    /// remote -> pid -> attributed sockets.
+    pub(crate) owners: HashMap<SocketAddr, HashMap<u32, u64>>,
+    pub(crate) by_local: HashMap<SocketAddr, u64>,
+    pub(crate) sysctls: Sysctls,
+}
+
+impl Lifecycle {
+    /// One census at `now_ns` (CLOCK_MONOTONIC): attributes, counts, measures growth and pushes
+    /// `buildup` records to `out`.
+    pub fn on_census(
+        &mut self,
+        now_ns: u64,
+        census: &Census,
+        sys: Sysctls,
+        realtime_offset_ns: i128,
+        out: &mut Vec<Record>,
+    ) {
+        self.census_error = None;
+        self.recent.expire(now_ns, self.cfg.recent_ttl_ns);
+        self.limiter.expire(now_ns, self.cfg.buildup_every_ns);
+        let mut by_remote: HashMap<SocketAddr, u64> = HashMap::new();
+        let mut owners: HashMap<SocketAddr, HashMap<u32, u64>> = HashMap::new();
+        let mut by_local: HashMap<SocketAddr, u64> = HashMap::new();
+        for s in &census.sockets {
+            let TimeWaitSocket { local, remote } = *s;
+            let (local, remote) = (normalize(local), normalize(remote));
+            *by_remote.entry(remote).or_default() += 1;
+            let owner: Option<PeerKey> = self
+                .recent
+                .by_tuple
+                .get(&(local, remote))
+                .and_then(|&i| self.recent.get(i))
+                .map(|c| c.peer)
+                .or_else(|| {
+                    let k = self.open_by_tuple.get(&(local, remote))?;
+                    self.open.get(k).map(|c| c.peer)
+                });
+            let local_key = match owner {
+                Some(p) if p.role == Role::Server => local,
+                _ => SocketAddr::new(local.ip(), 0),
+            };
+            if by_local.len() < MAX_REMOTES || by_local.contains_key(&local_key) {
+                *by_local.entry(local_key).or_default() += 1;
+            }
+            if let Some(c) = owner {
+                if owners.len() < MAX_REMOTES || owners.contains_key(&remote) {
+                    *owners.entry(remote).or_default().entry(c.pid).or_default() += 1;
+                }
+            }
+        }
+        // Keep the largest remotes only (server-side TIME_WAIT has one remote per socket).
+        if by_remote.len() > MAX_REMOTES {
+            let mut v: Vec<(SocketAddr, u64)> = by_remote.into_iter().collect();
+            v.sort_by_key(|e| std::cmp::Reverse(e.1));
+            v.truncate(MAX_REMOTES);
+            by_remote = v.into_iter().collect();
+        }
+        for p in self.peers.values_mut() {
+            p.history.push_back((now_ns, p.opened));
+            while p.history.len() > 2
+                && p.history
+                    .get(1)
+                    .is_some_and(|(t, _)| now_ns.saturating_sub(*t) >= self.cfg.rate_window_ns)
+            {
+                p.history.pop_front();
+            }
+        }
+        if let Some(o) = &self.cfg.observer {
+            let mut v: Vec<(String, u64)> =
+                by_remote.iter().map(|(r, n)| (r.to_string(), *n)).collect();
+            v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            v.truncate(TOP * 10);
+            o.0.time_wait(&v);
+        }
+        let total = census.sockets.len() as u64;
+        let threshold = self.threshold(&sys);
+        let prev = self.last.as_ref();
+        let dt_s = prev.map(|p| now_ns.saturating_sub(p.ns) as f64 / NS as f64);
+        let growth_per_s = match (prev, dt_s) {
+            (Some(p), Some(dt)) if dt > 0.0 => (total as f64 - p.total as f64) / dt,
+            _ => 0.0,
+        };
+        let growth: HashMap<SocketAddr, f64> = match (prev, dt_s) {
+            (Some(p), Some(dt)) if dt > 0.0 => by_remote
+                .iter()
+                .map(|(r, n)| {
+                    let before = p.by_remote.get(r).copied().unwrap_or(0);
+                    (*r, round2((*n as f64 - before as f64) / dt))
+                })
+                .collect(),
+            _ => HashMap::new(),
+        };
+        // A buildup seen without an owner waits one census (the connection events may still be
+        // on their way through the ring buffer); if still over the threshold then, it is
+        // reported as it is.
+        let pending = std::mem::take(&mut self.pending);
+        let mut candidates: Vec<(SocketAddr, u64)> = by_remote
+            .iter()
+            .filter(|(r, n)| {
+                let previous = prev.map(|p| p.by_remote.get(r).copied().unwrap_or(0));
+                is_buildup(**n, previous, threshold) || (pending.contains(r) && **n >= threshold)
+            })
+            .map(|(r, n)| (*r, *n))
+            .collect();
+        candidates.sort_by_key(|c| std::cmp::Reverse(c.1));
+        for (remote, n) in candidates {
+            let owner = owners.get(&remote).and_then(top_owner);
+            if owner.is_none() && !pending.contains(&remote) && self.pending.len() < MAX_REMOTES {
+                self.pending.push(remote);
+                continue;
+            }
+            if !self
+                .limiter
+                .allow(remote, now_ns, self.cfg.buildup_every_ns)
+            {
+                continue;
+            }
+            let stats = owner.and_then(|pid| {
+                self.peers.get(&PeerKey {
+                    pid,
+                    role: Role::Client,
+                    endpoint: remote,
+                })
+            });
+            let rec = BuildupRecord {
+                event: "buildup",
+                ts: rfc3339_ms(now_ns as i128 + realtime_offset_ns),
+                remote: remote.to_string(),
+                time_wait: n,
+                threshold,
+                pid: owner,
+                comm: stats.map(|s| s.comm.clone()),
+                connections_per_s: stats.map_or(0.0, |s| round2(s.rate(now_ns))),
+                requests_per_connection: stats
+                    .and_then(|s| reuse_ratio(s.requests, s.opened))
+                    .map(round2),
+                tcp_tw_reuse: sys.tcp_tw_reuse,
+                port_range: sys.port_range,
+            };
+            if self.buildups.len() >= MAX_BUILDUPS_KEPT {
+                self.buildups.pop_front();
+            }
+            self.buildups.push_back(rec.clone());
+            out.push(Record::Buildup(Box::new(rec)));
+        }
+        self.last = Some(LastCensus {
+            ns: now_ns,
+            total,
+            truncated: census.truncated,
+            growth_per_s,
+            by_remote,
+            growth,
+            owners,
+            by_local,
+            sysctls: sys,
+        });
+    }
+}
