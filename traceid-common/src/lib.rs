@@ -77,6 +77,19 @@ pub mod source {
     pub const fn is_tls(source: u8) -> bool {
         source >= SSL_READ && source <= SSL_WRITE_EX
     }
+
+    /// The direction of the bytes a source moves ([`super::DIR_INGRESS`] or
+    /// [`super::DIR_EGRESS`]); None for a number this build does not know, so a new source
+    /// must be given its direction here before anything is reported for it.
+    pub const fn direction(source: u8) -> Option<u8> {
+        match source {
+            READ | READV | RECVFROM | RECVMSG | SSL_READ | SSL_READ_EX => Some(super::DIR_INGRESS),
+            WRITE | WRITEV | SENDTO | SENDMSG | SENDFILE | SSL_WRITE | SSL_WRITE_EX => {
+                Some(super::DIR_EGRESS)
+            }
+            _ => None,
+        }
+    }
 }
 
 /// Largest payload the kernel copies from one syscall (or one iovec). A power of two so the
@@ -295,5 +308,28 @@ mod tests {
         assert_eq!(size_of::<SockKey>(), 8);
         assert_eq!(size_of::<KernelOffsets>(), 64);
         assert!(MAX_CAPTURE.is_power_of_two());
+    }
+
+    #[test]
+    fn every_source_has_its_direction_and_unknown_ones_none() {
+        use source::*;
+        for s in [READ, READV, RECVFROM, RECVMSG, SSL_READ, SSL_READ_EX] {
+            assert_eq!(direction(s), Some(DIR_INGRESS), "source {s}");
+        }
+        for s in [
+            WRITE,
+            WRITEV,
+            SENDTO,
+            SENDMSG,
+            SENDFILE,
+            SSL_WRITE,
+            SSL_WRITE_EX,
+        ] {
+            assert_eq!(direction(s), Some(DIR_EGRESS), "source {s}");
+        }
+        // A source added later (a new read-side syscall) is not silently a write.
+        for s in [0, 14, 15, 200, 255] {
+            assert_eq!(direction(s), None, "source {s}");
+        }
     }
 }

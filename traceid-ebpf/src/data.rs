@@ -11,9 +11,7 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use traceid_common::{
-    kind, source, stat, DataEvent, DIR_EGRESS, DIR_INGRESS, MAX_CAPTURE, MAX_IOVECS,
-};
+use traceid_common::{kind, source, stat, DataEvent, MAX_CAPTURE, MAX_IOVECS};
 
 use crate::maps::{
     capture_bytes, count, current_ids, fill_header, known_socket, SavedArgs, ARGS, EVENTS, SCRATCH,
@@ -119,9 +117,10 @@ fn on_exit(ctx: &TracePointContext, src: u8) {
         return;
     }
     let total = ret as u64;
-    let direction = match args.source {
-        source::READ | source::READV | source::RECVFROM | source::RECVMSG => DIR_INGRESS,
-        _ => DIR_EGRESS,
+    // A source without a known direction is a bug in this build: report nothing for it
+    // rather than guess (a read reported as a write would corrupt the stream's framing).
+    let Some(direction) = source::direction(args.source) else {
+        return;
     };
     let ids = Ids {
         pid,

@@ -14,8 +14,10 @@ use traceid_common::DataEvent;
 
 pub const MAGIC: &[u8; 8] = b"TRACEID\0";
 pub const VERSION: u32 = 1;
-/// Largest record accepted when reading (the kernel never writes more).
-pub const MAX_RECORD: u32 = 1 << 20;
+/// Largest record accepted when reading: the kernel's records are at most 16 KiB plus a
+/// header, the agent's census records up to 36 bytes per TIME_WAIT socket (1,000,000 by
+/// default: 36 MB).
+pub const MAX_RECORD: u32 = 1 << 26;
 
 /// Header names whose values are redacted (lowercase).
 pub const REDACTED: &[&[u8]] = &[

@@ -1,1 +1,249 @@
+//! The pipeline on synthetic record streams: what live runs and replays share.
 
+use std::net::SocketAddr;
+
+use super::*;
+use crate::lifecycle::census::TimeWaitSocket;
+use crate::lifecycle::Sysctls;
+use crate::record::{Direction, Finding};
+use crate::recording;
+use crate::report::diagnose::Aggregator;
+use crate::test_util::events::*;
+use crate::test_util::Rng;
+use traceid_common::{tcp_state, ROLE_CLIENT};
+
+fn run(cfg: PipelineConfig, records: &[Vec<u8>]) -> (Vec<Record>, Pipeline) {
+    let mut p = Pipeline::new(cfg);
+    let mut out = Vec::new();
+    let mut sink = |r: &Record| out.push(r.clone());
+    for r in records {
+        p.process(r, &mut sink);
+    }
+    p.finish(&mut sink);
+    (out, p)
+}
+
+fn lost(out: &[Record], stage: &str) -> u64 {
+    out.iter()
+        .filter_map(|r| match r {
+            Record::Lost(l) if l.stage == stage => Some(l.count),
+            _ => None,
+        })
+        .sum()
+}
+
+const SERVER: ([u8; 4], u16) = ([10, 0, 0, 2], 8080);
+
+fn client(i: u16) -> C {
+    C {
+        pid: 4242,
+        fd: 10 + i32::from(i),
+        ts: 100 + u64::from(i),
+        comm: "churner",
+        role: ROLE_CLIENT,
+    }
+}
+
+/// `n` connections of one client process to SERVER, each carrying one request and closed by
+/// the client first (it keeps the TIME_WAIT); returns their TIME_WAIT sockets.
+fn churn(s: &mut Stream, n: u16) -> Vec<TimeWaitSocket> {
+    let mut tw = Vec::new();
+    for i in 0..n {
+        let c = client(i);
+        let local = ([10, 0, 0, 1], 40_000 + i);
+        s.open(c, local.0, local.1, SERVER.0, SERVER.1);
+        s.data(c, c.pid, true, &get("/churn", &[("traceparent", TP)]));
+        s.data(c, c.pid, false, OK);
+        s.state(c, local, SERVER, tcp_state::FIN_WAIT1);
+        s.close(c);
+        tw.push(TimeWaitSocket {
+            local: SocketAddr::from((local.0, local.1)),
+            remote: SocketAddr::from(SERVER),
+        });
+    }
+    tw
+}
+
+fn sysctls() -> Sysctls {
+    Sysctls {
+        tcp_tw_reuse: Some(2),
+        port_range: Some((32768, 60999)),
+    }
+}
+
+/// A run with requests, connection churn, censuses (two, so growth is known), a kernel loss
+/// and garbage: everything a live run feeds the pipeline.
+fn busy_run() -> Vec<Vec<u8>> {
+    let mut s = Stream::default();
+    s.census(&[], &sysctls());
+    s.advance(1_000_000_000);
+    let tw = churn(&mut s, 30);
+    s.records
+        .push(loss_record(5_000_000_000, "kernel_ringbuf_full", 3));
+    s.records.push(vec![0xde, 0xad]);
+    s.advance(1_000_000_000);
+    s.census(&tw, &sysctls());
+    s.records
+}
+
+#[test]
+fn census_records_drive_buildup_and_the_connection_section() {
+    let mut cfg = PipelineConfig::default();
+    cfg.lifecycle.tw_threshold = Some(20);
+    let (out, p) = run(cfg, &busy_run());
+    let buildups: Vec<_> = out
+        .iter()
+        .filter_map(|r| match r {
+            Record::Buildup(b) => Some(b),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(buildups.len(), 1, "{out:#?}");
+    let b = buildups[0];
+    assert_eq!(b.remote, "10.0.0.2:8080");
+    assert_eq!(b.time_wait, 30);
+    assert_eq!((b.pid, b.comm.as_deref()), (Some(4242), Some("churner")));
+    assert_eq!(b.requests_per_connection, Some(1.0));
+    let tw = p.time_wait_report();
+    assert_eq!(tw.total, 30);
+    let peer = tw
+        .peers
+        .iter()
+        .find(|p| p.pid == 4242)
+        .expect("the churning client is in the connection section");
+    assert_eq!(
+        (peer.opened, peer.closed, peer.closed_local_first),
+        (30, 30, 30)
+    );
+    assert_eq!(peer.requests, 30);
+}
+
+#[test]
+fn losses_are_reported_by_stage_and_garbage_is_counted() {
+    let (out, p) = run(PipelineConfig::default(), &busy_run());
+    assert_eq!(lost(&out, "kernel_ringbuf_full"), 3);
+    assert_eq!(lost(&out, "decode"), 1);
+    assert_eq!(p.stats().decode_errors, 1);
+    let requests = out
+        .iter()
+        .filter(|r| matches!(r, Record::Request(q) if q.direction == Direction::Outbound))
+        .count();
+    assert_eq!(requests, 30);
+}
+
+#[test]
+fn own_losses_are_reported_once_as_increases() {
+    let mut p = Pipeline::new(PipelineConfig::default());
+    let mut out = Vec::new();
+    let mut sink = |r: &Record| out.push(r.clone());
+    p.process(&[1, 2, 3], &mut sink);
+    p.report_losses(10, &mut sink);
+    p.report_losses(20, &mut sink);
+    p.process(&[4], &mut sink);
+    p.process(&[5], &mut sink);
+    p.finish(&mut sink);
+    let counts: Vec<u64> = out
+        .iter()
+        .filter_map(|r| match r {
+            Record::Lost(l) => Some(l.count),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(counts, [1, 2]);
+}
+
+#[test]
+fn hostile_agent_records_are_decode_errors_not_panics() {
+    let mut rng = Rng::new(99);
+    let mut p = Pipeline::new(PipelineConfig::default());
+    let mut emitted = 0u64;
+    let mut sink = |_: &Record| emitted += 1;
+    let census = census_record::encode(
+        1,
+        &crate::lifecycle::census::Census {
+            sockets: vec![TimeWaitSocket {
+                local: "127.0.0.1:1".parse().unwrap(),
+                remote: "127.0.0.1:2".parse().unwrap(),
+            }],
+            truncated: false,
+        },
+        &sysctls(),
+    );
+    let loss = loss_record(1, "kernel_ringbuf_full", 1);
+    for _ in 0..2000 {
+        let mut r = if rng.pct(50) {
+            census.clone()
+        } else {
+            loss.clone()
+        };
+        let cut = rng.below(r.len() as u64 + 1) as usize;
+        r.truncate(cut);
+        if let Some(b) = r.get_mut(48 + rng.below(16) as usize) {
+            *b = rng.next_u64() as u8;
+        }
+        p.process(&r, &mut sink);
+    }
+    p.finish(&mut sink);
+    assert!(p.stats().decode_errors > 0);
+    assert_eq!(p.stats().records, 2000);
+}
+
+#[test]
+fn a_loss_record_round_trips() {
+    let raw = loss_record(77, "kernel_socket_table_full", 12);
+    let (out, _) = run(PipelineConfig::default(), &[raw]);
+    let Some(Record::Lost(l)) = out.first() else {
+        panic!("no lost record: {out:?}");
+    };
+    assert_eq!(
+        (l.stage.as_str(), l.count),
+        ("kernel_socket_table_full", 12)
+    );
+    assert_eq!(decode_loss(&[0; 8]), None, "a loss without a stage name");
+}
+
+/// The diagnosis a pipeline makes of `records`, as `traceid diagnose` and `traceid replay
+/// --diagnose` print it (JSON).
+fn diagnosis_json(records: &[Vec<u8>]) -> String {
+    let mut cfg = PipelineConfig::default();
+    cfg.lifecycle.tw_threshold = Some(20);
+    let mut p = Pipeline::new(cfg);
+    let mut agg = Aggregator::default();
+    let mut sink = |r: &Record| agg.add(r);
+    for r in records {
+        p.process(r, &mut sink);
+    }
+    p.finish(&mut sink);
+    let mut d = agg.diagnosis(p.span_s());
+    d.time_wait = Some(p.time_wait_report());
+    serde_json::to_string_pretty(&d).unwrap()
+}
+
+#[test]
+fn a_recording_replays_to_the_same_diagnosis_connection_section_included() {
+    let records = busy_run();
+    let mut w = recording::Writer::new(Vec::new(), 0).unwrap();
+    for r in &records {
+        w.write(r).unwrap();
+    }
+    let file = w.finish().unwrap();
+    let mut rd = recording::Reader::new(&file[..]).unwrap();
+    let mut replayed = Vec::new();
+    while let Some(r) = rd.next_record().unwrap() {
+        replayed.push(r);
+    }
+    let live = diagnosis_json(&records);
+    assert_eq!(live, diagnosis_json(&replayed));
+    // The report is not empty: the sections the comparison is about are there.
+    for needle in [
+        "\"closed_local_first\": 30",
+        "\"buildups\"",
+        "\"kernel_ringbuf_full\"",
+    ] {
+        assert!(live.contains(needle), "{needle} missing from {live}");
+    }
+    let requests: Vec<_> = crate::test_util::events::run_records(&replayed);
+    assert!(requests
+        .iter()
+        .all(|q| q.trace_id.as_deref() == Some(TRACE) && !q.has(Finding::Missing)));
+}

@@ -150,3 +150,37 @@ impl<W: Write> LineSink<W> {
         self.out.flush()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{Confidence, InboundRef};
+    use crate::test_util::events::*;
+
+    #[test]
+    fn human_line_keeps_the_case_of_linked_paths() {
+        let mut s = Stream::default();
+        let c = C {
+            pid: 7,
+            fd: 3,
+            ts: 1,
+            comm: "Api",
+            role: traceid_common::ROLE_CLIENT,
+        };
+        s.data(c, 7, true, &get("/Orders/X1", &[]));
+        s.data(c, 7, false, OK);
+        let mut q = s.run().remove(0);
+        q.inbound = Some(InboundRef {
+            trace_id: None,
+            method: "GET".into(),
+            path: "/Users/ABC".into(),
+            confidence: Confidence::Strong,
+        });
+        let line = human_line(&Record::Request(Box::new(q)));
+        assert!(line.contains("(serving GET /Users/ABC, strong)"), "{line}");
+        assert!(
+            line.contains("Api[7]") && line.contains("/Orders/X1"),
+            "{line}"
+        );
+    }
+}

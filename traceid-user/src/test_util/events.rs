@@ -1,9 +1,13 @@
 //! Builders of synthetic event streams: exactly the records the kernel would write.
 
 use crate::event::pod_bytes;
+use crate::lifecycle::census::{Census, TimeWaitSocket};
+use crate::lifecycle::{census_record, Sysctls};
 use crate::pipeline::{Pipeline, PipelineConfig};
 use crate::record::{Record, RequestRecord};
-use traceid_common::{kind, ConnEvent, DataEvent, EventHeader, DIR_EGRESS, DIR_INGRESS};
+use traceid_common::{
+    kind, ConnEvent, DataEvent, EventHeader, StateEvent, DIR_EGRESS, DIR_INGRESS,
+};
 
 pub const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 pub const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -38,6 +42,12 @@ fn header(
     }
 }
 
+fn v4(a: [u8; 4]) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b[..4].copy_from_slice(&a);
+    b
+}
+
 /// A connection as the tests name it.
 #[derive(Clone, Copy)]
 pub struct C {
@@ -48,18 +58,55 @@ pub struct C {
     pub role: u8,
 }
 
+impl C {
+    /// The kernel socket pointer the builders give this connection (state changes name it).
+    pub fn sock(&self) -> u64 {
+        0xffff_0000_0000_0000 | (u64::from(self.pid) << 24) | (self.fd as u64 & 0xff_ffff)
+    }
+}
+
 impl Stream {
     fn tick(&mut self) -> u64 {
         self.now += 1000;
         self.now
     }
 
+    /// Moves the clock `ns` forward (between bursts, before a census).
+    pub fn advance(&mut self, ns: u64) {
+        self.now += ns;
+    }
+
+    /// The socket of `c` left ESTABLISHED for `new_state` (a [`traceid_common::tcp_state`]),
+    /// as `sock:inet_sock_set_state` reports it: seen from softirq, pid 0, named by `sock`.
+    pub fn state(&mut self, c: C, local: ([u8; 4], u16), peer: ([u8; 4], u16), new_state: u8) {
+        let now = self.tick();
+        let ev = StateEvent {
+            header: header(kind::STATE, 0, 0, -1, 0, now, "swapper/0"),
+            skaddr: c.sock(),
+            old_state: traceid_common::tcp_state::ESTABLISHED,
+            new_state,
+            family: 2,
+            local_port: local.1,
+            remote_port: peer.1,
+            local_addr: v4(local.0),
+            remote_addr: v4(peer.0),
+        };
+        self.records.push(pod_bytes(&ev));
+    }
+
+    /// A TIME_WAIT census record listing `sockets`.
+    pub fn census(&mut self, sockets: &[TimeWaitSocket], sys: &Sysctls) {
+        let now = self.tick();
+        let census = Census {
+            sockets: sockets.to_vec(),
+            truncated: false,
+        };
+        self.records.push(census_record::encode(now, &census, sys));
+    }
+
     pub fn open(&mut self, c: C, local: [u8; 4], lport: u16, peer: [u8; 4], pport: u16) {
         let now = self.tick();
-        let mut la = [0u8; 16];
-        let mut ra = [0u8; 16];
-        la[..4].copy_from_slice(&local);
-        ra[..4].copy_from_slice(&peer);
+        let (la, ra) = (v4(local), v4(peer));
         let ev = ConnEvent {
             header: header(kind::CONN_OPEN, c.pid, c.pid, c.fd, c.ts, now, c.comm),
             role: c.role,
@@ -69,7 +116,7 @@ impl Stream {
             remote_port: pport,
             local_addr: la,
             remote_addr: ra,
-            sock: 0,
+            sock: c.sock(),
         };
         self.records.push(pod_bytes(&ev));
     }
