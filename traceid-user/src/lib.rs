@@ -8,6 +8,13 @@
 //! - [`lifecycle`]: connection lifecycle, TIME_WAIT census (sock_diag) and `buildup`;
 //! - [`report`]: JSON lines, human lines, the diagnosis.
 
+// Dependencies of the `traceid` binary only (src/main.rs); `unused_crate_dependencies`
+// checks each target against the whole package's list.
+use {clap as _, signal_hook as _, tracing_subscriber as _};
+// The benchmarks' dev-dependency, unused by the unit tests.
+#[cfg(test)]
+use criterion as _;
+
 pub mod agent;
 pub mod capture;
 pub mod check;
