@@ -78,6 +78,7 @@ fn read_front<T: Pod>(buf: &[u8], what: &'static str) -> Result<T, DecodeError> 
         })
 }
 
+/// Decodes one raw record, as the kernel wrote it or a recording kept it.
 pub fn decode(buf: &[u8]) -> Result<Event<'_>, DecodeError> {
     let header: EventHeader = read_front(buf, "an event header")?;
     match header.kind {

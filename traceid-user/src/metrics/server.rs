@@ -103,6 +103,7 @@ pub enum HeadError {
 }
 
 impl HeadError {
+    /// The HTTP status the refusal is answered with.
     pub fn status(&self) -> u16 {
         match self {
             HeadError::Malformed(_) => 400,
@@ -125,7 +126,7 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, HeadError> {
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(e) => return Err(HeadError::Malformed(e)),
     }
-    // A complete parse always fills the request line.
+    // A complete parse always fills the request line; this error is never seen.
     let (Some(method), Some(target)) = (req.method, req.path) else {
         return Err(HeadError::Malformed(httparse::Error::Token));
     };
