@@ -15,6 +15,8 @@ use std::sync::{mpsc, OnceLock};
 use std::time::{Duration, Instant};
 
 use traceid_tests::*;
+// Used by the harness library (tests/src), not by name here.
+use libc as _;
 
 const ROUTES: [&str; 3] = ["propagate", "drop", "restart"];
 const PYTHON: &str = "/usr/bin/python3";

@@ -6,6 +6,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use traceid_tests::*;
+// Used by the harness library (tests/src), not by name here.
+use libc as _;
 
 fn port_of(addr: &Value) -> Option<u16> {
     addr.as_str()?.rsplit_once(':')?.1.parse().ok()

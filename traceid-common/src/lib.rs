@@ -4,7 +4,10 @@
 //! whose `kind` says what follows. Kind numbers are part of the recording format
 //! (`traceid record`): they are never reused, only added.
 //!
-//! All structs are `#[repr(C)]` with explicit padding so both sides agree byte for byte.
+//! All structs are `#[repr(C)]` with explicit padding so both sides agree byte for byte. With
+//! the `user` feature they derive [`bytemuck::Pod`], whose derive refuses to compile a struct
+//! with implicit padding or a field that is not itself plain old data: the agent decodes
+//! untrusted bytes into these types with no `unsafe` of its own.
 #![no_std]
 
 /// Kind numbers of ring-buffer records. Never reuse a retired number.
@@ -107,6 +110,7 @@ pub const COMM_LEN: usize = 16;
 /// Header at offset 0 of every ring-buffer record.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct EventHeader {
     /// One of [`kind`].
     pub kind: u16,
@@ -130,6 +134,7 @@ pub struct EventHeader {
 /// A chunk of a socket's byte stream. Followed in the record by `captured` payload bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct DataEvent {
     pub header: EventHeader,
     /// [`DIR_INGRESS`] or [`DIR_EGRESS`].
@@ -149,6 +154,7 @@ pub struct DataEvent {
 /// A TCP connection the kernel started to follow.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct ConnEvent {
     pub header: EventHeader,
     /// [`ROLE_SERVER`], [`ROLE_CLIENT`] or [`ROLE_UNKNOWN`].
@@ -179,6 +185,7 @@ pub struct ConnEvent {
 /// owner; `header.fd` is -1 and `header.conn_ts_ns` 0. Attribute by `skaddr`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct StateEvent {
     pub header: EventHeader,
     /// The kernel's `struct sock *` (matches [`ConnEvent::sock`]).
@@ -200,6 +207,7 @@ pub struct StateEvent {
 /// Value of the kernel's table of known sockets, keyed by [`SockKey`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct SockInfo {
     /// See [`EventHeader::conn_ts_ns`].
     pub conn_ts_ns: u64,
@@ -212,6 +220,7 @@ pub struct SockInfo {
 /// Key of the kernel's table of known sockets.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct SockKey {
     /// Process id (tgid).
     pub pid: u32,
@@ -225,6 +234,7 @@ pub struct SockKey {
 /// All values are byte offsets.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct KernelOffsets {
     /// `task_struct.files`
     pub task_files: u32,
@@ -278,13 +288,27 @@ pub mod stat {
     pub const COUNT: u32 = 8;
 }
 
+/// aya's own `Pod` marker, for the types the agent puts in or reads from kernel maps.
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: all are repr(C), Copy, made of integers and byte arrays with explicit padding,
-    // so every bit pattern is valid.
-    unsafe impl aya::Pod for super::SockInfo {}
-    unsafe impl aya::Pod for super::SockKey {}
-    unsafe impl aya::Pod for super::KernelOffsets {}
+    use super::{KernelOffsets, SockInfo, SockKey};
+
+    /// aya::Pod asks what bytemuck::Pod asks (`Copy`, any bit pattern valid, every byte
+    /// initialised). This compiles only while each type is bytemuck::Pod, whose derive checked
+    /// it: the unsafe impls below rest on that check, not on a comment.
+    const _: () = {
+        const fn is_bytemuck_pod<T: bytemuck::Pod>() {}
+        is_bytemuck_pod::<SockInfo>();
+        is_bytemuck_pod::<SockKey>();
+        is_bytemuck_pod::<KernelOffsets>();
+    };
+
+    // SAFETY: SockInfo is bytemuck::Pod (asserted above): repr(C), no padding, integer fields.
+    unsafe impl aya::Pod for SockInfo {}
+    // SAFETY: SockKey is bytemuck::Pod (asserted above): repr(C), no padding, integer fields.
+    unsafe impl aya::Pod for SockKey {}
+    // SAFETY: KernelOffsets is bytemuck::Pod (asserted above): repr(C), sixteen u32 fields.
+    unsafe impl aya::Pod for KernelOffsets {}
 }
 
 #[cfg(test)]

@@ -135,9 +135,12 @@ fn on_exit(ctx: &TracePointContext, src: u8) {
         source::SENDFILE => emit(&ids, 0, 0, total),
         source::READV | source::WRITEV => emit_iovecs(&ids, args.ptr, u64::from(MAX_IOVECS), total),
         source::RECVMSG | source::SENDMSG => {
-            // SAFETY: reads of user memory fail cleanly.
+            // SAFETY: bpf_probe_read_user copies from an address the process passed, with fault
+            // handling: a bad or unmapped pointer gives Err (then 0), never a fault; the result
+            // is a u64, valid for any bits.
             let iov: u64 =
                 unsafe { bpf_probe_read_user((args.ptr + MSGHDR_IOV) as *const u64) }.unwrap_or(0);
+            // SAFETY: as for `iov`, at the msghdr's `msg_iovlen`.
             let iovlen: u64 =
                 unsafe { bpf_probe_read_user((args.ptr + MSGHDR_IOVLEN) as *const u64) }
                     .unwrap_or(0);

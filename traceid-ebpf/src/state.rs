@@ -42,15 +42,21 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn on_state(ctx: &TracePointContext) -> Result<(), i64> {
-    // SAFETY (all reads): offsets of this tracepoint's format; read_at bounds-checks.
+    // SAFETY: every read_at below names a field of this tracepoint's record by its offset and
+    // size in events/sock/inet_sock_set_state/format (here `__u16 protocol` at 30), so the
+    // address stays inside the record the kernel passed; read_at copies it with
+    // bpf_probe_read_kernel, which returns Err instead of faulting, into an integer or byte
+    // array, valid for any bits.
     let protocol: u16 = unsafe { ctx.read_at(OFF_PROTOCOL) }?;
     if protocol != IPPROTO_TCP {
         return Ok(());
     }
+    // SAFETY: as for `protocol`: `int oldstate` at 16.
     let old: i32 = unsafe { ctx.read_at(OFF_OLDSTATE) }?;
     if old != tcp_state::ESTABLISHED as i32 {
         return Ok(());
     }
+    // SAFETY: as for `protocol`: `int newstate` at 20.
     let new: i32 = unsafe { ctx.read_at(OFF_NEWSTATE) }?;
     let Some(mut entry) = EVENTS.reserve::<StateEvent>(0) else {
         count(stat::RINGBUF_FULL);
@@ -72,17 +78,25 @@ fn on_state(ctx: &TracePointContext) -> Result<(), i64> {
     ev.local_addr = [0; 16];
     ev.remote_addr = [0; 16];
     let read = |ev: &mut StateEvent| -> Result<(), i64> {
+        // SAFETY: as for `protocol`: `const void *skaddr` at 8, read as its 8 address bytes.
         ev.skaddr = unsafe { ctx.read_at(OFF_SKADDR) }?;
+        // SAFETY: as for `protocol`: `__u16 sport` at 24.
         ev.local_port = unsafe { ctx.read_at(OFF_SPORT) }?;
+        // SAFETY: as for `protocol`: `__u16 dport` at 26.
         ev.remote_port = unsafe { ctx.read_at(OFF_DPORT) }?;
+        // SAFETY: as for `protocol`: `__u16 family` at 28.
         ev.family = unsafe { ctx.read_at(OFF_FAMILY) }?;
         if ev.family == AF_INET {
+            // SAFETY: as for `protocol`: `__u8 saddr[4]` at 32.
             let l: [u8; 4] = unsafe { ctx.read_at(OFF_SADDR) }?;
+            // SAFETY: as for `protocol`: `__u8 daddr[4]` at 36.
             let r: [u8; 4] = unsafe { ctx.read_at(OFF_DADDR) }?;
             ev.local_addr[..4].copy_from_slice(&l);
             ev.remote_addr[..4].copy_from_slice(&r);
         } else {
+            // SAFETY: as for `protocol`: `__u8 saddr_v6[16]` at 40.
             ev.local_addr = unsafe { ctx.read_at(OFF_SADDR_V6) }?;
+            // SAFETY: as for `protocol`: `__u8 daddr_v6[16]` at 56.
             ev.remote_addr = unsafe { ctx.read_at(OFF_DADDR_V6) }?;
         }
         Ok(())

@@ -1,9 +1,14 @@
 //! Decoding ring-buffer records into typed events.
 //!
 //! Records come from the kernel (live) or from a recording file (replay); either way they are
-//! untrusted bytes: every length is checked, nothing panics.
+//! untrusted bytes: every length is checked, nothing panics. The shared structs are
+//! `bytemuck::Pod` (their derive proves them padding-free and valid for any bit pattern), so
+//! reading them needs no `unsafe` here.
 
+use std::mem::{offset_of, size_of};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use bytemuck::{Pod, Zeroable};
 
 use traceid_common::{
     kind, ConnEvent, DataEvent, EventHeader, StateEvent, COMM_LEN, DIR_EGRESS, MAX_CAPTURE,
@@ -36,60 +41,91 @@ impl Event<'_> {
     }
 }
 
+/// Why a record could not be decoded. Offsets are byte offsets into the record.
 #[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
 pub enum DecodeError {
-    #[error("record of {0} bytes is shorter than its header")]
-    Short(usize),
-    #[error("unknown record kind {0}")]
+    #[error("record of {len} bytes is too short for {what} ({need} bytes from offset 0)")]
+    Short {
+        what: &'static str,
+        need: usize,
+        len: usize,
+    },
+    #[error("unknown record kind {0} (header field `kind` at offset 0)")]
     UnknownKind(u16),
-    #[error("data record claims {claimed} payload bytes but carries {actual}")]
-    BadLength { claimed: u32, actual: usize },
+    #[error(
+        "data record claims {claimed} payload bytes from offset {DATA_PAYLOAD_OFFSET} but carries {carried}"
+    )]
+    PayloadTruncated { claimed: u32, carried: usize },
+    #[error(
+        "data record captured length {captured} (offset {CAPTURED_OFFSET}) exceeds the capture limit {MAX_CAPTURE}"
+    )]
+    CaptureTooLarge { captured: u32 },
+    #[error(
+        "data record captured length {captured} (offset {CAPTURED_OFFSET}) exceeds the bytes the syscall moved, {real_len} (offset {REAL_LEN_OFFSET})"
+    )]
+    CapturedExceedsReal { captured: u32, real_len: u64 },
 }
 
-/// Reads a `#[repr(C)]` plain-old-data struct from the front of `buf`.
-fn read_pod<T: Copy>(buf: &[u8]) -> Option<T> {
-    if buf.len() < std::mem::size_of::<T>() {
-        return None;
-    }
-    // SAFETY: length checked; T is one of the repr(C) integer-only event structs, valid for
-    // every bit pattern; read_unaligned copes with any alignment.
-    Some(unsafe { std::ptr::read_unaligned(buf.as_ptr().cast::<T>()) })
+/// Where a data record's payload starts: right after its fixed part.
+const DATA_PAYLOAD_OFFSET: usize = size_of::<DataEvent>();
+const CAPTURED_OFFSET: usize = offset_of!(DataEvent, captured);
+const REAL_LEN_OFFSET: usize = offset_of!(DataEvent, real_len);
+
+/// Reads a `T` from the front of `buf` (any alignment); `what` names it in the error.
+fn read_front<T: Pod>(buf: &[u8], what: &'static str) -> Result<T, DecodeError> {
+    let need = size_of::<T>();
+    buf.get(..need)
+        .and_then(|bytes| bytemuck::try_pod_read_unaligned(bytes).ok())
+        .ok_or(DecodeError::Short {
+            what,
+            need,
+            len: buf.len(),
+        })
 }
 
+/// Decodes one raw record, as the kernel wrote it or a recording kept it.
 pub fn decode(buf: &[u8]) -> Result<Event<'_>, DecodeError> {
-    let header: EventHeader = read_pod(buf).ok_or(DecodeError::Short(buf.len()))?;
+    let header: EventHeader = read_front(buf, "an event header")?;
     match header.kind {
         kind::DATA => {
-            let ev: DataEvent = read_pod(buf).ok_or(DecodeError::Short(buf.len()))?;
-            let start = std::mem::size_of::<DataEvent>();
-            let n = ev.captured as usize;
+            let ev: DataEvent = read_front(buf, "a data event")?;
+            if ev.captured as usize > MAX_CAPTURE {
+                return Err(DecodeError::CaptureTooLarge {
+                    captured: ev.captured,
+                });
+            }
+            if u64::from(ev.captured) > ev.real_len {
+                return Err(DecodeError::CapturedExceedsReal {
+                    captured: ev.captured,
+                    real_len: ev.real_len,
+                });
+            }
             // The kernel may pad records; it never carries fewer bytes than it claims.
             let payload = buf
-                .get(start..start.saturating_add(n))
-                .filter(|_| n <= MAX_CAPTURE && u64::from(ev.captured) <= ev.real_len)
-                .ok_or(DecodeError::BadLength {
+                .get(DATA_PAYLOAD_OFFSET..DATA_PAYLOAD_OFFSET + ev.captured as usize)
+                .ok_or(DecodeError::PayloadTruncated {
                     claimed: ev.captured,
-                    actual: buf.len().saturating_sub(start),
+                    carried: buf.len() - DATA_PAYLOAD_OFFSET,
                 })?;
             Ok(Event::Data(ev, payload))
         }
         kind::CONN_OPEN => {
-            // Recordings made before `ConnEvent::sock` existed carry 8 bytes less: zero-fill.
-            let size = std::mem::size_of::<ConnEvent>();
-            let old = size - std::mem::size_of::<u64>();
-            if buf.len() < old {
-                return Err(DecodeError::Short(buf.len()));
+            // Recordings made before `ConnEvent::sock` existed carry 8 bytes less: `sock` is 0.
+            const BEFORE_SOCK: usize = offset_of!(ConnEvent, sock);
+            if buf.len() < BEFORE_SOCK {
+                return Err(DecodeError::Short {
+                    what: "a connection event",
+                    need: BEFORE_SOCK,
+                    len: buf.len(),
+                });
             }
-            let mut full = [0u8; std::mem::size_of::<ConnEvent>()];
-            let n = buf.len().min(size);
-            full[..n].copy_from_slice(&buf[..n]);
-            Ok(Event::ConnOpen(
-                read_pod(&full).ok_or(DecodeError::Short(buf.len()))?,
-            ))
+            let mut ev = ConnEvent::zeroed();
+            let known = bytemuck::bytes_of_mut(&mut ev);
+            let n = buf.len().min(known.len());
+            known[..n].copy_from_slice(&buf[..n]);
+            Ok(Event::ConnOpen(ev))
         }
-        kind::STATE => Ok(Event::State(
-            read_pod(buf).ok_or(DecodeError::Short(buf.len()))?,
-        )),
+        kind::STATE => Ok(Event::State(read_front(buf, "a state event")?)),
         kind::CONN_CLOSE => Ok(Event::ConnClose(header)),
         kind::CENSUS | kind::LOSS => {
             let body = buf.get(std::mem::size_of::<EventHeader>()..).unwrap_or(&[]);
@@ -118,12 +154,9 @@ pub fn agent_header(kind: u16, ts_ns: u64) -> Vec<u8> {
     })
 }
 
-/// Encodes a struct as its raw bytes (for seeded records and tests).
-pub fn pod_bytes<T: Copy>(v: &T) -> Vec<u8> {
-    // SAFETY: T is a repr(C) event struct with explicit padding fields, so all bytes are
-    // initialised.
-    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
-        .to_vec()
+/// Encodes a struct as its raw bytes, as the kernel writes it (for seeded records and tests).
+pub fn pod_bytes<T: Pod>(v: &T) -> Vec<u8> {
+    bytemuck::bytes_of(v).to_vec()
 }
 
 /// The process name in a header.
@@ -233,17 +266,68 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        // Truncated payload, truncated header, captured > real_len: errors, not panics.
-        assert!(matches!(
-            decode(&raw[..raw.len() - 1]),
-            Err(DecodeError::BadLength { .. })
-        ));
-        assert_eq!(decode(&raw[..10]), Err(DecodeError::Short(10)));
+        // A record that is longer than it claims (kernel padding) decodes the same.
+        let mut padded = raw.clone();
+        padded.extend_from_slice(&[0; 4]);
+        assert_eq!(decode(&padded), decode(&raw));
+        // Any alignment: the same record one byte into a buffer.
+        let mut shifted = vec![0u8];
+        shifted.extend_from_slice(&raw);
+        assert_eq!(decode(&shifted[1..]), decode(&raw));
+
+        // Truncated payload, truncated header, lying lengths: errors that say what, not panics.
+        let err = decode(&raw[..raw.len() - 1]).unwrap_err();
+        assert_eq!(
+            err,
+            DecodeError::PayloadTruncated {
+                claimed: 4,
+                carried: 3
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "data record claims 4 payload bytes from offset 64 but carries 3"
+        );
+        assert_eq!(
+            decode(&raw[..10]),
+            Err(DecodeError::Short {
+                what: "an event header",
+                need: 48,
+                len: 10
+            })
+        );
+        assert_eq!(
+            decode(&raw[..50]),
+            Err(DecodeError::Short {
+                what: "a data event",
+                need: 64,
+                len: 50
+            })
+        );
         let mut lying = ev;
         lying.real_len = 2;
         let mut raw2 = pod_bytes(&lying);
         raw2.extend_from_slice(b"GET ");
-        assert!(decode(&raw2).is_err());
+        let err = decode(&raw2).unwrap_err();
+        assert_eq!(
+            err,
+            DecodeError::CapturedExceedsReal {
+                captured: 4,
+                real_len: 2
+            }
+        );
+        assert!(err.to_string().contains("(offset 52)"), "{err}");
+        let huge = DataEvent {
+            captured: MAX_CAPTURE as u32 + 1,
+            real_len: u64::MAX,
+            ..ev
+        };
+        assert_eq!(
+            decode(&pod_bytes(&huge)),
+            Err(DecodeError::CaptureTooLarge {
+                captured: MAX_CAPTURE as u32 + 1
+            })
+        );
         let mut unknown = pod_bytes(&header(99));
         unknown.push(0);
         assert_eq!(decode(&unknown), Err(DecodeError::UnknownKind(99)));
@@ -269,7 +353,14 @@ mod tests {
             Event::ConnOpen(old) => assert_eq!(old, ConnEvent { sock: 0, ..c }),
             other => panic!("{other:?}"),
         }
-        assert_eq!(decode(&raw[..raw.len() - 9]), Err(DecodeError::Short(87)));
+        assert_eq!(
+            decode(&raw[..raw.len() - 9]),
+            Err(DecodeError::Short {
+                what: "a connection event",
+                need: 88,
+                len: 87
+            })
+        );
         c.local_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
         c.remote_addr[..4].copy_from_slice(&[127, 0, 0, 2]);
         let (l, r) = endpoints(&c).unwrap();

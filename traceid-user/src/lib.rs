@@ -12,6 +12,14 @@
 //! Dependencies point from sinks to producers and from producers to `record`, never back
 //! (checked by a unit test of the module graph).
 
+// Dependencies of the `traceid` binary only (src/main.rs); `unused_crate_dependencies`
+// checks each target against the whole package's list.
+use {anyhow as _, clap as _, signal_hook as _, tracing_subscriber as _};
+// The benchmarks' dev-dependencies (criterion; this crate with `test-util`), unused by the
+// unit tests.
+#[cfg(test)]
+use {criterion as _, traceid as _};
+
 pub mod agent;
 pub mod capture;
 pub mod check;

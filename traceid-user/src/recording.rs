@@ -8,7 +8,7 @@
 //! `Cookie` and `Set-Cookie` header lines in captured payloads are overwritten with `*`
 //! (same length, so every length the engine relies on is unchanged) before writing.
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Write};
 
 use traceid_common::DataEvent;
 
@@ -27,43 +27,72 @@ pub const REDACTED: &[&[u8]] = &[
     b"set-cookie",
 ];
 
+/// What went wrong with a recording; offsets are byte offsets into the file.
 #[derive(thiserror::Error, Debug)]
 pub enum RecordingError {
     #[error("not a traceid recording (bad magic at offset 0)")]
     BadMagic,
-    #[error("recording version {0} is not supported (this traceid reads version {VERSION})")]
+    #[error(
+        "recording version {0} (offset 8) is not supported (this traceid reads version {VERSION})"
+    )]
     Version(u32),
     #[error("recording is truncated at offset {offset}: {what}")]
     Truncated { offset: u64, what: &'static str },
     #[error("recording is corrupt at offset {offset}: record length {len} exceeds {MAX_RECORD}")]
     Corrupt { offset: u64, len: u32 },
-    #[error("reading the recording: {0}")]
-    Io(#[from] io::Error),
+    #[error("a record of {len} bytes cannot be recorded: the format allows at most {MAX_RECORD}")]
+    RecordTooLarge { len: usize },
+    #[error("reading the recording at offset {offset}")]
+    Read { offset: u64, source: io::Error },
+    #[error("writing the recording at offset {offset}")]
+    Write { offset: u64, source: io::Error },
 }
 
+/// Writes a recording: the file header, then records as they come.
 pub struct Writer<W: Write> {
     out: W,
+    /// Bytes written so far: where the next write lands.
+    offset: u64,
 }
 
 impl<W: Write> Writer<W> {
-    pub fn new(mut out: W, realtime_offset_ns: i128) -> io::Result<Self> {
-        out.write_all(MAGIC)?;
-        out.write_all(&VERSION.to_le_bytes())?;
-        out.write_all(&0u32.to_le_bytes())?;
-        out.write_all(&(realtime_offset_ns as i64).to_le_bytes())?;
-        Ok(Writer { out })
+    pub fn new(out: W, realtime_offset_ns: i128) -> Result<Self, RecordingError> {
+        let mut w = Writer { out, offset: 0 };
+        w.put(MAGIC)?;
+        w.put(&VERSION.to_le_bytes())?;
+        w.put(&0u32.to_le_bytes())?;
+        w.put(&(realtime_offset_ns as i64).to_le_bytes())?;
+        Ok(w)
     }
 
-    pub fn write(&mut self, raw: &[u8]) -> io::Result<()> {
+    /// Appends one raw ring-buffer record, secrets redacted.
+    pub fn write(&mut self, raw: &[u8]) -> Result<(), RecordingError> {
+        let len = u32::try_from(raw.len())
+            .ok()
+            .filter(|&n| n <= MAX_RECORD)
+            .ok_or(RecordingError::RecordTooLarge { len: raw.len() })?;
         let mut rec = raw.to_vec();
         redact_record(&mut rec);
-        self.out.write_all(&(rec.len() as u32).to_le_bytes())?;
-        self.out.write_all(&rec)
+        self.put(&len.to_le_bytes())?;
+        self.put(&rec)
     }
 
-    pub fn finish(mut self) -> io::Result<W> {
-        self.out.flush()?;
+    /// Flushes and hands back the output.
+    pub fn finish(mut self) -> Result<W, RecordingError> {
+        let offset = self.offset;
+        self.out
+            .flush()
+            .map_err(|source| RecordingError::Write { offset, source })?;
         Ok(self.out)
+    }
+
+    fn put(&mut self, bytes: &[u8]) -> Result<(), RecordingError> {
+        let offset = self.offset;
+        self.out
+            .write_all(bytes)
+            .map_err(|source| RecordingError::Write { offset, source })?;
+        self.offset += bytes.len() as u64;
+        Ok(())
     }
 }
 
@@ -104,64 +133,83 @@ pub fn redact_payload(p: &mut [u8]) {
     }
 }
 
-pub struct Reader<R: Read> {
+/// Reads a recording back, record by record. Buffered input, so a clean end of file (between
+/// records) can be told from a truncated record.
+pub struct Reader<R: BufRead> {
     input: R,
+    /// Bytes consumed so far: where the next read starts.
     offset: u64,
+    /// CLOCK_REALTIME - CLOCK_MONOTONIC (ns) on the recording host.
     pub realtime_offset_ns: i128,
 }
 
-impl<R: Read> Reader<R> {
-    pub fn new(mut input: R) -> Result<Self, RecordingError> {
-        let mut head = [0u8; 24];
-        read_exact_at(&mut input, &mut head, 0, "file header")?;
-        if &head[..8] != MAGIC {
+impl<R: BufRead> Reader<R> {
+    /// Reads and checks the file header.
+    pub fn new(input: R) -> Result<Self, RecordingError> {
+        let mut rd = Reader {
+            input,
+            offset: 0,
+            realtime_offset_ns: 0,
+        };
+        if &rd.take::<8>("file header")? != MAGIC {
             return Err(RecordingError::BadMagic);
         }
-        let version = u32::from_le_bytes(head[8..12].try_into().expect("4 bytes"));
+        let version = u32::from_le_bytes(rd.take("file header")?);
         if version != VERSION {
             return Err(RecordingError::Version(version));
         }
-        let off = i64::from_le_bytes(head[16..24].try_into().expect("8 bytes"));
-        Ok(Reader {
-            input,
-            offset: 24,
-            realtime_offset_ns: off as i128,
-        })
+        let _reserved: [u8; 4] = rd.take("file header")?;
+        rd.realtime_offset_ns = i64::from_le_bytes(rd.take("file header")?).into();
+        Ok(rd)
     }
 
     /// The next record, None at a clean end of file.
     pub fn next_record(&mut self) -> Result<Option<Vec<u8>>, RecordingError> {
-        let mut len = [0u8; 4];
-        match self.input.read(&mut len[..1])? {
-            0 => return Ok(None),
-            _ => read_exact_at(&mut self.input, &mut len[1..], self.offset, "record length")?,
-        }
-        let n = u32::from_le_bytes(len);
-        if n > MAX_RECORD {
-            return Err(RecordingError::Corrupt {
-                offset: self.offset,
-                len: n,
-            });
+        if self.at_end()? {
+            return Ok(None);
         }
         let at = self.offset;
-        self.offset += 4;
-        let mut rec = vec![0u8; n as usize];
-        read_exact_at(&mut self.input, &mut rec, at, "record body")?;
-        self.offset += u64::from(n);
+        let len = u32::from_le_bytes(self.take("record length")?);
+        if len > MAX_RECORD {
+            return Err(RecordingError::Corrupt { offset: at, len });
+        }
+        let mut rec = vec![0u8; len as usize];
+        self.fill(&mut rec, "record body")?;
         Ok(Some(rec))
     }
-}
 
-fn read_exact_at<R: Read>(
-    r: &mut R,
-    buf: &mut [u8],
-    offset: u64,
-    what: &'static str,
-) -> Result<(), RecordingError> {
-    r.read_exact(buf).map_err(|e| match e.kind() {
-        io::ErrorKind::UnexpectedEof => RecordingError::Truncated { offset, what },
-        _ => RecordingError::Io(e),
-    })
+    /// True when the input ends exactly here (between records), without consuming anything.
+    fn at_end(&mut self) -> Result<bool, RecordingError> {
+        loop {
+            match self.input.fill_buf() {
+                Ok(buffered) => return Ok(buffered.is_empty()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(source) => {
+                    return Err(RecordingError::Read {
+                        offset: self.offset,
+                        source,
+                    })
+                }
+            }
+        }
+    }
+
+    fn take<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N], RecordingError> {
+        let mut buf = [0u8; N];
+        self.fill(&mut buf, what)?;
+        Ok(buf)
+    }
+
+    /// Fills `buf`; a short input is `Truncated` at the offset where `what` starts.
+    fn fill(&mut self, buf: &mut [u8], what: &'static str) -> Result<(), RecordingError> {
+        let offset = self.offset;
+        self.input.read_exact(buf).map_err(|e| match e.kind() {
+            io::ErrorKind::UnexpectedEof => RecordingError::Truncated { offset, what },
+            _ => RecordingError::Read { offset, source: e },
+        })?;
+        self.offset += buf.len() as u64;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -250,5 +298,102 @@ mod tests {
             rd.next_record(),
             Err(RecordingError::Corrupt { offset: 24, .. })
         ));
+    }
+
+    /// A recording of `records` dummy records of `len` bytes each (no data events: nothing
+    /// to redact).
+    fn recording_of(records: usize, len: usize) -> Vec<u8> {
+        let mut w = Writer::new(Vec::new(), -7).unwrap();
+        for i in 0..records {
+            w.write(&vec![i as u8; len]).unwrap();
+        }
+        w.finish().unwrap()
+    }
+
+    #[test]
+    fn reader_reports_where_the_file_goes_wrong() {
+        let file = recording_of(2, 10);
+        assert_eq!(file.len(), 24 + 2 * (4 + 10));
+        let mut rd = Reader::new(&file[..]).unwrap();
+        assert_eq!(rd.realtime_offset_ns, -7);
+        assert_eq!(rd.next_record().unwrap(), Some(vec![0; 10]));
+        assert_eq!(rd.next_record().unwrap(), Some(vec![1; 10]));
+        assert!(rd.next_record().unwrap().is_none(), "clean end of file");
+
+        // Cut inside the second record's length field (offset 38).
+        let mut rd = Reader::new(&file[..40]).unwrap();
+        rd.next_record().unwrap();
+        let err = rd.next_record().unwrap_err();
+        assert!(
+            matches!(
+                err,
+                RecordingError::Truncated {
+                    offset: 38,
+                    what: "record length"
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "recording is truncated at offset 38: record length"
+        );
+
+        let mut newer = file.clone();
+        newer[8..12].copy_from_slice(&2u32.to_le_bytes());
+        let err = Reader::new(&newer[..]).err().unwrap();
+        assert!(matches!(err, RecordingError::Version(2)), "{err}");
+    }
+
+    /// Accepts `room` bytes, then fails every write.
+    struct FullDisk {
+        room: usize,
+    }
+
+    impl Write for FullDisk {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.room == 0 {
+                return Err(io::Error::from(io::ErrorKind::StorageFull));
+            }
+            let n = buf.len().min(self.room);
+            self.room -= n;
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn writer_errors_name_the_offset_and_refuse_oversized_records() {
+        // Room for the file header and one 10-byte record (4 + 10), not for a second.
+        let mut w = Writer::new(FullDisk { room: 24 + 14 + 2 }, 0).unwrap();
+        w.write(&[0; 10]).unwrap();
+        let err = w.write(&[0; 10]).unwrap_err();
+        assert!(
+            matches!(err, RecordingError::Write { offset: 38, .. }),
+            "{err}"
+        );
+        assert_eq!(err.to_string(), "writing the recording at offset 38");
+        let cause = std::error::Error::source(&err).expect("the I/O error is the source");
+        assert_eq!(
+            cause.to_string(),
+            io::Error::from(io::ErrorKind::StorageFull).to_string()
+        );
+
+        let mut w = Writer::new(Vec::new(), 0).unwrap();
+        let err = w.write(&vec![0; MAX_RECORD as usize + 1]).unwrap_err();
+        assert!(
+            matches!(err, RecordingError::RecordTooLarge { .. }),
+            "{err}"
+        );
+        // Nothing of the refused record reached the file: it still reads back clean.
+        let file = w.finish().unwrap();
+        assert!(Reader::new(&file[..])
+            .unwrap()
+            .next_record()
+            .unwrap()
+            .is_none());
     }
 }

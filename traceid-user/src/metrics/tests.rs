@@ -1,6 +1,8 @@
 use std::time::{Duration, Instant, SystemTime};
 
-use super::server::{parse_head, respond, wants_openmetrics, Head};
+use super::server::{
+    self, parse_head, read_head, respond, wants_openmetrics, Head, HeadError, Incoming, MAX_HEAD,
+};
 use super::*;
 use crate::record::{Direction, Finding, LostRecord, Record, RequestRecord};
 use crate::test_util::events::*;
@@ -401,11 +403,36 @@ fn metrics_accept_header_negotiation() {
     ));
 }
 
+/// Delivers its pieces one `read` at a time, as a slow or fragmenting client would.
+struct Pieces(std::collections::VecDeque<Vec<u8>>);
+
+impl Pieces {
+    fn of(pieces: &[&[u8]]) -> Pieces {
+        Pieces(pieces.iter().map(|p| p.to_vec()).collect())
+    }
+}
+
+impl std::io::Read for Pieces {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let Some(mut piece) = self.0.pop_front() else {
+            return Ok(0);
+        };
+        let n = piece.len().min(buf.len());
+        buf[..n].copy_from_slice(&piece[..n]);
+        if n < piece.len() {
+            self.0.push_front(piece.split_off(n));
+        }
+        Ok(n)
+    }
+}
+
 #[test]
 fn metrics_http_heads_and_routes() {
-    let h =
-        parse_head("GET /metrics?x=1 HTTP/1.1\r\nHost: a\r\naccept: application/openmetrics-text")
-            .unwrap();
+    let h = parse_head(
+        b"GET /metrics?x=1 HTTP/1.1\r\nHost: a\r\naccept: application/openmetrics-text\r\n\r\n",
+    )
+    .unwrap()
+    .unwrap();
     assert_eq!(
         h,
         Head {
@@ -414,7 +441,6 @@ fn metrics_http_heads_and_routes() {
             accept: "application/openmetrics-text".into()
         }
     );
-    assert!(parse_head("garbage").is_none());
     let m = small_registry();
     let (status, ctype, body) = respond(&h, &m);
     assert_eq!(status, 200);
@@ -442,6 +468,135 @@ fn metrics_http_heads_and_routes() {
         ..missing
     };
     assert_eq!(respond(&post, &m).0, 405);
+}
+
+#[test]
+fn metrics_http_head_parsing_waits_refuses_and_joins_accept() {
+    // Not complete until the blank line.
+    assert_eq!(
+        parse_head(b"GET /metrics HTTP/1.1\r\nHost: a\r\n"),
+        Ok(None)
+    );
+    // Several Accept lines are one list, in order; other headers do not count.
+    let h = parse_head(
+        b"GET / HTTP/1.0\r\nAccept: text/plain;q=0.5\r\nX-Accept: nope\r\nACCEPT: application/openmetrics-text\r\n\r\n",
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(h.accept, "text/plain;q=0.5,application/openmetrics-text");
+    assert!(wants_openmetrics(&h.accept));
+
+    for bad in [
+        &b"garbage\r\n\r\n"[..],
+        b"GET /metrics HTTP/2.0\r\n\r\n",
+        b"GET /metrics HTTP/1.1\r\nno colon here\r\n\r\n",
+    ] {
+        let err = parse_head(bad).unwrap_err();
+        assert!(matches!(err, HeadError::Malformed(_)), "{err}");
+        assert_eq!(err.status(), 400);
+    }
+
+    // Still no blank line at MAX_HEAD bytes: too large, whatever follows.
+    let mut long = b"GET /metrics HTTP/1.1\r\nX-Filler: ".to_vec();
+    long.resize(MAX_HEAD, b'a');
+    assert_eq!(parse_head(&long), Err(HeadError::TooLarge));
+    assert_eq!(parse_head(&long[..MAX_HEAD - 1]), Ok(None));
+    let mut many = b"GET / HTTP/1.1\r\n".to_vec();
+    for i in 0..100 {
+        many.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
+    }
+    many.extend_from_slice(b"\r\n");
+    let err = parse_head(&many).unwrap_err();
+    assert_eq!(err, HeadError::TooLarge);
+    assert_eq!(err.status(), 431);
+}
+
+#[test]
+fn metrics_http_head_read_in_pieces() {
+    // Split inside the request line, inside a header and inside the final CRLFCRLF.
+    let mut split = Pieces::of(&[
+        b"GE",
+        b"T /metr",
+        b"ics HTTP/1.1\r\nAcc",
+        b"ept: application/openmetrics-text\r",
+        b"\n\r",
+        b"\n",
+    ]);
+    assert_eq!(
+        read_head(&mut split).unwrap(),
+        Incoming::Head(Head {
+            method: "GET".into(),
+            path: "/metrics".into(),
+            accept: "application/openmetrics-text".into()
+        })
+    );
+    // The peer goes away mid-head.
+    let mut gone = Pieces::of(&[b"GET /metrics HTTP/1.1\r\n"]);
+    assert_eq!(read_head(&mut gone).unwrap(), Incoming::Closed);
+    // An endless head is refused after MAX_HEAD bytes, the rest left unread.
+    let start = b"GET / HTTP/1.1\r\nX: ";
+    let mut endless = Pieces::of(&[start, &vec![b'a'; 3 * MAX_HEAD]]);
+    assert_eq!(
+        read_head(&mut endless).unwrap(),
+        Incoming::Refused(HeadError::TooLarge)
+    );
+    let unread: usize = endless.0.iter().map(Vec::len).sum();
+    assert_eq!(unread, start.len() + 3 * MAX_HEAD - MAX_HEAD);
+}
+
+/// One request over a real socket to the real server, sent in `pieces` a little apart; the
+/// whole answer as text.
+fn exchange(addr: std::net::SocketAddr, pieces: &[&[u8]]) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    for p in pieces {
+        s.write_all(p).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).unwrap();
+    String::from_utf8(answer).unwrap()
+}
+
+#[test]
+fn metrics_http_server_answers_split_bad_and_oversized_heads() {
+    let listener = server::bind("127.0.0.1:0").unwrap();
+    let addr = server::spawn(listener, std::sync::Arc::new(small_registry())).unwrap();
+
+    let om = exchange(
+        addr,
+        &[
+            b"GET /metrics HTTP/1.1\r\nAccept: application/openmetrics-text;",
+            b"version=1.0.0\r\n\r\n",
+        ],
+    );
+    assert!(om.starts_with("HTTP/1.1 200 OK\r\n"), "{om}");
+    assert!(
+        om.contains(&format!("Content-Type: {OPENMETRICS_CONTENT_TYPE}\r\n")),
+        "{om}"
+    );
+    assert!(om.ends_with("# EOF\n"), "{om}");
+
+    let text = exchange(addr, &[b"GET /metrics HTTP/1.1\r\n\r\n"]);
+    assert!(
+        text.contains(&format!("Content-Type: {PROMETHEUS_CONTENT_TYPE}\r\n")),
+        "{text}"
+    );
+
+    let bad = exchange(addr, &[b"GET /metrics HTTP/1.1\r\nno colon\r\n\r\n"]);
+    assert!(bad.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{bad}");
+    assert!(bad.contains("malformed request head"), "{bad}");
+
+    // Exactly MAX_HEAD bytes and no end in sight (more would be left unread, and closing a
+    // socket with unread bytes resets the connection).
+    let mut huge = b"GET /metrics HTTP/1.1\r\nX: ".to_vec();
+    huge.resize(MAX_HEAD, b'a');
+    let refused = exchange(addr, &[&huge]);
+    assert!(
+        refused.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"),
+        "{refused}"
+    );
 }
 
 #[test]
