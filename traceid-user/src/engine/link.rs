@@ -1,6 +1,6 @@
 //! Linking an outbound request to the inbound request its process is serving.
 //!
-//! Rules, strongest first (DESIGN.md "What it reports"):
+//! Rules, strongest first (docs/findings.md, "Linking"):
 //! 1. certain: an inbound request in flight in the same process carries the same trace id;
 //! 2. strong: an inbound request in flight was read by the thread that writes the outbound
 //!    request (thread-per-request servers: Flask, Java servlet pools), in a process that has

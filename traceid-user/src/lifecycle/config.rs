@@ -34,7 +34,7 @@ pub struct LifecycleConfig {
     pub observer: Option<Observer>,
 }
 
-/// Receives the lifecycle's figures as they happen (the metrics of DESIGN.md: connections
+/// Receives the lifecycle's figures as they happen (the metrics of docs/metrics.md: connections
 /// opened, requests per connection, TIME_WAIT per remote).
 pub trait LifecycleObserver: Send + Sync {
     /// A connection opened; `endpoint` is the remote (clients) or the listening address

@@ -1,4 +1,4 @@
-//! The Prometheus/OpenMetrics metrics of `traceid run` (DESIGN.md "Interfaces", "Metrics").
+//! The Prometheus/OpenMetrics metrics of `traceid run` (docs/metrics.md).
 //!
 //! Built on prometheus-client: it encodes both the Prometheus text format 0.0.4 and
 //! OpenMetrics 1.0, and only OpenMetrics carries exemplars (the trace_id of a real request on
