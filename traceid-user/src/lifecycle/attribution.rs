@@ -75,7 +75,7 @@ impl Lifecycle {
         // Keep the largest remotes only (server-side TIME_WAIT has one remote per socket).
         if by_remote.len() > MAX_REMOTES {
             let mut v: Vec<(SocketAddr, u64)> = by_remote.into_iter().collect();
-            v.sort_by_key(|e| std::cmp::Reverse(e.1));
+            v.sort_by_key(|e| (std::cmp::Reverse(e.1), e.0));
             v.truncate(MAX_REMOTES);
             by_remote = v.into_iter().collect();
         }
@@ -126,7 +126,7 @@ impl Lifecycle {
             })
             .map(|(r, n)| (*r, *n))
             .collect();
-        candidates.sort_by_key(|c| std::cmp::Reverse(c.1));
+        candidates.sort_by_key(|c| (std::cmp::Reverse(c.1), c.0));
         for (remote, n) in candidates {
             let owner = owners.get(&remote).and_then(top_owner);
             if owner.is_none() && !pending.contains(&remote) && self.pending.len() < MAX_REMOTES {

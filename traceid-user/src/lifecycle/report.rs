@@ -104,7 +104,15 @@ impl Lifecycle {
             connections_per_s: run_rate(p),
         };
         let mut peers: Vec<(&PeerKey, &PeerStats)> = self.peers.iter().collect();
-        peers.sort_by(|a, b| b.1.opened.cmp(&a.1.opened).then(a.0.pid.cmp(&b.0.pid)));
+        // A total order (hash order must not show): a replay reports what the live run did.
+        peers.sort_by(|a, b| {
+            (b.1.opened, a.0.pid, a.0.endpoint, role_rank(a.0.role)).cmp(&(
+                a.1.opened,
+                b.0.pid,
+                b.0.endpoint,
+                role_rank(b.0.role),
+            ))
+        });
         let peers: Vec<PeerReport> = peers
             .into_iter()
             .take(TOP * 2)
@@ -183,4 +191,12 @@ pub(crate) fn top_owner(owners: &HashMap<u32, u64>) -> Option<u32> {
 
 pub(crate) fn round2(v: f64) -> f64 {
     (v * 100.0).round() / 100.0
+}
+
+fn role_rank(r: Role) -> u8 {
+    match r {
+        Role::Server => 0,
+        Role::Client => 1,
+        Role::Unknown => 2,
+    }
 }

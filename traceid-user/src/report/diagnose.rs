@@ -252,7 +252,9 @@ impl Aggregator {
 
     pub fn diagnosis(&self, duration_s: f64) -> Diagnosis {
         let mut services: Vec<Group> = self.services.values().cloned().collect();
-        services.sort_by(|a, b| b.requests.cmp(&a.requests).then(a.comm.cmp(&b.comm)));
+        // Total orders (ties broken by name, port, address), so a diagnosis does not depend on
+        // hash order: a replay prints exactly what the live run printed.
+        services.sort_by(|a, b| (b.requests, &a.comm, a.port).cmp(&(a.requests, &b.comm, b.port)));
         let mut clients: Vec<Group> = self.clients.values().cloned().collect();
         clients.sort_by(|a, b| b.requests.cmp(&a.requests).then(a.comm.cmp(&b.comm)));
         let mut hops: Vec<Hop> = self
@@ -270,9 +272,12 @@ impl Aggregator {
             })
             .collect();
         hops.sort_by(|a, b| {
-            b.broken()
-                .cmp(&a.broken())
-                .then(b.requests.cmp(&a.requests))
+            (b.broken(), b.requests, &a.client, &a.server_addr).cmp(&(
+                a.broken(),
+                a.requests,
+                &b.client,
+                &b.server_addr,
+            ))
         });
         Diagnosis {
             duration_s,
