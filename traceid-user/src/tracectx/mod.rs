@@ -23,6 +23,12 @@
 //! (W3C Trace Context §3.2: multiple `traceparent` headers make the request's traceparent
 //! invalid). `tracestate` is the exception: it is a list-valued header and repeated instances are
 //! combined as by RFC 7230 §3.2.2 (W3C Trace Context §3.3.1.1).
+//!
+//! Layout: the [`FORMATS`] table maps every fixed header name to its format and to the [`Role`]
+//! it plays there, and names the function that parses the format. `extract` sorts a request's
+//! headers by that table and calls each format present, in priority order. Each format lives in
+//! its own file with its tests; `tests.rs` holds the cross-format tests. Adding a format is a
+//! file, a table row and a [`TraceFormat`] variant: see `docs/adding-a-trace-format.md`.
 
 use std::fmt;
 
@@ -149,7 +155,7 @@ struct FormatSpec {
 /// Every format with fixed header names, in priority order ([`TraceFormat`]'s `Ord`), so that
 /// [`Extraction::contexts`] comes out in priority order. Header names are lowercase and unique.
 /// The request-id family is apart: its names are configured at run time (see [`HeaderNames`]).
-const FORMATS: [FormatSpec; 7] = [
+const FORMATS: &[FormatSpec] = &[
     FormatSpec {
         format: TraceFormat::W3c,
         headers: &[
@@ -615,7 +621,7 @@ pub fn extract<'a, I: IntoIterator<Item = (&'a str, &'a [u8])>>(
 
     let mut out = Extraction::default();
     let mut first = 0;
-    for spec in &FORMATS {
+    for spec in FORMATS {
         let carried = FormatHeaders {
             specs: spec.headers,
             first,

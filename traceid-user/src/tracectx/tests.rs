@@ -143,6 +143,136 @@ fn unrelated_headers_are_ignored() {
 }
 
 // ------------------------------------------------------------------------------------------
+// The format table and the header roles
+// ------------------------------------------------------------------------------------------
+
+#[test]
+fn format_table_is_well_formed() {
+    // One row per format except the run-time configured request ids, in priority order.
+    let rows: Vec<TraceFormat> = FORMATS.iter().map(|spec| spec.format).collect();
+    let expected: Vec<TraceFormat> = TraceFormat::ALL
+        .into_iter()
+        .filter(|f| *f != TraceFormat::RequestId)
+        .collect();
+    assert_eq!(rows, expected);
+    let mut seen: Vec<&str> = Vec::new();
+    for spec in FORMATS {
+        let trace_id_headers = spec.headers.iter().filter(|h| h.role == Role::TraceId);
+        assert_eq!(
+            trace_id_headers.count(),
+            1,
+            "{}: one TraceId header",
+            spec.format
+        );
+        for h in spec.headers {
+            assert!(!h.name.is_empty(), "{}: empty header name", spec.format);
+            assert_eq!(h.name, h.name.to_ascii_lowercase(), "names are lowercase");
+            assert!(!seen.contains(&h.name), "{} is in two rows", h.name);
+            assert!(
+                !REQUEST_ID_HEADERS.contains(&h.name),
+                "{} is a request id",
+                h.name
+            );
+            seen.push(h.name);
+        }
+    }
+}
+
+/// Every header of a format with a valid value (from [`valid_value_for`]).
+fn valid_headers(spec: &FormatSpec) -> Vec<(&'static str, &'static str)> {
+    spec.headers
+        .iter()
+        .map(|h| (h.name, valid_value_for(h.name)))
+        .collect()
+}
+
+/// `headers` without `name`.
+fn without<'a>(headers: &[(&'a str, &'a str)], name: &str) -> Vec<(&'a str, &'a str)> {
+    headers
+        .iter()
+        .copied()
+        .filter(|(n, _)| *n != name)
+        .collect()
+}
+
+#[test]
+fn every_format_honours_its_header_roles() {
+    // Invalid for every header in the table (x-b3-flags ignores any value but "1").
+    const INVALID: &str = "!";
+    for spec in FORMATS {
+        let valid = valid_headers(spec);
+        let e = ex(&valid);
+        let c = ctx(&e);
+        let trace_id_header = spec.headers.iter().find(|h| h.role == Role::TraceId);
+        assert_eq!(
+            (c.format, Some(c.header.as_str())),
+            (spec.format, trace_id_header.map(|h| h.name)),
+            "a context is reported under its TraceId header"
+        );
+        for h in spec.headers {
+            let missing = ex(&without(&valid, h.name));
+            let mut invalid_headers = without(&valid, h.name);
+            invalid_headers.push((h.name, INVALID));
+            let invalid = ex(&invalid_headers);
+            match h.role {
+                Role::TraceId | Role::Required => {
+                    assert!(missing.contexts.is_empty(), "{}: missing", h.name);
+                    assert!(invalid.contexts.is_empty(), "{}: invalid", h.name);
+                    assert!(
+                        invalid.malformed.iter().any(|m| m.header == h.name),
+                        "{}: invalid is reported: {:?}",
+                        h.name,
+                        invalid.malformed
+                    );
+                }
+                Role::Optional | Role::List => {
+                    assert_eq!(ctx(&missing).format, spec.format, "{}: missing", h.name);
+                    assert_eq!(invalid.contexts.len(), 1, "{}: invalid", h.name);
+                    assert!(
+                        invalid.malformed.iter().all(|m| m.header == h.name),
+                        "{}: {:?}",
+                        h.name,
+                        invalid.malformed
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn repeated_headers_in_every_format() {
+    for spec in FORMATS {
+        let valid = valid_headers(spec);
+        let once = ex(&valid);
+        for h in spec.headers {
+            let value = valid_value_for(h.name);
+            let mut same_twice = valid.clone();
+            same_twice.push((h.name, value));
+            let other = format!("{value}0");
+            let mut different: Vec<(&str, &str)> = valid.clone();
+            different.push((h.name, &other));
+            let e = ex(&different);
+            let repeated = format!("{}: repeated header", h.name);
+            let is_repeated = reasons(&e).contains(&repeated.as_str());
+            match h.role {
+                // Instances are combined, never "repeated".
+                Role::List => {
+                    assert!(!is_repeated, "{}", h.name);
+                    assert_eq!(e.contexts.len(), 1, "{}", h.name);
+                }
+                Role::TraceId | Role::Required | Role::Optional => {
+                    assert_eq!(ex(&same_twice), once, "{}: the same value twice", h.name);
+                    assert!(is_repeated, "{}: {:?}", h.name, e.malformed);
+                    let kept = h.role == Role::Optional;
+                    assert_eq!(e.contexts.len(), usize::from(kept), "{}", h.name);
+                }
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------
 // Normalisation, consistency, priority, case-insensitivity
 // ------------------------------------------------------------------------------------------
 
@@ -279,16 +409,10 @@ fn header_names_are_case_insensitive() {
 }
 
 fn format_of(header: &str) -> TraceFormat {
-    match header {
-        "traceparent" | "tracestate" => TraceFormat::W3c,
-        h if h.starts_with("x-b3-") => TraceFormat::B3,
-        "b3" => TraceFormat::B3Single,
-        "uber-trace-id" => TraceFormat::Jaeger,
-        "x-amzn-trace-id" => TraceFormat::Aws,
-        h if h.starts_with("x-datadog-") => TraceFormat::Datadog,
-        "sw8" => TraceFormat::Sw8,
-        _ => TraceFormat::RequestId,
-    }
+    FORMATS
+        .iter()
+        .find(|spec| spec.headers.iter().any(|h| h.name == header))
+        .map_or(TraceFormat::RequestId, |spec| spec.format)
 }
 
 #[test]
@@ -345,28 +469,6 @@ fn get_finds_a_format() {
 // Hostile input and fuzzing
 // ------------------------------------------------------------------------------------------
 
-const ALL_NAMES: [&str; 19] = [
-    "traceparent",
-    "tracestate",
-    "x-b3-traceid",
-    "x-b3-spanid",
-    "x-b3-parentspanid",
-    "x-b3-sampled",
-    "x-b3-flags",
-    "b3",
-    "uber-trace-id",
-    "x-amzn-trace-id",
-    "x-datadog-trace-id",
-    "x-datadog-parent-id",
-    "x-datadog-sampling-priority",
-    "sw8",
-    "x-request-id",
-    "x-trace-id",
-    "trace-id",
-    "x-correlation-id",
-    "x-extra-id",
-];
-
 fn check_invariants(e: &Extraction) {
     for m in &e.malformed {
         assert!(m.reason.len() <= 200, "reason too long: {}", m.reason.len());
@@ -415,7 +517,7 @@ fn hostile_values_never_echoed() {
     let controls: Vec<u8> = (0u8..0x20).chain([0x7f]).cycle().take(300).collect();
     let seps: Vec<u8> = b"-:;=,%".iter().copied().cycle().take(64 * 1024).collect();
     for value in [&huge_x, &huge_hex, &nuls, &garbage, &controls, &seps] {
-        for name in ALL_NAMES {
+        for name in names.iter() {
             let e = extract([(name, value.as_slice())], &names);
             check_invariants(&e);
             for m in &e.malformed {
@@ -528,6 +630,7 @@ fn random_case(rng: &mut XorShift, name: &str) -> String {
 #[test]
 fn fuzz_no_panic_and_bounded_reasons() {
     let names = HeaderNames::new(&["x-extra-id".to_string()]);
+    let all_names: Vec<&str> = names.iter().collect();
     let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
     let mut contexts = 0usize;
     let mut malformed = 0usize;
@@ -535,7 +638,7 @@ fn fuzz_no_panic_and_bounded_reasons() {
         let n_headers = 1 + rng.below(4);
         let mut owned: Vec<(String, Vec<u8>)> = Vec::with_capacity(n_headers);
         for _ in 0..n_headers {
-            let name = ALL_NAMES[rng.below(ALL_NAMES.len())];
+            let name = all_names[rng.below(all_names.len())];
             let value = match rng.below(4) {
                 0 => {
                     let len = match rng.below(20) {
