@@ -24,7 +24,7 @@
 //! invalid). `tracestate` is the exception: it is a list-valued header and repeated instances are
 //! combined as by RFC 7230 §3.2.2 (W3C Trace Context §3.3.1.1).
 //!
-//! Layout: the [`FORMATS`] table maps every fixed header name to its format and to the [`Role`]
+//! Layout: the `FORMATS` table maps every fixed header name to its format and to the `Role`
 //! it plays there, and names the function that parses the format. `extract` sorts a request's
 //! headers by that table and calls each format present, in priority order. Each format lives in
 //! its own file with its tests; `tests.rs` holds the cross-format tests. Adding a format is a
