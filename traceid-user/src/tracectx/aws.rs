@@ -2,20 +2,19 @@
 //! (<https://docs.aws.amazon.com/xray/latest/devguide/xray-concepts.html#xray-concepts-tracingheader>).
 
 use super::{
-    all_zeros, ascii_string, hex_class, trim_ows, Extraction, Hex, TraceContext, TraceFormat,
-    Value, X_AMZN_TRACE_ID,
+    all_zeros, ascii_string, hex_class, trim_ows, Extraction, FormatHeaders, Hex, TraceContext,
+    TraceFormat,
 };
 
-pub(super) fn extract(v: Value<'_>, out: &mut Extraction) {
-    let f = TraceFormat::Aws;
-    match v {
-        Value::Absent => {}
-        Value::Repeated => out.bad(f, X_AMZN_TRACE_ID, "repeated header"),
-        Value::One(s) => match parse(s) {
-            Ok(ctx) => out.contexts.push(ctx),
-            Err(d) => out.bad(f, X_AMZN_TRACE_ID, d),
-        },
-    }
+pub(super) const X_AMZN_TRACE_ID: &str = "x-amzn-trace-id";
+
+pub(super) fn extract(h: &FormatHeaders<'_, '_>, out: &mut Extraction) {
+    out.single_header(
+        TraceFormat::Aws,
+        X_AMZN_TRACE_ID,
+        h.one(X_AMZN_TRACE_ID),
+        parse,
+    );
 }
 
 fn parse(s: &[u8]) -> Result<TraceContext, String> {
@@ -92,4 +91,107 @@ fn parse(s: &[u8]) -> Result<TraceContext, String> {
         span_id: parent.map(ascii_string),
         sampled,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::tracectx::test_support::{assert_bad, ctx, one, XRAY};
+    use crate::tracectx::{TraceContext, TraceFormat};
+
+    // ------------------------------------------------------------------------------------------
+    // AWS X-Ray
+    // ------------------------------------------------------------------------------------------
+
+    #[test]
+    fn aws_official_example() {
+        let e = one("X-Amzn-Trace-Id", XRAY);
+        assert_eq!(
+            ctx(&e),
+            &TraceContext {
+                format: TraceFormat::Aws,
+                header: "x-amzn-trace-id".into(),
+                trace_id: "1-5759e988-bd862e3fe1be46a994272793".into(),
+                normalized: "5759e988bd862e3fe1be46a994272793".into(),
+                span_id: Some("53995c3f42cd8ad8".into()),
+                sampled: Some(true),
+            }
+        );
+    }
+
+    #[test]
+    fn aws_variants() {
+        // Root only; other keys (ALB's Self) allowed; OWS and trailing ';' tolerated.
+        let c = ctx(&one(
+            "x-amzn-trace-id",
+            "Self=1-67891234-12456789abcdef012345678;Root=1-5759e988-bd862e3fe1be46a994272793",
+        ))
+        .clone();
+        assert_eq!((c.span_id, c.sampled), (None, None));
+        let e = one(
+            "x-amzn-trace-id",
+            "Root=1-5759e988-bd862e3fe1be46a994272793; Parent=53995c3f42cd8ad8; Sampled=?;",
+        );
+        assert_eq!(ctx(&e).sampled, None);
+        let e = one(
+            "x-amzn-trace-id",
+            "Root=1-5759e988-bd862e3fe1be46a994272793;Sampled=0;Lineage=a87bd80c:0",
+        );
+        assert_eq!(ctx(&e).sampled, Some(false));
+    }
+
+    #[test]
+    fn aws_missing_root() {
+        assert_bad(
+            &one("x-amzn-trace-id", "Parent=53995c3f42cd8ad8;Sampled=1"),
+            "x-amzn-trace-id: missing Root",
+        );
+        assert_bad(&one("x-amzn-trace-id", ""), "x-amzn-trace-id: empty");
+    }
+
+    #[test]
+    fn aws_bad_fields() {
+        let bad = |v: &str, r: &str| {
+            assert_bad(&one("x-amzn-trace-id", v), &format!("x-amzn-trace-id: {r}"))
+        };
+        bad(
+            "Root=1-5759E988-bd862e3fe1be46a994272793",
+            "uppercase hex in Root",
+        );
+        bad(
+            "Root=2-5759e988-bd862e3fe1be46a994272793",
+            "Root is not 1-<8 hex>-<24 hex>",
+        );
+        bad(
+            "Root=1-5759e988-bd862e3fe1be46a99427279",
+            "Root is not 1-<8 hex>-<24 hex>",
+        );
+        bad(
+            "Root=1-5759e988bd862e3fe1be46a994272793",
+            "Root is not 1-<8 hex>-<24 hex>",
+        );
+        bad(
+            "Root=1-00000000-000000000000000000000000",
+            "Root trace id is all zeros",
+        );
+        bad(
+            "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f",
+            "Parent is not 16 hex digits",
+        );
+        bad(
+            "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995C3F42CD8AD8",
+            "uppercase hex in Parent",
+        );
+        bad(
+            "Root=1-5759e988-bd862e3fe1be46a994272793;Sampled=yes",
+            "Sampled must be 0, 1 or ?",
+        );
+        bad(
+            "Root=1-5759e988-bd862e3fe1be46a994272793;garbage",
+            "field without '='",
+        );
+        bad(
+            "Root=1-5759e988-bd862e3fe1be46a994272793;Root=1-5759e988-bd862e3fe1be46a994272793",
+            "repeated Root",
+        );
+    }
 }

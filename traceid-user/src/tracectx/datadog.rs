@@ -2,9 +2,12 @@
 //! `x-datadog-sampling-priority` (<https://docs.datadoghq.com/tracing/trace_collection/trace_context_propagation/>).
 
 use super::{
-    ascii_string, parse_u64, DecErr, Extraction, TraceContext, TraceFormat, Value,
-    X_DATADOG_PARENT_ID, X_DATADOG_SAMPLING_PRIORITY, X_DATADOG_TRACE_ID,
+    ascii_string, parse_u64, DecErr, Extraction, FormatHeaders, TraceContext, TraceFormat, Value,
 };
+
+pub(super) const X_DATADOG_TRACE_ID: &str = "x-datadog-trace-id";
+pub(super) const X_DATADOG_PARENT_ID: &str = "x-datadog-parent-id";
+pub(super) const X_DATADOG_SAMPLING_PRIORITY: &str = "x-datadog-sampling-priority";
 
 fn check_id(v: &[u8]) -> Result<u64, &'static str> {
     match parse_u64(v) {
@@ -31,14 +34,10 @@ fn parse_priority(v: &[u8]) -> Option<bool> {
 }
 
 /// The sampling priority alone (no trace id) is a sampling decision only.
-pub(super) fn extract(
-    trace: Value<'_>,
-    parent: Value<'_>,
-    priority: Value<'_>,
-    out: &mut Extraction,
-) {
+pub(super) fn extract(h: &FormatHeaders<'_, '_>, out: &mut Extraction) {
     let f = TraceFormat::Datadog;
-    let sampled = match priority {
+    let parent = h.one(X_DATADOG_PARENT_ID);
+    let sampled = match h.one(X_DATADOG_SAMPLING_PRIORITY) {
         Value::Absent => None,
         Value::Repeated => {
             out.bad(f, X_DATADOG_SAMPLING_PRIORITY, "repeated header");
@@ -52,7 +51,7 @@ pub(super) fn extract(
             r
         }
     };
-    let (t, id) = match trace {
+    let (t, id) = match h.one(X_DATADOG_TRACE_ID) {
         Value::Absent => {
             if parent.is_present() {
                 out.bad(f, X_DATADOG_TRACE_ID, "missing (parent id present)");
@@ -94,4 +93,107 @@ pub(super) fn extract(
         span_id,
         sampled,
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::tracectx::test_support::{assert_bad, ctx, ex, one, reasons, DD_A3CE};
+    use crate::tracectx::{TraceContext, TraceFormat};
+
+    // ------------------------------------------------------------------------------------------
+    // Datadog
+    // ------------------------------------------------------------------------------------------
+
+    #[test]
+    fn datadog_decimal() {
+        let e = ex(&[
+            ("x-datadog-trace-id", DD_A3CE),
+            ("x-datadog-parent-id", "5208512171318403364"),
+            ("x-datadog-sampling-priority", "1"),
+        ]);
+        assert_eq!(
+            ctx(&e),
+            &TraceContext {
+                format: TraceFormat::Datadog,
+                header: "x-datadog-trace-id".into(),
+                trace_id: DD_A3CE.into(),
+                normalized: "0000000000000000a3ce929d0e0e4736".into(),
+                span_id: Some("5208512171318403364".into()),
+                sampled: Some(true),
+            }
+        );
+    }
+
+    #[test]
+    fn datadog_priorities_and_limits() {
+        let prio = |p: &str| {
+            ctx(&ex(&[
+                ("x-datadog-trace-id", "1"),
+                ("x-datadog-sampling-priority", p),
+            ]))
+            .sampled
+        };
+        assert_eq!(prio("2"), Some(true));
+        assert_eq!(prio("0"), Some(false));
+        assert_eq!(prio("-1"), Some(false));
+        let c = ctx(&one("x-datadog-trace-id", "18446744073709551615")).clone();
+        assert_eq!(c.normalized, "0000000000000000ffffffffffffffff");
+        assert_eq!(
+            ctx(&one("x-datadog-trace-id", "0001")).normalized,
+            "00000000000000000000000000000001"
+        );
+        // Priority alone: a sampling decision only.
+        assert!(one("x-datadog-sampling-priority", "1").is_empty());
+    }
+
+    #[test]
+    fn datadog_overflow() {
+        assert_bad(
+            &one("x-datadog-trace-id", "18446744073709551616"),
+            "x-datadog-trace-id: overflows 64 bits",
+        );
+        assert_bad(
+            &one("x-datadog-trace-id", &"9".repeat(100)),
+            "x-datadog-trace-id: overflows 64 bits",
+        );
+    }
+
+    #[test]
+    fn datadog_bad_values() {
+        assert_bad(
+            &one("x-datadog-trace-id", "0"),
+            "x-datadog-trace-id: is zero",
+        );
+        assert_bad(
+            &one("x-datadog-trace-id", "12a"),
+            "x-datadog-trace-id: not an unsigned decimal",
+        );
+        assert_bad(
+            &one("x-datadog-trace-id", "-12"),
+            "x-datadog-trace-id: not an unsigned decimal",
+        );
+        assert_bad(&one("x-datadog-trace-id", ""), "x-datadog-trace-id: empty");
+        assert_bad(
+            &one("x-datadog-parent-id", "12"),
+            "x-datadog-trace-id: missing (parent id present)",
+        );
+        // Bad optional headers are reported, the context stays.
+        let e = ex(&[
+            ("x-datadog-trace-id", "12"),
+            ("x-datadog-parent-id", "x"),
+            ("x-datadog-sampling-priority", "high"),
+        ]);
+        assert_eq!(
+            reasons(&e),
+            [
+                "x-datadog-sampling-priority: not an integer",
+                "x-datadog-parent-id: not an unsigned decimal"
+            ]
+        );
+        assert_eq!(e.contexts.len(), 1);
+        assert_eq!(
+            (e.contexts[0].span_id.clone(), e.contexts[0].sampled),
+            (None, None)
+        );
+    }
 }

@@ -2,20 +2,19 @@
 //! (<https://www.jaegertracing.io/docs/latest/client-libraries/#tracespan-identity>).
 
 use super::{
-    all_zeros, hex_class, lower_string, pad32, Extraction, Hex, TraceContext, TraceFormat, Value,
-    UBER_TRACE_ID,
+    all_zeros, hex_class, lower_string, pad32, Extraction, FormatHeaders, Hex, TraceContext,
+    TraceFormat,
 };
 
-pub(super) fn extract(v: Value<'_>, out: &mut Extraction) {
-    let f = TraceFormat::Jaeger;
-    match v {
-        Value::Absent => {}
-        Value::Repeated => out.bad(f, UBER_TRACE_ID, "repeated header"),
-        Value::One(s) => match parse(s) {
-            Ok(ctx) => out.contexts.push(ctx),
-            Err(d) => out.bad(f, UBER_TRACE_ID, d),
-        },
-    }
+pub(super) const UBER_TRACE_ID: &str = "uber-trace-id";
+
+pub(super) fn extract(h: &FormatHeaders<'_, '_>, out: &mut Extraction) {
+    out.single_header(
+        TraceFormat::Jaeger,
+        UBER_TRACE_ID,
+        h.one(UBER_TRACE_ID),
+        parse,
+    );
 }
 
 /// Splits on ':' or its URL encoding "%3A"/"%3a" (Jaeger clients may URL-encode the value).
@@ -107,4 +106,134 @@ fn parse(s: &[u8]) -> Result<TraceContext, String> {
         span_id: Some(lower_string(span_id)),
         sampled,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::tracectx::test_support::{assert_bad, ctx, one, B3_TID};
+    use crate::tracectx::{TraceContext, TraceFormat};
+
+    // ------------------------------------------------------------------------------------------
+    // Jaeger
+    // ------------------------------------------------------------------------------------------
+
+    #[test]
+    fn jaeger_valid() {
+        let e = one(
+            "uber-trace-id",
+            "4bf92f3577b34da6a3ce929d0e0e4736:00f067aa0ba902b7:0:1",
+        );
+        assert_eq!(
+            ctx(&e),
+            &TraceContext {
+                format: TraceFormat::Jaeger,
+                header: "uber-trace-id".into(),
+                trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+                normalized: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+                span_id: Some("00f067aa0ba902b7".into()),
+                sampled: Some(true),
+            }
+        );
+    }
+
+    #[test]
+    fn jaeger_url_encoded_short_and_uppercase() {
+        let e = one(
+            "Uber-Trace-Id",
+            "a3ce929d0e0e4736%3Ae457b5a2e4d86bd1%3a0%3A0",
+        );
+        let c = ctx(&e);
+        assert_eq!(c.normalized, "0000000000000000a3ce929d0e0e4736");
+        assert_eq!(c.sampled, Some(false));
+        // Leading zeros omitted.
+        let c = ctx(&one("uber-trace-id", "abc:1:0:3")).clone();
+        assert_eq!(
+            (c.trace_id.as_str(), c.normalized.as_str()),
+            ("abc", "00000000000000000000000000000abc")
+        );
+        assert_eq!(c.sampled, Some(true));
+        // Uppercase accepted, lowercased.
+        let c = ctx(&one("uber-trace-id", "ABC:DEF:0:1")).clone();
+        assert_eq!(
+            (c.trace_id.as_str(), c.span_id.as_deref()),
+            ("abc", Some("def"))
+        );
+    }
+
+    #[test]
+    fn jaeger_flags_parity() {
+        for (flags, sampled) in [
+            ("0", false),
+            ("1", true),
+            ("2", false),
+            ("3", true),
+            ("10", false),
+            ("11", true),
+            ("1f", true),
+            ("255", true),
+        ] {
+            assert_eq!(
+                ctx(&one("uber-trace-id", &format!("abc:def:0:{flags}"))).sampled,
+                Some(sampled),
+                "{flags}"
+            );
+        }
+        assert_bad(
+            &one("uber-trace-id", "abc:def:0:1000"),
+            "uber-trace-id: flags is not a small integer",
+        );
+        assert_bad(
+            &one("uber-trace-id", "abc:def:0:"),
+            "uber-trace-id: flags is not a small integer",
+        );
+    }
+
+    #[test]
+    fn jaeger_zero_ids() {
+        assert_bad(
+            &one("uber-trace-id", "0:00f067aa0ba902b7:0:1"),
+            "uber-trace-id: trace id is zero",
+        );
+        assert_bad(
+            &one("uber-trace-id", "00000000000000000000000000000000:1:0:1"),
+            "uber-trace-id: trace id is zero",
+        );
+        assert_bad(
+            &one("uber-trace-id", "abc:0000:0:1"),
+            "uber-trace-id: span id is zero",
+        );
+    }
+
+    #[test]
+    fn jaeger_bad_layout() {
+        assert_bad(
+            &one("uber-trace-id", "abc:def:1"),
+            "uber-trace-id: 3 fields (needs trace-id:span-id:parent-span-id:flags)",
+        );
+        assert_bad(
+            &one("uber-trace-id", "abc:def:0:1:2"),
+            "uber-trace-id: 5 fields (needs trace-id:span-id:parent-span-id:flags)",
+        );
+        assert_bad(
+            &one("uber-trace-id", "abc%3Bdef:0:1"),
+            "uber-trace-id: bad percent-encoding",
+        );
+        assert_bad(
+            &one("uber-trace-id", "abc:def:0:1%"),
+            "uber-trace-id: bad percent-encoding",
+        );
+        assert_bad(
+            &one("uber-trace-id", &format!("{B3_TID}0:def:0:1")),
+            "uber-trace-id: trace id is not 1-32 hex digits",
+        );
+        assert_bad(
+            &one("uber-trace-id", "abc:00f067aa0ba902b70:0:1"),
+            "uber-trace-id: span id is not 1-16 hex digits",
+        );
+        assert_bad(
+            &one("uber-trace-id", "abc:def::1"),
+            "uber-trace-id: parent span id is not 1-16 hex digits",
+        );
+        assert_bad(&one("uber-trace-id", ""), "uber-trace-id: empty");
+    }
 }

@@ -23,6 +23,12 @@
 //! (W3C Trace Context §3.2: multiple `traceparent` headers make the request's traceparent
 //! invalid). `tracestate` is the exception: it is a list-valued header and repeated instances are
 //! combined as by RFC 7230 §3.2.2 (W3C Trace Context §3.3.1.1).
+//!
+//! Layout: the `FORMATS` table maps every fixed header name to its format and to the `Role`
+//! it plays there, and names the function that parses the format. `extract` sorts a request's
+//! headers by that table and calls each format present, in priority order. Each format lives in
+//! its own file with its tests; `tests.rs` holds the cross-format tests. Adding a format is a
+//! file, a table row and a [`TraceFormat`] variant: see `docs/adding-a-trace-format.md`.
 
 use std::fmt;
 
@@ -34,6 +40,8 @@ mod request_id;
 mod sw8;
 mod w3c;
 
+#[cfg(test)]
+mod test_support;
 #[cfg(test)]
 mod tests;
 
@@ -101,85 +109,144 @@ impl fmt::Display for TraceFormat {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Header names
+// The format table
 // ---------------------------------------------------------------------------------------------
 
-const TRACEPARENT: &str = "traceparent";
-const TRACESTATE: &str = "tracestate";
-const X_B3_TRACEID: &str = "x-b3-traceid";
-const X_B3_SPANID: &str = "x-b3-spanid";
-const X_B3_PARENTSPANID: &str = "x-b3-parentspanid";
-const X_B3_SAMPLED: &str = "x-b3-sampled";
-const X_B3_FLAGS: &str = "x-b3-flags";
-const B3: &str = "b3";
-const UBER_TRACE_ID: &str = "uber-trace-id";
-const X_AMZN_TRACE_ID: &str = "x-amzn-trace-id";
-const X_DATADOG_TRACE_ID: &str = "x-datadog-trace-id";
-const X_DATADOG_PARENT_ID: &str = "x-datadog-parent-id";
-const X_DATADOG_SAMPLING_PRIORITY: &str = "x-datadog-sampling-priority";
-const SW8: &str = "sw8";
+/// The part a header plays in its format. The parsers implement these rules; the cross-format
+/// tests check every format against them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    /// Carries the trace id; the format's context is reported under this header's name. Exactly
+    /// one per format.
+    TraceId,
+    /// Also needed for a context (B3 `x-b3-spanid`): when missing or invalid there is none.
+    Required,
+    /// Refines a context (parent span, sampling decision): an invalid value may be reported as
+    /// malformed but never discards the context.
+    Optional,
+    /// Like [`Role::Optional`], and list-valued: repeated instances are combined in wire order
+    /// (RFC 9110 §5.3) instead of making the header "repeated".
+    List,
+}
 
-/// The fixed (non request-id) headers, indexed by [`Known`].
-const KNOWN_HEADERS: [&str; 14] = [
-    TRACEPARENT,
-    TRACESTATE,
-    X_B3_TRACEID,
-    X_B3_SPANID,
-    X_B3_PARENTSPANID,
-    X_B3_SAMPLED,
-    X_B3_FLAGS,
-    B3,
-    UBER_TRACE_ID,
-    X_AMZN_TRACE_ID,
-    X_DATADOG_TRACE_ID,
-    X_DATADOG_PARENT_ID,
-    X_DATADOG_SAMPLING_PRIORITY,
-    SW8,
+/// One header of a format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct HeaderSpec {
+    /// Lowercase.
+    name: &'static str,
+    role: Role,
+}
+
+impl HeaderSpec {
+    const fn new(name: &'static str, role: Role) -> Self {
+        HeaderSpec { name, role }
+    }
+}
+
+/// A format read from fixed header names.
+struct FormatSpec {
+    format: TraceFormat,
+    headers: &'static [HeaderSpec],
+    /// Pushes the format's context and malformed reports to the extraction. Called once per
+    /// request, only when at least one of `headers` is on it.
+    extract: fn(&FormatHeaders<'_, '_>, &mut Extraction),
+}
+
+/// Every format with fixed header names, in priority order ([`TraceFormat`]'s `Ord`), so that
+/// [`Extraction::contexts`] comes out in priority order. Header names are lowercase and unique.
+/// The request-id family is apart: its names are configured at run time (see [`HeaderNames`]).
+const FORMATS: &[FormatSpec] = &[
+    FormatSpec {
+        format: TraceFormat::W3c,
+        headers: &[
+            HeaderSpec::new(w3c::TRACEPARENT, Role::TraceId),
+            HeaderSpec::new(w3c::TRACESTATE, Role::List),
+        ],
+        extract: w3c::extract,
+    },
+    FormatSpec {
+        format: TraceFormat::B3,
+        headers: &[
+            HeaderSpec::new(b3::X_B3_TRACEID, Role::TraceId),
+            HeaderSpec::new(b3::X_B3_SPANID, Role::Required),
+            HeaderSpec::new(b3::X_B3_PARENTSPANID, Role::Optional),
+            HeaderSpec::new(b3::X_B3_SAMPLED, Role::Optional),
+            HeaderSpec::new(b3::X_B3_FLAGS, Role::Optional),
+        ],
+        extract: b3::extract_multi,
+    },
+    FormatSpec {
+        format: TraceFormat::B3Single,
+        headers: &[HeaderSpec::new(b3::B3, Role::TraceId)],
+        extract: b3::extract_single,
+    },
+    FormatSpec {
+        format: TraceFormat::Jaeger,
+        headers: &[HeaderSpec::new(jaeger::UBER_TRACE_ID, Role::TraceId)],
+        extract: jaeger::extract,
+    },
+    FormatSpec {
+        format: TraceFormat::Aws,
+        headers: &[HeaderSpec::new(aws::X_AMZN_TRACE_ID, Role::TraceId)],
+        extract: aws::extract,
+    },
+    FormatSpec {
+        format: TraceFormat::Datadog,
+        headers: &[
+            HeaderSpec::new(datadog::X_DATADOG_TRACE_ID, Role::TraceId),
+            HeaderSpec::new(datadog::X_DATADOG_PARENT_ID, Role::Optional),
+            HeaderSpec::new(datadog::X_DATADOG_SAMPLING_PRIORITY, Role::Optional),
+        ],
+        extract: datadog::extract,
+    },
+    FormatSpec {
+        format: TraceFormat::Sw8,
+        headers: &[HeaderSpec::new(sw8::SW8, Role::TraceId)],
+        extract: sw8::extract,
+    },
 ];
+
+// Rows out of priority order would put `Extraction::contexts` out of priority order.
+const _: () = {
+    let mut i = 1;
+    while i < FORMATS.len() {
+        assert!(
+            (FORMATS[i - 1].format as u8) < (FORMATS[i].format as u8),
+            "FORMATS rows must be in TraceFormat (priority) order"
+        );
+        i += 1;
+    }
+};
+
+/// How many headers [`FORMATS`] lists in all.
+const FIXED_HEADER_COUNT: usize = {
+    let mut count = 0;
+    let mut i = 0;
+    while i < FORMATS.len() {
+        count += FORMATS[i].headers.len();
+        i += 1;
+    }
+    count
+};
+
+/// Every header of [`FORMATS`], row by row. The position of a header in this sequence is its
+/// index in [`Collected::values`].
+fn fixed_headers() -> impl Iterator<Item = &'static HeaderSpec> {
+    FORMATS.iter().flat_map(|f| f.headers.iter())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Header names
+// ---------------------------------------------------------------------------------------------
 
 /// The built-in request-id family (opaque ids).
 pub const REQUEST_ID_HEADERS: [&str; 4] =
     ["x-request-id", "x-trace-id", "trace-id", "x-correlation-id"];
 
-/// Index into [`KNOWN_HEADERS`] / [`Collected::known`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Known {
-    Traceparent = 0,
-    Tracestate,
-    B3TraceId,
-    B3SpanId,
-    B3ParentSpanId,
-    B3Sampled,
-    B3Flags,
-    B3Single,
-    UberTraceId,
-    AmznTraceId,
-    DdTraceId,
-    DdParentId,
-    DdSamplingPriority,
-    Sw8,
-}
-
-const KNOWN_ALL: [Known; 14] = [
-    Known::Traceparent,
-    Known::Tracestate,
-    Known::B3TraceId,
-    Known::B3SpanId,
-    Known::B3ParentSpanId,
-    Known::B3Sampled,
-    Known::B3Flags,
-    Known::B3Single,
-    Known::UberTraceId,
-    Known::AmznTraceId,
-    Known::DdTraceId,
-    Known::DdParentId,
-    Known::DdSamplingPriority,
-    Known::Sw8,
-];
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Class {
-    Known(Known),
+    /// A header of [`FORMATS`]; `index` as in [`fixed_headers`].
+    Fixed { index: usize, role: Role },
     /// Index into [`HeaderNames::request_ids`].
     RequestId(usize),
 }
@@ -206,7 +273,7 @@ impl HeaderNames {
         for extra in extra_request_id_headers {
             let name = extra.trim().to_ascii_lowercase();
             if name.is_empty()
-                || KNOWN_HEADERS.contains(&name.as_str())
+                || fixed_headers().any(|h| h.name == name)
                 || request_ids.contains(&name)
             {
                 continue;
@@ -227,9 +294,8 @@ impl HeaderNames {
 
     /// Every header name read, lowercase: the fixed ones, then the request-id family.
     pub fn iter(&self) -> impl Iterator<Item = &str> + '_ {
-        KNOWN_HEADERS
-            .iter()
-            .copied()
+        fixed_headers()
+            .map(|h| h.name)
             .chain(self.request_ids.iter().map(String::as_str))
     }
 
@@ -238,13 +304,17 @@ impl HeaderNames {
         self.request_ids.iter().map(String::as_str)
     }
 
+    /// On the hot path (every header of every HTTP head): allocation-free, and
+    /// `eq_ignore_ascii_case` rejects a different length before looking at any byte.
     fn classify(&self, name: &str) -> Option<Class> {
-        // Longest name is "x-datadog-sampling-priority" (27); extras may be longer.
-        if let Some(i) = KNOWN_HEADERS
-            .iter()
-            .position(|k| k.eq_ignore_ascii_case(name))
+        if let Some((index, h)) = fixed_headers()
+            .enumerate()
+            .find(|(_, h)| h.name.eq_ignore_ascii_case(name))
         {
-            return KNOWN_ALL.get(i).map(|k| Class::Known(*k));
+            return Some(Class::Fixed {
+                index,
+                role: h.role,
+            });
         }
         self.request_ids
             .iter()
@@ -400,6 +470,26 @@ impl Extraction {
             reason: format!("{header}: {detail}"),
         });
     }
+
+    /// The common case of a header that carries a whole context on its own: absent is nothing,
+    /// repeated with different values is malformed, one value is parsed into a context or a
+    /// malformed report.
+    fn single_header(
+        &mut self,
+        format: TraceFormat,
+        header: &str,
+        v: Value<'_>,
+        parse: impl FnOnce(&[u8]) -> Result<TraceContext, String>,
+    ) {
+        match v {
+            Value::Absent => {}
+            Value::Repeated => self.bad(format, header, "repeated header"),
+            Value::One(s) => match parse(s) {
+                Ok(ctx) => self.contexts.push(ctx),
+                Err(d) => self.bad(format, header, d),
+            },
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -431,17 +521,72 @@ impl<'a> Value<'a> {
     }
 }
 
-#[derive(Default)]
+/// The trace headers of one request, sorted by header.
 struct Collected<'a> {
-    known: [Value<'a>; 14],
-    tracestate: Vec<&'a [u8]>,
+    /// The single-valued headers of [`FORMATS`], indexed as [`fixed_headers`] lists them.
+    values: [Value<'a>; FIXED_HEADER_COUNT],
+    /// Every instance of the list-valued ([`Role::List`]) headers of [`FORMATS`]: (index as in
+    /// `values`, value), in wire order.
+    lists: Vec<(usize, &'a [u8])>,
     /// (index into HeaderNames::request_ids, value) in first-seen order.
     request_ids: Vec<(usize, Value<'a>)>,
 }
 
-impl<'a> Collected<'a> {
-    fn get(&self, k: Known) -> Value<'a> {
-        self.known.get(k as usize).copied().unwrap_or_default()
+impl Default for Collected<'_> {
+    fn default() -> Self {
+        Collected {
+            values: [Value::Absent; FIXED_HEADER_COUNT],
+            lists: Vec::new(),
+            request_ids: Vec::new(),
+        }
+    }
+}
+
+/// One format's headers as carried by a request: what a format's `extract` reads, by header
+/// name. The names are those of the format's row in [`FORMATS`]; any other name reads as absent.
+struct FormatHeaders<'c, 'a> {
+    specs: &'static [HeaderSpec],
+    /// Index in [`Collected::values`] of `specs[0]`.
+    first: usize,
+    collected: &'c Collected<'a>,
+}
+
+impl<'a> FormatHeaders<'_, 'a> {
+    /// Index in [`Collected::values`] of the header `name`.
+    fn index(&self, name: &str) -> Option<usize> {
+        let found = self.specs.iter().position(|h| h.name == name);
+        debug_assert!(found.is_some(), "{name} is not in the format's FORMATS row");
+        found.map(|i| self.first + i)
+    }
+
+    /// A single-valued header.
+    fn one(&self, name: &str) -> Value<'a> {
+        self.index(name)
+            .and_then(|i| self.collected.values.get(i).copied())
+            .unwrap_or_default()
+    }
+
+    /// Every instance of a list-valued header, in wire order (empty when absent).
+    fn list(&self, name: &str) -> Vec<&'a [u8]> {
+        let Some(i) = self.index(name) else {
+            return Vec::new();
+        };
+        self.collected
+            .lists
+            .iter()
+            .filter(|(j, _)| *j == i)
+            .map(|(_, v)| *v)
+            .collect()
+    }
+
+    /// True when the request carries at least one of the format's headers.
+    fn any_present(&self) -> bool {
+        let range = self.first..self.first + self.specs.len();
+        self.collected
+            .values
+            .get(range.clone())
+            .is_some_and(|vs| vs.iter().any(|v| v.is_present()))
+            || self.collected.lists.iter().any(|(i, _)| range.contains(i))
     }
 }
 
@@ -456,9 +601,12 @@ pub fn extract<'a, I: IntoIterator<Item = (&'a str, &'a [u8])>>(
         let value = trim_ows(value);
         match names.classify(name) {
             None => {}
-            Some(Class::Known(Known::Tracestate)) => c.tracestate.push(value),
-            Some(Class::Known(k)) => {
-                if let Some(slot) = c.known.get_mut(k as usize) {
+            Some(Class::Fixed {
+                index,
+                role: Role::List,
+            }) => c.lists.push((index, value)),
+            Some(Class::Fixed { index, .. }) => {
+                if let Some(slot) = c.values.get_mut(index) {
                     slot.push(value);
                 }
             }
@@ -472,30 +620,18 @@ pub fn extract<'a, I: IntoIterator<Item = (&'a str, &'a [u8])>>(
     }
 
     let mut out = Extraction::default();
-    w3c::traceparent(c.get(Known::Traceparent), &mut out);
-    if !c.tracestate.is_empty() {
-        w3c::tracestate(&c.tracestate, &mut out);
+    let mut first = 0;
+    for spec in FORMATS {
+        let carried = FormatHeaders {
+            specs: spec.headers,
+            first,
+            collected: &c,
+        };
+        if carried.any_present() {
+            (spec.extract)(&carried, &mut out);
+        }
+        first += spec.headers.len();
     }
-    b3::multi(
-        b3::Multi {
-            trace_id: c.get(Known::B3TraceId),
-            span_id: c.get(Known::B3SpanId),
-            parent_span_id: c.get(Known::B3ParentSpanId),
-            sampled: c.get(Known::B3Sampled),
-            flags: c.get(Known::B3Flags),
-        },
-        &mut out,
-    );
-    b3::single(c.get(Known::B3Single), &mut out);
-    jaeger::extract(c.get(Known::UberTraceId), &mut out);
-    aws::extract(c.get(Known::AmznTraceId), &mut out);
-    datadog::extract(
-        c.get(Known::DdTraceId),
-        c.get(Known::DdParentId),
-        c.get(Known::DdSamplingPriority),
-        &mut out,
-    );
-    sw8::extract(c.get(Known::Sw8), &mut out);
     for (idx, v) in &c.request_ids {
         request_id::extract(names.request_id_name(*idx), *v, &mut out);
     }

@@ -6,21 +6,15 @@
 //! The trace id is an opaque string (not hex): both `trace_id` and `normalized` are the decoded
 //! trace id, and sw8 is never compared with the hex formats.
 
-use super::{ascii_string, parse_u64, Extraction, TraceContext, TraceFormat, Value, SW8};
+use super::{ascii_string, parse_u64, Extraction, FormatHeaders, TraceContext, TraceFormat};
+
+pub(super) const SW8: &str = "sw8";
 
 /// A decoded trace id longer than this is rejected (SkyWalking ids are ~50 chars).
 const MAX_TRACE_ID: usize = 256;
 
-pub(super) fn extract(v: Value<'_>, out: &mut Extraction) {
-    let f = TraceFormat::Sw8;
-    match v {
-        Value::Absent => {}
-        Value::Repeated => out.bad(f, SW8, "repeated header"),
-        Value::One(s) => match parse(s) {
-            Ok(ctx) => out.contexts.push(ctx),
-            Err(d) => out.bad(f, SW8, d),
-        },
-    }
+pub(super) fn extract(h: &FormatHeaders<'_, '_>, out: &mut Extraction) {
+    out.single_header(TraceFormat::Sw8, SW8, h.one(SW8), parse);
 }
 
 fn parse(s: &[u8]) -> Result<TraceContext, String> {
@@ -132,8 +126,62 @@ fn b64_decode(input: &[u8], mut sink: impl FnMut(u8)) -> bool {
 }
 
 #[cfg(test)]
-mod b64_tests {
+mod tests {
     use super::b64_decode;
+    use crate::tracectx::test_support::{assert_bad, ctx, one, SW8_EX};
+    use crate::tracectx::{TraceContext, TraceFormat};
+
+    // ------------------------------------------------------------------------------------------
+    // SkyWalking sw8
+    // ------------------------------------------------------------------------------------------
+
+    #[test]
+    fn sw8_example() {
+        let e = one("sw8", SW8_EX);
+        assert_eq!(
+            ctx(&e),
+            &TraceContext {
+                format: TraceFormat::Sw8,
+                header: "sw8".into(),
+                trace_id: "1f2d4bf47bf711eab794acde48001122".into(),
+                normalized: "1f2d4bf47bf711eab794acde48001122".into(),
+                span_id: Some("0".into()),
+                sampled: Some(true),
+            }
+        );
+    }
+
+    #[test]
+    fn sw8_bad_base64() {
+        let v = SW8_EX.replace("MWYyZDRiZjQ3YmY3MTFlYWI3OTRhY2RlNDgwMDExMjI=", "MWYy!DRi");
+        assert_bad(&one("sw8", &v), "sw8: traceId is not valid base64");
+        let v = SW8_EX.replace("MWU3YzIwNGE3YmY3MTFlYWI4NThhY2RlNDgwMDExMjI=", "M");
+        assert_bad(&one("sw8", &v), "sw8: segmentId is not valid base64");
+        let v = SW8_EX.replace("L2FwcA==", "L2FwcA=");
+        assert_bad(&one("sw8", &v), "sw8: parentEndpoint is not valid base64");
+    }
+
+    #[test]
+    fn sw8_other_errors() {
+        // "\0abc" is not printable.
+        let v = SW8_EX.replace("MWYyZDRiZjQ3YmY3MTFlYWI3OTRhY2RlNDgwMDExMjI=", "AGFiYw==");
+        assert_bad(&one("sw8", &v), "sw8: traceId is not printable ASCII");
+        let v = SW8_EX.replace("MWYyZDRiZjQ3YmY3MTFlYWI3OTRhY2RlNDgwMDExMjI=", "");
+        assert_bad(&one("sw8", &v), "sw8: traceId is empty");
+        assert_bad(
+            &one("sw8", &format!("2{}", &SW8_EX[1..])),
+            "sw8: sample flag must be 0 or 1",
+        );
+        assert_bad(&one("sw8", "1-abc"), "sw8: 2 fields (needs 8)");
+        let v = SW8_EX.replace("=-0-c2", "=-x-c2");
+        assert_bad(&one("sw8", &v), "sw8: spanId is not a non-negative integer");
+        let v = format!("0{}", &SW8_EX[1..]);
+        assert_eq!(ctx(&one("sw8", &v)).sampled, Some(false));
+    }
+
+    // ------------------------------------------------------------------------------------------
+    // base64
+    // ------------------------------------------------------------------------------------------
 
     fn dec(s: &str) -> Option<Vec<u8>> {
         let mut v = Vec::new();

@@ -1,61 +1,9 @@
-//! Unit tests for trace-context extraction.
+//! Cross-format tests: the format table, header names, priority, consistency between
+//! formats, repeated headers, hostile input and fuzzing. Each format's own tests are at the
+//! bottom of its file.
 
+use super::test_support::*;
 use super::*;
-
-const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-const B3_TID: &str = "80f198ee56343ba864fe8b2a57d3eff7";
-const B3_SID: &str = "e457b5a2e4d86bd1";
-const B3_PID: &str = "05e3ac9a4f6e3b90";
-const B3_SINGLE: &str = "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90";
-const XRAY: &str = "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1";
-const SW8_EX: &str = "1-MWYyZDRiZjQ3YmY3MTFlYWI3OTRhY2RlNDgwMDExMjI=-MWU3YzIwNGE3YmY3MTFlYWI4NThhY2RlNDgwMDExMjI=-0-c2VydmljZQ==-aW5zdGFuY2U=-L2FwcA==-MTI3LjAuMC4xOjgwODA=";
-/// 0xa3ce929d0e0e4736 in decimal.
-const DD_A3CE: &str = "11803532876627986230";
-
-fn ex(headers: &[(&str, &str)]) -> Extraction {
-    extract(
-        headers.iter().map(|(n, v)| (*n, v.as_bytes())),
-        &HeaderNames::default(),
-    )
-}
-
-fn ex_with(names: &HeaderNames, headers: &[(&str, &str)]) -> Extraction {
-    extract(headers.iter().map(|(n, v)| (*n, v.as_bytes())), names)
-}
-
-fn one(name: &str, value: &str) -> Extraction {
-    ex(&[(name, value)])
-}
-
-/// The only context; panics (test only) when there is not exactly one context and no malformed.
-fn ctx(e: &Extraction) -> &TraceContext {
-    assert!(
-        e.malformed.is_empty(),
-        "unexpected malformed: {:?}",
-        e.malformed
-    );
-    assert_eq!(e.contexts.len(), 1, "contexts: {:?}", e.contexts);
-    &e.contexts[0]
-}
-
-/// The reasons of all malformed headers.
-fn reasons(e: &Extraction) -> Vec<&str> {
-    e.malformed.iter().map(|m| m.reason.as_str()).collect()
-}
-
-/// Exactly one malformed header with this reason and no context.
-fn assert_bad(e: &Extraction, reason: &str) {
-    assert!(
-        e.contexts.is_empty(),
-        "unexpected contexts: {:?}",
-        e.contexts
-    );
-    assert_eq!(reasons(e), vec![reason]);
-}
-
-fn tp(trace: &str, parent: &str, flags: &str) -> String {
-    format!("00-{trace}-{parent}-{flags}")
-}
 
 // ------------------------------------------------------------------------------------------
 // TraceFormat / HeaderNames
@@ -195,940 +143,133 @@ fn unrelated_headers_are_ignored() {
 }
 
 // ------------------------------------------------------------------------------------------
-// W3C traceparent
+// The format table and the header roles
 // ------------------------------------------------------------------------------------------
 
 #[test]
-fn w3c_official_example() {
-    let e = one("traceparent", TP);
-    let c = ctx(&e);
-    assert_eq!(
-        c,
-        &TraceContext {
-            format: TraceFormat::W3c,
-            header: "traceparent".into(),
-            trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
-            normalized: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
-            span_id: Some("00f067aa0ba902b7".into()),
-            sampled: Some(true),
-        }
-    );
-    assert!(!e.is_empty());
-}
-
-#[test]
-fn w3c_not_sampled_and_other_flag_bits() {
-    let e = one(
-        "traceparent",
-        &tp("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7", "00"),
-    );
-    assert_eq!(ctx(&e).sampled, Some(false));
-    let e = one(
-        "traceparent",
-        &tp("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7", "03"),
-    );
-    assert_eq!(ctx(&e).sampled, Some(true));
-    let e = one(
-        "traceparent",
-        &tp("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7", "fe"),
-    );
-    assert_eq!(ctx(&e).sampled, Some(false));
-}
-
-#[test]
-fn w3c_ows_is_trimmed() {
-    let e = one("traceparent", &format!(" \t{TP}\t "));
-    assert_eq!(ctx(&e).trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
-}
-
-#[test]
-fn w3c_wrong_length() {
-    let short = &TP[..54];
-    assert_bad(
-        &one("traceparent", short),
-        "traceparent: wrong length (54, version 00 needs 55)",
-    );
-    let long = format!("{TP}-00");
-    assert_bad(
-        &one("traceparent", &long),
-        "traceparent: wrong length (58, version 00 needs 55)",
-    );
-    assert_bad(
-        &one("traceparent", "0"),
-        "traceparent: wrong length (1, version 00 needs 55)",
-    );
-}
-
-#[test]
-fn w3c_empty() {
-    assert_bad(&one("traceparent", "  "), "traceparent: empty");
-}
-
-#[test]
-fn w3c_uppercase_hex() {
-    let v = "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01";
-    assert_bad(&one("traceparent", v), "traceparent: uppercase hex");
-    let v = "00-4bf92f3577b34da6a3ce929d0e0e4736-00F067AA0BA902B7-01";
-    assert_bad(&one("traceparent", v), "traceparent: uppercase hex");
-    let v = "0A-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-    assert_bad(&one("traceparent", v), "traceparent: uppercase hex");
-}
-
-#[test]
-fn w3c_all_zero_trace_id() {
-    let v = tp("00000000000000000000000000000000", "00f067aa0ba902b7", "01");
-    assert_bad(
-        &one("traceparent", &v),
-        "traceparent: trace-id is all zeros",
-    );
-}
-
-#[test]
-fn w3c_all_zero_parent_id() {
-    let v = tp("4bf92f3577b34da6a3ce929d0e0e4736", "0000000000000000", "01");
-    assert_bad(
-        &one("traceparent", &v),
-        "traceparent: parent-id is all zeros",
-    );
-}
-
-#[test]
-fn w3c_version_ff_is_invalid() {
-    let v = "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-    assert_bad(&one("traceparent", v), "traceparent: version ff is invalid");
-}
-
-#[test]
-fn w3c_bad_version_and_fields() {
-    let v = "0x-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-    assert_bad(
-        &one("traceparent", v),
-        "traceparent: version is not 2 hex digits",
-    );
-    let v = "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-    assert_bad(
-        &one("traceparent", v),
-        "traceparent: fields not separated by '-'",
-    );
-    let v = "00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01";
-    assert_bad(
-        &one("traceparent", v),
-        "traceparent: trace-id is not 32 hex digits",
-    );
-    let v = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902bz-01";
-    assert_bad(
-        &one("traceparent", v),
-        "traceparent: parent-id is not 16 hex digits",
-    );
-    let v = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0x";
-    assert_bad(
-        &one("traceparent", v),
-        "traceparent: flags is not 2 hex digits",
-    );
-    // Shifted fields: right length, separators in the wrong place.
-    let v = "00-4bf92f3577b34da6a3ce929d0e0e47360-0f067aa0ba902b7-01";
-    assert_bad(
-        &one("traceparent", v),
-        "traceparent: fields not separated by '-'",
-    );
-}
-
-#[test]
-fn w3c_higher_version_parsed_leniently() {
-    // Exactly 55 chars.
-    let v = "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-    assert_eq!(
-        ctx(&one("traceparent", v)).trace_id,
-        "4bf92f3577b34da6a3ce929d0e0e4736"
-    );
-    // Longer, with '-' after the flags: future fields are ignored.
-    let v = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-the-future-will-be-like";
-    let e = one("traceparent", v);
-    let c = ctx(&e);
-    assert_eq!(c.span_id.as_deref(), Some("00f067aa0ba902b7"));
-    assert_eq!(c.sampled, Some(true));
-    // Longer without '-' after the flags.
-    let v = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01x";
-    assert_bad(
-        &one("traceparent", v),
-        "traceparent: version 01: no '-' after flags",
-    );
-    // Shorter than 55.
-    let v = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1";
-    assert_bad(
-        &one("traceparent", v),
-        "traceparent: wrong length (54, version 01 needs at least 55)",
-    );
-    // The first 55 chars still follow the version-00 rules.
-    let v = "01-00000000000000000000000000000000-00f067aa0ba902b7-01-x";
-    assert_bad(&one("traceparent", v), "traceparent: trace-id is all zeros");
-}
-
-#[test]
-fn w3c_repeated_header() {
-    let other = tp("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331", "01");
-    let e = ex(&[("traceparent", TP), ("traceparent", &other)]);
-    assert_bad(&e, "traceparent: repeated header");
-    // The same value twice is harmless.
-    let e = ex(&[("traceparent", TP), ("Traceparent", TP)]);
-    assert_eq!(ctx(&e).format, TraceFormat::W3c);
-}
-
-// ------------------------------------------------------------------------------------------
-// W3C tracestate
-// ------------------------------------------------------------------------------------------
-
-#[test]
-fn tracestate_valid() {
-    for ts in [
-        "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE",
-        "rojo=00f067aa0ba902b7 , \t congo=t61rcWkgMzE",
-        "fw529a3039@dt=ZGl1Y3k,1a-2f@ada-x_y*z/w=a b c",
-        "a=1,,  ,b=2,",
-        "",
-        "k=",
-    ] {
-        let e = ex(&[("traceparent", TP), ("tracestate", ts)]);
-        assert!(e.malformed.is_empty(), "{ts:?}: {:?}", e.malformed);
-        assert_eq!(e.contexts.len(), 1);
-    }
-}
-
-#[test]
-fn tracestate_32_members_ok_33_too_many() {
-    let members = |n: usize| {
-        (0..n)
-            .map(|i| format!("k{i}=v"))
-            .collect::<Vec<_>>()
-            .join(",")
-    };
-    assert!(one("tracestate", &members(32)).is_empty());
-    let e = ex(&[("traceparent", TP), ("tracestate", &members(33))]);
-    assert_eq!(reasons(&e), ["tracestate: 33 list members (max 32)"]);
-    assert_eq!(e.malformed[0].format, TraceFormat::W3c);
-    assert_eq!(e.malformed[0].header, "tracestate");
-    // An invalid tracestate does not invalidate traceparent.
-    assert_eq!(e.contexts.len(), 1);
-    assert_eq!(e.contexts[0].format, TraceFormat::W3c);
-}
-
-#[test]
-fn tracestate_members_counted_across_repeated_headers() {
-    let members = |from: usize, n: usize| {
-        (from..from + n)
-            .map(|i| format!("k{i}=v"))
-            .collect::<Vec<_>>()
-            .join(",")
-    };
-    assert!(ex(&[
-        ("tracestate", &members(0, 16)),
-        ("tracestate", &members(16, 16))
-    ])
-    .is_empty());
-    let e = ex(&[
-        ("tracestate", &members(0, 20)),
-        ("TraceState", &members(20, 20)),
-    ]);
-    assert_eq!(reasons(&e), ["tracestate: 40 list members (max 32)"]);
-}
-
-#[test]
-fn tracestate_bad_key() {
-    for (ts, n) in [
-        ("Rojo=1", 1),
-        ("rojo=1,1abc=2", 2),
-        ("ro jo=1", 1),
-        ("=1", 1),
-        ("@dt=1", 1),
-        ("a@=1", 1),
-        ("a@Dt=1", 1),
-        ("a@b@c=1", 1),
-        ("t@abcdefghijklmno=1", 1),
-    ] {
-        assert_bad(
-            &one("tracestate", ts),
-            &format!("tracestate: bad key in list member {n}"),
-        );
-    }
-    let long_key = format!("a{}=1", "b".repeat(256));
-    assert_bad(
-        &one("tracestate", &long_key),
-        "tracestate: bad key in list member 1",
-    );
-    let max_key = format!("a{}=1", "b".repeat(255));
-    assert!(one("tracestate", &max_key).is_empty());
-}
-
-#[test]
-fn tracestate_duplicate_key() {
-    assert_bad(
-        &one("tracestate", "rojo=1,congo=2,rojo=3"),
-        "tracestate: duplicate key rojo",
-    );
-    let e = ex(&[("tracestate", "rojo=1"), ("tracestate", "rojo=2")]);
-    assert_bad(&e, "tracestate: duplicate key rojo");
-}
-
-#[test]
-fn tracestate_bad_value_and_missing_equals() {
-    assert_bad(
-        &one("tracestate", "rojo=a=b"),
-        "tracestate: bad value in list member 1",
-    );
-    assert_bad(
-        &one("tracestate", "rojo=a\u{1}b"),
-        "tracestate: bad value in list member 1",
-    );
-    assert_bad(
-        &one("tracestate", &format!("rojo={}", "v".repeat(257))),
-        "tracestate: bad value in list member 1",
-    );
-    assert!(one("tracestate", &format!("rojo={}", "v".repeat(256))).is_empty());
-    assert_bad(
-        &one("tracestate", "rojo=1,congo"),
-        "tracestate: list member 2 has no '='",
-    );
-}
-
-// ------------------------------------------------------------------------------------------
-// B3 multi
-// ------------------------------------------------------------------------------------------
-
-#[test]
-fn b3_multi_official_example() {
-    let e = ex(&[
-        ("X-B3-TraceId", B3_TID),
-        ("X-B3-SpanId", B3_SID),
-        ("X-B3-ParentSpanId", B3_PID),
-        ("X-B3-Sampled", "1"),
-    ]);
-    assert_eq!(
-        ctx(&e),
-        &TraceContext {
-            format: TraceFormat::B3,
-            header: "x-b3-traceid".into(),
-            trace_id: B3_TID.into(),
-            normalized: B3_TID.into(),
-            span_id: Some(B3_SID.into()),
-            sampled: Some(true),
-        }
-    );
-}
-
-#[test]
-fn b3_multi_64bit_is_left_padded() {
-    let e = ex(&[
-        ("x-b3-traceid", "a3ce929d0e0e4736"),
-        ("x-b3-spanid", B3_SID),
-    ]);
-    let c = ctx(&e);
-    assert_eq!(c.trace_id, "a3ce929d0e0e4736");
-    assert_eq!(c.normalized, "0000000000000000a3ce929d0e0e4736");
-    assert_eq!(c.sampled, None);
-    assert!(c.is_64bit());
-}
-
-#[test]
-fn b3_multi_15_hex_digits() {
-    let e = ex(&[("x-b3-traceid", "a3ce929d0e0e473"), ("x-b3-spanid", B3_SID)]);
-    assert_bad(&e, "x-b3-traceid: 15 hex digits (needs 16 or 32)");
-}
-
-#[test]
-fn b3_multi_uppercase_zero_and_not_hex() {
-    let e = ex(&[
-        ("x-b3-traceid", "A3CE929D0E0E4736"),
-        ("x-b3-spanid", B3_SID),
-    ]);
-    assert_bad(&e, "x-b3-traceid: uppercase hex");
-    let e = ex(&[
-        ("x-b3-traceid", "0000000000000000"),
-        ("x-b3-spanid", B3_SID),
-    ]);
-    assert_bad(&e, "x-b3-traceid: trace id is all zeros");
-    let e = ex(&[
-        ("x-b3-traceid", "a3ce929d0e0e473x"),
-        ("x-b3-spanid", B3_SID),
-    ]);
-    assert_bad(&e, "x-b3-traceid: not hex");
-    let e = ex(&[("x-b3-traceid", ""), ("x-b3-spanid", B3_SID)]);
-    assert_bad(&e, "x-b3-traceid: empty");
-    let e = ex(&[
-        ("x-b3-traceid", B3_TID),
-        ("x-b3-spanid", "E457B5A2E4D86BD1"),
-    ]);
-    assert_bad(&e, "x-b3-spanid: uppercase hex");
-    let e = ex(&[
-        ("x-b3-traceid", B3_TID),
-        ("x-b3-spanid", "0000000000000000"),
-    ]);
-    assert_bad(&e, "x-b3-spanid: span id is all zeros");
-    let e = ex(&[("x-b3-traceid", B3_TID), ("x-b3-spanid", &B3_TID[..20])]);
-    assert_bad(&e, "x-b3-spanid: 20 hex digits (needs 16)");
-}
-
-#[test]
-fn b3_multi_span_missing() {
-    assert_bad(&one("x-b3-traceid", B3_TID), "x-b3-spanid: missing");
-}
-
-#[test]
-fn b3_multi_span_without_trace_id() {
-    assert_bad(
-        &one("x-b3-spanid", B3_SID),
-        "x-b3-traceid: missing (span id present)",
-    );
-}
-
-#[test]
-fn b3_sampling_decision_alone_is_nothing() {
-    assert!(one("X-B3-Sampled", "0").is_empty());
-    assert!(one("X-B3-Sampled", "1").is_empty());
-    assert!(one("X-B3-Flags", "1").is_empty());
-    assert!(ex(&[("x-b3-sampled", "1"), ("x-b3-flags", "1")]).is_empty());
-}
-
-#[test]
-fn b3_multi_sampled_values() {
-    let with = |s: &str| {
-        ex(&[
-            ("x-b3-traceid", B3_TID),
-            ("x-b3-spanid", B3_SID),
-            ("x-b3-sampled", s),
-        ])
-    };
-    assert_eq!(ctx(&with("1")).sampled, Some(true));
-    assert_eq!(ctx(&with("0")).sampled, Some(false));
-    // Lenient: legacy true/false.
-    assert_eq!(ctx(&with("true")).sampled, Some(true));
-    assert_eq!(ctx(&with("false")).sampled, Some(false));
-    // Invalid sampled: reported, but the context stays (sampled unknown).
-    let e = with("yes");
-    assert_eq!(reasons(&e), ["x-b3-sampled: must be 0 or 1"]);
-    assert_eq!(e.contexts.len(), 1);
-    assert_eq!(e.contexts[0].sampled, None);
-    // Debug flag implies sampled.
-    let e = ex(&[
-        ("x-b3-traceid", B3_TID),
-        ("x-b3-spanid", B3_SID),
-        ("x-b3-sampled", "0"),
-        ("x-b3-flags", "1"),
-    ]);
-    assert_eq!(ctx(&e).sampled, Some(true));
-    // Other flag values are ignored.
-    let e = ex(&[
-        ("x-b3-traceid", B3_TID),
-        ("x-b3-spanid", B3_SID),
-        ("x-b3-flags", "0"),
-    ]);
-    assert_eq!(ctx(&e).sampled, None);
-}
-
-#[test]
-fn b3_multi_bad_parent_keeps_context() {
-    let e = ex(&[
-        ("x-b3-traceid", B3_TID),
-        ("x-b3-spanid", B3_SID),
-        ("x-b3-parentspanid", "xyz"),
-    ]);
-    assert_eq!(reasons(&e), ["x-b3-parentspanid: not hex"]);
-    assert_eq!(e.contexts.len(), 1);
-}
-
-// ------------------------------------------------------------------------------------------
-// B3 single
-// ------------------------------------------------------------------------------------------
-
-#[test]
-fn b3_single_official_example() {
-    let e = one("b3", B3_SINGLE);
-    assert_eq!(
-        ctx(&e),
-        &TraceContext {
-            format: TraceFormat::B3Single,
-            header: "b3".into(),
-            trace_id: B3_TID.into(),
-            normalized: B3_TID.into(),
-            span_id: Some(B3_SID.into()),
-            sampled: Some(true),
-        }
-    );
-}
-
-#[test]
-fn b3_single_short_forms() {
-    let c = ctx(&one("b3", "a3ce929d0e0e4736-e457b5a2e4d86bd1")).clone();
-    assert_eq!(
-        (c.normalized.as_str(), c.sampled),
-        ("0000000000000000a3ce929d0e0e4736", None)
-    );
-    assert_eq!(
-        ctx(&one("b3", &format!("{B3_TID}-{B3_SID}-d"))).sampled,
-        Some(true)
-    );
-    assert_eq!(
-        ctx(&one("b3", &format!("{B3_TID}-{B3_SID}-0"))).sampled,
-        Some(false)
-    );
-}
-
-#[test]
-fn b3_single_sampling_only() {
-    for v in ["0", "1", "d", " 0 "] {
-        assert!(one("b3", v).is_empty(), "{v}");
-    }
-}
-
-#[test]
-fn b3_single_bad() {
-    assert_bad(
-        &one("b3", &format!("{B3_TID}-{B3_SID}-x")),
-        "b3: sampling state must be 0, 1 or d",
-    );
-    assert_bad(
-        &one("b3", &format!("{B3_TID}-{B3_SID}-1-{B3_PID}-1")),
-        "b3: 5 fields (max 4)",
-    );
-    assert_bad(&one("b3", "abc"), "b3: needs {TraceId}-{SpanId}");
-    assert_bad(&one("b3", ""), "b3: empty");
-    assert_bad(
-        &one("b3", &format!("{}-{B3_SID}", &B3_TID[..15])),
-        "b3: trace id: 15 hex digits (needs 16 or 32)",
-    );
-    assert_bad(&one("b3", &format!("{B3_TID}-")), "b3: span id: empty");
-    assert_bad(
-        &one("b3", &format!("{B3_TID}-{B3_SID}-1-xyz")),
-        "b3: parent span id: not hex",
-    );
-    assert_bad(
-        &one("b3", &format!("{}-{B3_SID}", B3_TID.to_uppercase())),
-        "b3: trace id: uppercase hex",
-    );
-}
-
-// ------------------------------------------------------------------------------------------
-// Jaeger
-// ------------------------------------------------------------------------------------------
-
-#[test]
-fn jaeger_valid() {
-    let e = one(
-        "uber-trace-id",
-        "4bf92f3577b34da6a3ce929d0e0e4736:00f067aa0ba902b7:0:1",
-    );
-    assert_eq!(
-        ctx(&e),
-        &TraceContext {
-            format: TraceFormat::Jaeger,
-            header: "uber-trace-id".into(),
-            trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
-            normalized: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
-            span_id: Some("00f067aa0ba902b7".into()),
-            sampled: Some(true),
-        }
-    );
-}
-
-#[test]
-fn jaeger_url_encoded_short_and_uppercase() {
-    let e = one(
-        "Uber-Trace-Id",
-        "a3ce929d0e0e4736%3Ae457b5a2e4d86bd1%3a0%3A0",
-    );
-    let c = ctx(&e);
-    assert_eq!(c.normalized, "0000000000000000a3ce929d0e0e4736");
-    assert_eq!(c.sampled, Some(false));
-    // Leading zeros omitted.
-    let c = ctx(&one("uber-trace-id", "abc:1:0:3")).clone();
-    assert_eq!(
-        (c.trace_id.as_str(), c.normalized.as_str()),
-        ("abc", "00000000000000000000000000000abc")
-    );
-    assert_eq!(c.sampled, Some(true));
-    // Uppercase accepted, lowercased.
-    let c = ctx(&one("uber-trace-id", "ABC:DEF:0:1")).clone();
-    assert_eq!(
-        (c.trace_id.as_str(), c.span_id.as_deref()),
-        ("abc", Some("def"))
-    );
-}
-
-#[test]
-fn jaeger_flags_parity() {
-    for (flags, sampled) in [
-        ("0", false),
-        ("1", true),
-        ("2", false),
-        ("3", true),
-        ("10", false),
-        ("11", true),
-        ("1f", true),
-        ("255", true),
-    ] {
+fn format_table_is_well_formed() {
+    // One row per format except the run-time configured request ids, in priority order.
+    let rows: Vec<TraceFormat> = FORMATS.iter().map(|spec| spec.format).collect();
+    let expected: Vec<TraceFormat> = TraceFormat::ALL
+        .into_iter()
+        .filter(|f| *f != TraceFormat::RequestId)
+        .collect();
+    assert_eq!(rows, expected);
+    let mut seen: Vec<&str> = Vec::new();
+    for spec in FORMATS {
+        let trace_id_headers = spec.headers.iter().filter(|h| h.role == Role::TraceId);
         assert_eq!(
-            ctx(&one("uber-trace-id", &format!("abc:def:0:{flags}"))).sampled,
-            Some(sampled),
-            "{flags}"
+            trace_id_headers.count(),
+            1,
+            "{}: one TraceId header",
+            spec.format
         );
+        for h in spec.headers {
+            assert!(!h.name.is_empty(), "{}: empty header name", spec.format);
+            assert_eq!(h.name, h.name.to_ascii_lowercase(), "names are lowercase");
+            assert!(!seen.contains(&h.name), "{} is in two rows", h.name);
+            assert!(
+                !REQUEST_ID_HEADERS.contains(&h.name),
+                "{} is a request id",
+                h.name
+            );
+            seen.push(h.name);
+        }
     }
-    assert_bad(
-        &one("uber-trace-id", "abc:def:0:1000"),
-        "uber-trace-id: flags is not a small integer",
-    );
-    assert_bad(
-        &one("uber-trace-id", "abc:def:0:"),
-        "uber-trace-id: flags is not a small integer",
-    );
+}
+
+/// Every header of a format with a valid value (from [`valid_value_for`]).
+fn valid_headers(spec: &FormatSpec) -> Vec<(&'static str, &'static str)> {
+    spec.headers
+        .iter()
+        .map(|h| (h.name, valid_value_for(h.name)))
+        .collect()
+}
+
+/// `headers` without `name`.
+fn without<'a>(headers: &[(&'a str, &'a str)], name: &str) -> Vec<(&'a str, &'a str)> {
+    headers
+        .iter()
+        .copied()
+        .filter(|(n, _)| *n != name)
+        .collect()
 }
 
 #[test]
-fn jaeger_zero_ids() {
-    assert_bad(
-        &one("uber-trace-id", "0:00f067aa0ba902b7:0:1"),
-        "uber-trace-id: trace id is zero",
-    );
-    assert_bad(
-        &one("uber-trace-id", "00000000000000000000000000000000:1:0:1"),
-        "uber-trace-id: trace id is zero",
-    );
-    assert_bad(
-        &one("uber-trace-id", "abc:0000:0:1"),
-        "uber-trace-id: span id is zero",
-    );
-}
-
-#[test]
-fn jaeger_bad_layout() {
-    assert_bad(
-        &one("uber-trace-id", "abc:def:1"),
-        "uber-trace-id: 3 fields (needs trace-id:span-id:parent-span-id:flags)",
-    );
-    assert_bad(
-        &one("uber-trace-id", "abc:def:0:1:2"),
-        "uber-trace-id: 5 fields (needs trace-id:span-id:parent-span-id:flags)",
-    );
-    assert_bad(
-        &one("uber-trace-id", "abc%3Bdef:0:1"),
-        "uber-trace-id: bad percent-encoding",
-    );
-    assert_bad(
-        &one("uber-trace-id", "abc:def:0:1%"),
-        "uber-trace-id: bad percent-encoding",
-    );
-    assert_bad(
-        &one("uber-trace-id", &format!("{B3_TID}0:def:0:1")),
-        "uber-trace-id: trace id is not 1-32 hex digits",
-    );
-    assert_bad(
-        &one("uber-trace-id", "abc:00f067aa0ba902b70:0:1"),
-        "uber-trace-id: span id is not 1-16 hex digits",
-    );
-    assert_bad(
-        &one("uber-trace-id", "abc:def::1"),
-        "uber-trace-id: parent span id is not 1-16 hex digits",
-    );
-    assert_bad(&one("uber-trace-id", ""), "uber-trace-id: empty");
-}
-
-// ------------------------------------------------------------------------------------------
-// AWS X-Ray
-// ------------------------------------------------------------------------------------------
-
-#[test]
-fn aws_official_example() {
-    let e = one("X-Amzn-Trace-Id", XRAY);
-    assert_eq!(
-        ctx(&e),
-        &TraceContext {
-            format: TraceFormat::Aws,
-            header: "x-amzn-trace-id".into(),
-            trace_id: "1-5759e988-bd862e3fe1be46a994272793".into(),
-            normalized: "5759e988bd862e3fe1be46a994272793".into(),
-            span_id: Some("53995c3f42cd8ad8".into()),
-            sampled: Some(true),
-        }
-    );
-}
-
-#[test]
-fn aws_variants() {
-    // Root only; other keys (ALB's Self) allowed; OWS and trailing ';' tolerated.
-    let c = ctx(&one(
-        "x-amzn-trace-id",
-        "Self=1-67891234-12456789abcdef012345678;Root=1-5759e988-bd862e3fe1be46a994272793",
-    ))
-    .clone();
-    assert_eq!((c.span_id, c.sampled), (None, None));
-    let e = one(
-        "x-amzn-trace-id",
-        "Root=1-5759e988-bd862e3fe1be46a994272793; Parent=53995c3f42cd8ad8; Sampled=?;",
-    );
-    assert_eq!(ctx(&e).sampled, None);
-    let e = one(
-        "x-amzn-trace-id",
-        "Root=1-5759e988-bd862e3fe1be46a994272793;Sampled=0;Lineage=a87bd80c:0",
-    );
-    assert_eq!(ctx(&e).sampled, Some(false));
-}
-
-#[test]
-fn aws_missing_root() {
-    assert_bad(
-        &one("x-amzn-trace-id", "Parent=53995c3f42cd8ad8;Sampled=1"),
-        "x-amzn-trace-id: missing Root",
-    );
-    assert_bad(&one("x-amzn-trace-id", ""), "x-amzn-trace-id: empty");
-}
-
-#[test]
-fn aws_bad_fields() {
-    let bad =
-        |v: &str, r: &str| assert_bad(&one("x-amzn-trace-id", v), &format!("x-amzn-trace-id: {r}"));
-    bad(
-        "Root=1-5759E988-bd862e3fe1be46a994272793",
-        "uppercase hex in Root",
-    );
-    bad(
-        "Root=2-5759e988-bd862e3fe1be46a994272793",
-        "Root is not 1-<8 hex>-<24 hex>",
-    );
-    bad(
-        "Root=1-5759e988-bd862e3fe1be46a99427279",
-        "Root is not 1-<8 hex>-<24 hex>",
-    );
-    bad(
-        "Root=1-5759e988bd862e3fe1be46a994272793",
-        "Root is not 1-<8 hex>-<24 hex>",
-    );
-    bad(
-        "Root=1-00000000-000000000000000000000000",
-        "Root trace id is all zeros",
-    );
-    bad(
-        "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f",
-        "Parent is not 16 hex digits",
-    );
-    bad(
-        "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995C3F42CD8AD8",
-        "uppercase hex in Parent",
-    );
-    bad(
-        "Root=1-5759e988-bd862e3fe1be46a994272793;Sampled=yes",
-        "Sampled must be 0, 1 or ?",
-    );
-    bad(
-        "Root=1-5759e988-bd862e3fe1be46a994272793;garbage",
-        "field without '='",
-    );
-    bad(
-        "Root=1-5759e988-bd862e3fe1be46a994272793;Root=1-5759e988-bd862e3fe1be46a994272793",
-        "repeated Root",
-    );
-}
-
-// ------------------------------------------------------------------------------------------
-// Datadog
-// ------------------------------------------------------------------------------------------
-
-#[test]
-fn datadog_decimal() {
-    let e = ex(&[
-        ("x-datadog-trace-id", DD_A3CE),
-        ("x-datadog-parent-id", "5208512171318403364"),
-        ("x-datadog-sampling-priority", "1"),
-    ]);
-    assert_eq!(
-        ctx(&e),
-        &TraceContext {
-            format: TraceFormat::Datadog,
-            header: "x-datadog-trace-id".into(),
-            trace_id: DD_A3CE.into(),
-            normalized: "0000000000000000a3ce929d0e0e4736".into(),
-            span_id: Some("5208512171318403364".into()),
-            sampled: Some(true),
-        }
-    );
-}
-
-#[test]
-fn datadog_priorities_and_limits() {
-    let prio = |p: &str| {
-        ctx(&ex(&[
-            ("x-datadog-trace-id", "1"),
-            ("x-datadog-sampling-priority", p),
-        ]))
-        .sampled
-    };
-    assert_eq!(prio("2"), Some(true));
-    assert_eq!(prio("0"), Some(false));
-    assert_eq!(prio("-1"), Some(false));
-    let c = ctx(&one("x-datadog-trace-id", "18446744073709551615")).clone();
-    assert_eq!(c.normalized, "0000000000000000ffffffffffffffff");
-    assert_eq!(
-        ctx(&one("x-datadog-trace-id", "0001")).normalized,
-        "00000000000000000000000000000001"
-    );
-    // Priority alone: a sampling decision only.
-    assert!(one("x-datadog-sampling-priority", "1").is_empty());
-}
-
-#[test]
-fn datadog_overflow() {
-    assert_bad(
-        &one("x-datadog-trace-id", "18446744073709551616"),
-        "x-datadog-trace-id: overflows 64 bits",
-    );
-    assert_bad(
-        &one("x-datadog-trace-id", &"9".repeat(100)),
-        "x-datadog-trace-id: overflows 64 bits",
-    );
-}
-
-#[test]
-fn datadog_bad_values() {
-    assert_bad(
-        &one("x-datadog-trace-id", "0"),
-        "x-datadog-trace-id: is zero",
-    );
-    assert_bad(
-        &one("x-datadog-trace-id", "12a"),
-        "x-datadog-trace-id: not an unsigned decimal",
-    );
-    assert_bad(
-        &one("x-datadog-trace-id", "-12"),
-        "x-datadog-trace-id: not an unsigned decimal",
-    );
-    assert_bad(&one("x-datadog-trace-id", ""), "x-datadog-trace-id: empty");
-    assert_bad(
-        &one("x-datadog-parent-id", "12"),
-        "x-datadog-trace-id: missing (parent id present)",
-    );
-    // Bad optional headers are reported, the context stays.
-    let e = ex(&[
-        ("x-datadog-trace-id", "12"),
-        ("x-datadog-parent-id", "x"),
-        ("x-datadog-sampling-priority", "high"),
-    ]);
-    assert_eq!(
-        reasons(&e),
-        [
-            "x-datadog-sampling-priority: not an integer",
-            "x-datadog-parent-id: not an unsigned decimal"
-        ]
-    );
-    assert_eq!(e.contexts.len(), 1);
-    assert_eq!(
-        (e.contexts[0].span_id.clone(), e.contexts[0].sampled),
-        (None, None)
-    );
-}
-
-// ------------------------------------------------------------------------------------------
-// SkyWalking sw8
-// ------------------------------------------------------------------------------------------
-
-#[test]
-fn sw8_example() {
-    let e = one("sw8", SW8_EX);
-    assert_eq!(
-        ctx(&e),
-        &TraceContext {
-            format: TraceFormat::Sw8,
-            header: "sw8".into(),
-            trace_id: "1f2d4bf47bf711eab794acde48001122".into(),
-            normalized: "1f2d4bf47bf711eab794acde48001122".into(),
-            span_id: Some("0".into()),
-            sampled: Some(true),
-        }
-    );
-}
-
-#[test]
-fn sw8_bad_base64() {
-    let v = SW8_EX.replace("MWYyZDRiZjQ3YmY3MTFlYWI3OTRhY2RlNDgwMDExMjI=", "MWYy!DRi");
-    assert_bad(&one("sw8", &v), "sw8: traceId is not valid base64");
-    let v = SW8_EX.replace("MWU3YzIwNGE3YmY3MTFlYWI4NThhY2RlNDgwMDExMjI=", "M");
-    assert_bad(&one("sw8", &v), "sw8: segmentId is not valid base64");
-    let v = SW8_EX.replace("L2FwcA==", "L2FwcA=");
-    assert_bad(&one("sw8", &v), "sw8: parentEndpoint is not valid base64");
-}
-
-#[test]
-fn sw8_other_errors() {
-    // "\0abc" is not printable.
-    let v = SW8_EX.replace("MWYyZDRiZjQ3YmY3MTFlYWI3OTRhY2RlNDgwMDExMjI=", "AGFiYw==");
-    assert_bad(&one("sw8", &v), "sw8: traceId is not printable ASCII");
-    let v = SW8_EX.replace("MWYyZDRiZjQ3YmY3MTFlYWI3OTRhY2RlNDgwMDExMjI=", "");
-    assert_bad(&one("sw8", &v), "sw8: traceId is empty");
-    assert_bad(
-        &one("sw8", &format!("2{}", &SW8_EX[1..])),
-        "sw8: sample flag must be 0 or 1",
-    );
-    assert_bad(&one("sw8", "1-abc"), "sw8: 2 fields (needs 8)");
-    let v = SW8_EX.replace("=-0-c2", "=-x-c2");
-    assert_bad(&one("sw8", &v), "sw8: spanId is not a non-negative integer");
-    let v = format!("0{}", &SW8_EX[1..]);
-    assert_eq!(ctx(&one("sw8", &v)).sampled, Some(false));
-}
-
-// ------------------------------------------------------------------------------------------
-// Request ids
-// ------------------------------------------------------------------------------------------
-
-#[test]
-fn request_id_valid() {
-    for name in ["x-request-id", "X-Trace-Id", "trace-id", "X-CORRELATION-ID"] {
-        let e = one(name, " 9f1c2d3e-AbCd-4e5f ");
+fn every_format_honours_its_header_roles() {
+    // Invalid for every header in the table (x-b3-flags ignores any value but "1").
+    const INVALID: &str = "!";
+    for spec in FORMATS {
+        let valid = valid_headers(spec);
+        let e = ex(&valid);
         let c = ctx(&e);
-        assert_eq!(c.format, TraceFormat::RequestId);
-        assert_eq!(c.header, name.to_ascii_lowercase());
-        assert_eq!(c.trace_id, "9f1c2d3e-AbCd-4e5f", "case is kept");
-        assert_eq!(c.normalized, "9f1c2d3e-AbCd-4e5f");
-        assert_eq!((c.span_id.clone(), c.sampled), (None, None));
+        let trace_id_header = spec.headers.iter().find(|h| h.role == Role::TraceId);
+        assert_eq!(
+            (c.format, Some(c.header.as_str())),
+            (spec.format, trace_id_header.map(|h| h.name)),
+            "a context is reported under its TraceId header"
+        );
+        for h in spec.headers {
+            let missing = ex(&without(&valid, h.name));
+            let mut invalid_headers = without(&valid, h.name);
+            invalid_headers.push((h.name, INVALID));
+            let invalid = ex(&invalid_headers);
+            match h.role {
+                Role::TraceId | Role::Required => {
+                    assert!(missing.contexts.is_empty(), "{}: missing", h.name);
+                    assert!(invalid.contexts.is_empty(), "{}: invalid", h.name);
+                    assert!(
+                        invalid.malformed.iter().any(|m| m.header == h.name),
+                        "{}: invalid is reported: {:?}",
+                        h.name,
+                        invalid.malformed
+                    );
+                }
+                Role::Optional | Role::List => {
+                    assert_eq!(ctx(&missing).format, spec.format, "{}: missing", h.name);
+                    assert_eq!(invalid.contexts.len(), 1, "{}: invalid", h.name);
+                    assert!(
+                        invalid.malformed.iter().all(|m| m.header == h.name),
+                        "{}: {:?}",
+                        h.name,
+                        invalid.malformed
+                    );
+                }
+            }
+        }
     }
-    assert!(one("x-request-id", &"a".repeat(200)).malformed.is_empty());
 }
 
 #[test]
-fn request_id_empty() {
-    assert_bad(&one("x-request-id", ""), "x-request-id: empty");
-    assert_bad(&one("x-request-id", " \t "), "x-request-id: empty");
-}
-
-#[test]
-fn request_id_too_long() {
-    assert_bad(
-        &one("x-correlation-id", &"a".repeat(201)),
-        "x-correlation-id: too long (201 bytes)",
-    );
-}
-
-#[test]
-fn request_id_non_printable() {
-    assert_bad(
-        &one("x-request-id", "abc\u{1}def"),
-        "x-request-id: non-printable character",
-    );
-    assert_bad(
-        &one("x-request-id", "abc def"),
-        "x-request-id: non-printable character",
-    );
-    assert_bad(
-        &one("x-request-id", "caf\u{e9}"),
-        "x-request-id: non-printable character",
-    );
-    let e = extract([("x-request-id", &b"ab\0cd"[..])], &HeaderNames::default());
-    assert_bad(&e, "x-request-id: non-printable character");
-}
-
-#[test]
-fn request_id_repeated_header() {
-    let e = ex(&[("x-request-id", "a"), ("X-Request-Id", "b")]);
-    assert_bad(&e, "x-request-id: repeated header");
-    assert_eq!(
-        ctx(&ex(&[("x-request-id", "a"), ("x-request-id", "a")])).trace_id,
-        "a"
-    );
+fn repeated_headers_in_every_format() {
+    for spec in FORMATS {
+        let valid = valid_headers(spec);
+        let once = ex(&valid);
+        for h in spec.headers {
+            let value = valid_value_for(h.name);
+            let mut same_twice = valid.clone();
+            same_twice.push((h.name, value));
+            let other = format!("{value}0");
+            let mut different: Vec<(&str, &str)> = valid.clone();
+            different.push((h.name, &other));
+            let e = ex(&different);
+            let repeated = format!("{}: repeated header", h.name);
+            let is_repeated = reasons(&e).contains(&repeated.as_str());
+            match h.role {
+                // Instances are combined, never "repeated".
+                Role::List => {
+                    assert!(!is_repeated, "{}", h.name);
+                    assert_eq!(e.contexts.len(), 1, "{}", h.name);
+                }
+                Role::TraceId | Role::Required | Role::Optional => {
+                    assert_eq!(ex(&same_twice), once, "{}: the same value twice", h.name);
+                    assert!(is_repeated, "{}: {:?}", h.name, e.malformed);
+                    let kept = h.role == Role::Optional;
+                    assert_eq!(e.contexts.len(), usize::from(kept), "{}", h.name);
+                }
+            }
+        }
+    }
 }
 
 // ------------------------------------------------------------------------------------------
@@ -1268,16 +409,10 @@ fn header_names_are_case_insensitive() {
 }
 
 fn format_of(header: &str) -> TraceFormat {
-    match header {
-        "traceparent" | "tracestate" => TraceFormat::W3c,
-        h if h.starts_with("x-b3-") => TraceFormat::B3,
-        "b3" => TraceFormat::B3Single,
-        "uber-trace-id" => TraceFormat::Jaeger,
-        "x-amzn-trace-id" => TraceFormat::Aws,
-        h if h.starts_with("x-datadog-") => TraceFormat::Datadog,
-        "sw8" => TraceFormat::Sw8,
-        _ => TraceFormat::RequestId,
-    }
+    FORMATS
+        .iter()
+        .find(|spec| spec.headers.iter().any(|h| h.name == header))
+        .map_or(TraceFormat::RequestId, |spec| spec.format)
 }
 
 #[test]
@@ -1334,28 +469,6 @@ fn get_finds_a_format() {
 // Hostile input and fuzzing
 // ------------------------------------------------------------------------------------------
 
-const ALL_NAMES: [&str; 19] = [
-    "traceparent",
-    "tracestate",
-    "x-b3-traceid",
-    "x-b3-spanid",
-    "x-b3-parentspanid",
-    "x-b3-sampled",
-    "x-b3-flags",
-    "b3",
-    "uber-trace-id",
-    "x-amzn-trace-id",
-    "x-datadog-trace-id",
-    "x-datadog-parent-id",
-    "x-datadog-sampling-priority",
-    "sw8",
-    "x-request-id",
-    "x-trace-id",
-    "trace-id",
-    "x-correlation-id",
-    "x-extra-id",
-];
-
 fn check_invariants(e: &Extraction) {
     for m in &e.malformed {
         assert!(m.reason.len() <= 200, "reason too long: {}", m.reason.len());
@@ -1404,7 +517,7 @@ fn hostile_values_never_echoed() {
     let controls: Vec<u8> = (0u8..0x20).chain([0x7f]).cycle().take(300).collect();
     let seps: Vec<u8> = b"-:;=,%".iter().copied().cycle().take(64 * 1024).collect();
     for value in [&huge_x, &huge_hex, &nuls, &garbage, &controls, &seps] {
-        for name in ALL_NAMES {
+        for name in names.iter() {
             let e = extract([(name, value.as_slice())], &names);
             check_invariants(&e);
             for m in &e.malformed {
@@ -1517,6 +630,7 @@ fn random_case(rng: &mut XorShift, name: &str) -> String {
 #[test]
 fn fuzz_no_panic_and_bounded_reasons() {
     let names = HeaderNames::new(&["x-extra-id".to_string()]);
+    let all_names: Vec<&str> = names.iter().collect();
     let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
     let mut contexts = 0usize;
     let mut malformed = 0usize;
@@ -1524,7 +638,7 @@ fn fuzz_no_panic_and_bounded_reasons() {
         let n_headers = 1 + rng.below(4);
         let mut owned: Vec<(String, Vec<u8>)> = Vec::with_capacity(n_headers);
         for _ in 0..n_headers {
-            let name = ALL_NAMES[rng.below(ALL_NAMES.len())];
+            let name = all_names[rng.below(all_names.len())];
             let value = match rng.below(4) {
                 0 => {
                     let len = match rng.below(20) {

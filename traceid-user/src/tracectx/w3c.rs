@@ -2,24 +2,33 @@
 //! `tracestate`.
 
 use super::{
-    all_zeros, ascii_string, hex_class, show, trim_ows, Extraction, Hex, TraceContext, TraceFormat,
-    Value, MAX_ECHO, TRACEPARENT, TRACESTATE,
+    all_zeros, ascii_string, hex_class, show, trim_ows, Extraction, FormatHeaders, Hex,
+    TraceContext, TraceFormat, MAX_ECHO,
 };
+
+pub(super) const TRACEPARENT: &str = "traceparent";
+pub(super) const TRACESTATE: &str = "tracestate";
 
 /// Length of a version-00 traceparent: 2 + 1 + 32 + 1 + 16 + 1 + 2.
 const V00_LEN: usize = 55;
 /// tracestate: "There can be a maximum of 32 list-members in a list." (§3.3.1.1)
 const MAX_MEMBERS: usize = 32;
 
-pub(super) fn traceparent(v: Value<'_>, out: &mut Extraction) {
-    match v {
-        Value::Absent => {}
-        // §3.2: a request with more than one traceparent is invalid (not list-valued).
-        Value::Repeated => out.bad(TraceFormat::W3c, TRACEPARENT, "repeated header"),
-        Value::One(s) => match parse_traceparent(s) {
-            Ok(ctx) => out.contexts.push(ctx),
-            Err(d) => out.bad(TraceFormat::W3c, TRACEPARENT, d),
-        },
+pub(super) fn extract(h: &FormatHeaders<'_, '_>, out: &mut Extraction) {
+    // §3.2: a request with more than one traceparent is invalid (not list-valued), which
+    // `single_header` reports as a repeated header.
+    out.single_header(
+        TraceFormat::W3c,
+        TRACEPARENT,
+        h.one(TRACEPARENT),
+        parse_traceparent,
+    );
+    // §3.3.1.1: tracestate is list-valued; its instances are validated together.
+    let tracestate = h.list(TRACESTATE);
+    if !tracestate.is_empty() {
+        if let Err(d) = check_tracestate(&tracestate) {
+            out.bad(TraceFormat::W3c, TRACESTATE, d);
+        }
     }
 }
 
@@ -104,12 +113,6 @@ fn hex_val(b: u8) -> u8 {
 }
 
 /// Validates the combined `tracestate` (all instances, in order).
-pub(super) fn tracestate(values: &[&[u8]], out: &mut Extraction) {
-    if let Err(d) = check_tracestate(values) {
-        out.bad(TraceFormat::W3c, TRACESTATE, d);
-    }
-}
-
 fn check_tracestate(values: &[&[u8]]) -> Result<(), String> {
     // §3.3.1.1: list = list-member 0*31( OWS "," OWS list-member ); "Empty and whitespace-only
     // list members are allowed" and are ignored (they do not count towards the 32).
@@ -199,4 +202,307 @@ fn valid_value(v: &[u8]) -> bool {
         && v.iter()
             .all(|&b| (0x20..=0x7e).contains(&b) && b != b',' && b != b'=')
         && v.last() != Some(&b' ')
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::tracectx::test_support::{assert_bad, ctx, ex, one, reasons, tp, TP};
+    use crate::tracectx::{TraceContext, TraceFormat};
+
+    // ------------------------------------------------------------------------------------------
+    // W3C traceparent
+    // ------------------------------------------------------------------------------------------
+
+    #[test]
+    fn w3c_official_example() {
+        let e = one("traceparent", TP);
+        let c = ctx(&e);
+        assert_eq!(
+            c,
+            &TraceContext {
+                format: TraceFormat::W3c,
+                header: "traceparent".into(),
+                trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+                normalized: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+                span_id: Some("00f067aa0ba902b7".into()),
+                sampled: Some(true),
+            }
+        );
+        assert!(!e.is_empty());
+    }
+
+    #[test]
+    fn w3c_not_sampled_and_other_flag_bits() {
+        let e = one(
+            "traceparent",
+            &tp("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7", "00"),
+        );
+        assert_eq!(ctx(&e).sampled, Some(false));
+        let e = one(
+            "traceparent",
+            &tp("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7", "03"),
+        );
+        assert_eq!(ctx(&e).sampled, Some(true));
+        let e = one(
+            "traceparent",
+            &tp("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7", "fe"),
+        );
+        assert_eq!(ctx(&e).sampled, Some(false));
+    }
+
+    #[test]
+    fn w3c_ows_is_trimmed() {
+        let e = one("traceparent", &format!(" \t{TP}\t "));
+        assert_eq!(ctx(&e).trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+    }
+
+    #[test]
+    fn w3c_wrong_length() {
+        let short = &TP[..54];
+        assert_bad(
+            &one("traceparent", short),
+            "traceparent: wrong length (54, version 00 needs 55)",
+        );
+        let long = format!("{TP}-00");
+        assert_bad(
+            &one("traceparent", &long),
+            "traceparent: wrong length (58, version 00 needs 55)",
+        );
+        assert_bad(
+            &one("traceparent", "0"),
+            "traceparent: wrong length (1, version 00 needs 55)",
+        );
+    }
+
+    #[test]
+    fn w3c_empty() {
+        assert_bad(&one("traceparent", "  "), "traceparent: empty");
+    }
+
+    #[test]
+    fn w3c_uppercase_hex() {
+        let v = "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01";
+        assert_bad(&one("traceparent", v), "traceparent: uppercase hex");
+        let v = "00-4bf92f3577b34da6a3ce929d0e0e4736-00F067AA0BA902B7-01";
+        assert_bad(&one("traceparent", v), "traceparent: uppercase hex");
+        let v = "0A-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_bad(&one("traceparent", v), "traceparent: uppercase hex");
+    }
+
+    #[test]
+    fn w3c_all_zero_trace_id() {
+        let v = tp("00000000000000000000000000000000", "00f067aa0ba902b7", "01");
+        assert_bad(
+            &one("traceparent", &v),
+            "traceparent: trace-id is all zeros",
+        );
+    }
+
+    #[test]
+    fn w3c_all_zero_parent_id() {
+        let v = tp("4bf92f3577b34da6a3ce929d0e0e4736", "0000000000000000", "01");
+        assert_bad(
+            &one("traceparent", &v),
+            "traceparent: parent-id is all zeros",
+        );
+    }
+
+    #[test]
+    fn w3c_version_ff_is_invalid() {
+        let v = "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_bad(&one("traceparent", v), "traceparent: version ff is invalid");
+    }
+
+    #[test]
+    fn w3c_bad_version_and_fields() {
+        let v = "0x-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_bad(
+            &one("traceparent", v),
+            "traceparent: version is not 2 hex digits",
+        );
+        let v = "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_bad(
+            &one("traceparent", v),
+            "traceparent: fields not separated by '-'",
+        );
+        let v = "00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01";
+        assert_bad(
+            &one("traceparent", v),
+            "traceparent: trace-id is not 32 hex digits",
+        );
+        let v = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902bz-01";
+        assert_bad(
+            &one("traceparent", v),
+            "traceparent: parent-id is not 16 hex digits",
+        );
+        let v = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0x";
+        assert_bad(
+            &one("traceparent", v),
+            "traceparent: flags is not 2 hex digits",
+        );
+        // Shifted fields: right length, separators in the wrong place.
+        let v = "00-4bf92f3577b34da6a3ce929d0e0e47360-0f067aa0ba902b7-01";
+        assert_bad(
+            &one("traceparent", v),
+            "traceparent: fields not separated by '-'",
+        );
+    }
+
+    #[test]
+    fn w3c_higher_version_parsed_leniently() {
+        // Exactly 55 chars.
+        let v = "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(
+            ctx(&one("traceparent", v)).trace_id,
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        // Longer, with '-' after the flags: future fields are ignored.
+        let v =
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-the-future-will-be-like";
+        let e = one("traceparent", v);
+        let c = ctx(&e);
+        assert_eq!(c.span_id.as_deref(), Some("00f067aa0ba902b7"));
+        assert_eq!(c.sampled, Some(true));
+        // Longer without '-' after the flags.
+        let v = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01x";
+        assert_bad(
+            &one("traceparent", v),
+            "traceparent: version 01: no '-' after flags",
+        );
+        // Shorter than 55.
+        let v = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1";
+        assert_bad(
+            &one("traceparent", v),
+            "traceparent: wrong length (54, version 01 needs at least 55)",
+        );
+        // The first 55 chars still follow the version-00 rules.
+        let v = "01-00000000000000000000000000000000-00f067aa0ba902b7-01-x";
+        assert_bad(&one("traceparent", v), "traceparent: trace-id is all zeros");
+    }
+
+    #[test]
+    fn w3c_repeated_header() {
+        let other = tp("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331", "01");
+        let e = ex(&[("traceparent", TP), ("traceparent", &other)]);
+        assert_bad(&e, "traceparent: repeated header");
+        // The same value twice is harmless.
+        let e = ex(&[("traceparent", TP), ("Traceparent", TP)]);
+        assert_eq!(ctx(&e).format, TraceFormat::W3c);
+    }
+
+    // ------------------------------------------------------------------------------------------
+    // W3C tracestate
+    // ------------------------------------------------------------------------------------------
+
+    #[test]
+    fn tracestate_valid() {
+        for ts in [
+            "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE",
+            "rojo=00f067aa0ba902b7 , \t congo=t61rcWkgMzE",
+            "fw529a3039@dt=ZGl1Y3k,1a-2f@ada-x_y*z/w=a b c",
+            "a=1,,  ,b=2,",
+            "",
+            "k=",
+        ] {
+            let e = ex(&[("traceparent", TP), ("tracestate", ts)]);
+            assert!(e.malformed.is_empty(), "{ts:?}: {:?}", e.malformed);
+            assert_eq!(e.contexts.len(), 1);
+        }
+    }
+
+    #[test]
+    fn tracestate_32_members_ok_33_too_many() {
+        let members = |n: usize| {
+            (0..n)
+                .map(|i| format!("k{i}=v"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        assert!(one("tracestate", &members(32)).is_empty());
+        let e = ex(&[("traceparent", TP), ("tracestate", &members(33))]);
+        assert_eq!(reasons(&e), ["tracestate: 33 list members (max 32)"]);
+        assert_eq!(e.malformed[0].format, TraceFormat::W3c);
+        assert_eq!(e.malformed[0].header, "tracestate");
+        // An invalid tracestate does not invalidate traceparent.
+        assert_eq!(e.contexts.len(), 1);
+        assert_eq!(e.contexts[0].format, TraceFormat::W3c);
+    }
+
+    #[test]
+    fn tracestate_members_counted_across_repeated_headers() {
+        let members = |from: usize, n: usize| {
+            (from..from + n)
+                .map(|i| format!("k{i}=v"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        assert!(ex(&[
+            ("tracestate", &members(0, 16)),
+            ("tracestate", &members(16, 16))
+        ])
+        .is_empty());
+        let e = ex(&[
+            ("tracestate", &members(0, 20)),
+            ("TraceState", &members(20, 20)),
+        ]);
+        assert_eq!(reasons(&e), ["tracestate: 40 list members (max 32)"]);
+    }
+
+    #[test]
+    fn tracestate_bad_key() {
+        for (ts, n) in [
+            ("Rojo=1", 1),
+            ("rojo=1,1abc=2", 2),
+            ("ro jo=1", 1),
+            ("=1", 1),
+            ("@dt=1", 1),
+            ("a@=1", 1),
+            ("a@Dt=1", 1),
+            ("a@b@c=1", 1),
+            ("t@abcdefghijklmno=1", 1),
+        ] {
+            assert_bad(
+                &one("tracestate", ts),
+                &format!("tracestate: bad key in list member {n}"),
+            );
+        }
+        let long_key = format!("a{}=1", "b".repeat(256));
+        assert_bad(
+            &one("tracestate", &long_key),
+            "tracestate: bad key in list member 1",
+        );
+        let max_key = format!("a{}=1", "b".repeat(255));
+        assert!(one("tracestate", &max_key).is_empty());
+    }
+
+    #[test]
+    fn tracestate_duplicate_key() {
+        assert_bad(
+            &one("tracestate", "rojo=1,congo=2,rojo=3"),
+            "tracestate: duplicate key rojo",
+        );
+        let e = ex(&[("tracestate", "rojo=1"), ("tracestate", "rojo=2")]);
+        assert_bad(&e, "tracestate: duplicate key rojo");
+    }
+
+    #[test]
+    fn tracestate_bad_value_and_missing_equals() {
+        assert_bad(
+            &one("tracestate", "rojo=a=b"),
+            "tracestate: bad value in list member 1",
+        );
+        assert_bad(
+            &one("tracestate", "rojo=a\u{1}b"),
+            "tracestate: bad value in list member 1",
+        );
+        assert_bad(
+            &one("tracestate", &format!("rojo={}", "v".repeat(257))),
+            "tracestate: bad value in list member 1",
+        );
+        assert!(one("tracestate", &format!("rojo={}", "v".repeat(256))).is_empty());
+        assert_bad(
+            &one("tracestate", "rojo=1,congo"),
+            "tracestate: list member 2 has no '='",
+        );
+    }
 }
