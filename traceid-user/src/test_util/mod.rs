@@ -36,6 +36,11 @@ impl Rng {
         }
     }
 
+    /// An index in `0..n` (0 when `n` is 0).
+    pub fn index(&mut self, n: usize) -> usize {
+        self.below(n as u64) as usize
+    }
+
     /// True with probability `pct` percent.
     pub fn pct(&mut self, pct: u64) -> bool {
         self.below(100) < pct

@@ -4,6 +4,7 @@
 
 use super::test_support::*;
 use super::*;
+use crate::test_util::Rng;
 
 // ------------------------------------------------------------------------------------------
 // TraceFormat / HeaderNames
@@ -540,22 +541,6 @@ fn hostile_values_never_echoed() {
     assert_eq!(reasons(&e), ["tracestate: 8000 list members (max 32)"]);
 }
 
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
-
 fn valid_value_for(name: &str) -> &'static str {
     match name {
         "traceparent" => TP,
@@ -576,33 +561,33 @@ fn valid_value_for(name: &str) -> &'static str {
     }
 }
 
-fn mutate(rng: &mut XorShift, v: &mut Vec<u8>) {
+fn mutate(rng: &mut Rng, v: &mut Vec<u8>) {
     const INTERESTING: &[u8] = b"-:;=,%@0aAfF \t\x00\x7f\xff3";
-    for _ in 0..=rng.below(4) {
-        match rng.below(7) {
+    for _ in 0..=rng.index(4) {
+        match rng.index(7) {
             0 if !v.is_empty() => {
-                let i = rng.below(v.len());
-                v[i] = rng.next() as u8;
+                let i = rng.index(v.len());
+                v[i] = rng.next_u64() as u8;
             }
             1 if !v.is_empty() => {
-                let i = rng.below(v.len());
-                v[i] = INTERESTING[rng.below(INTERESTING.len())];
+                let i = rng.index(v.len());
+                v[i] = INTERESTING[rng.index(INTERESTING.len())];
             }
             2 => {
-                let i = rng.below(v.len() + 1);
-                v.insert(i, INTERESTING[rng.below(INTERESTING.len())]);
+                let i = rng.index(v.len() + 1);
+                v.insert(i, INTERESTING[rng.index(INTERESTING.len())]);
             }
             3 if !v.is_empty() => {
-                let i = rng.below(v.len());
+                let i = rng.index(v.len());
                 v.remove(i);
             }
             4 => {
-                let n = rng.below(v.len() + 1);
+                let n = rng.index(v.len() + 1);
                 v.truncate(n);
             }
             5 if !v.is_empty() && v.len() < 4096 => {
-                let a = rng.below(v.len());
-                let b = a + rng.below(v.len() - a);
+                let a = rng.index(v.len());
+                let b = a + rng.index(v.len() - a);
                 let chunk = v[a..=b.min(v.len() - 1)].to_vec();
                 v.extend_from_slice(&chunk);
             }
@@ -615,10 +600,10 @@ fn mutate(rng: &mut XorShift, v: &mut Vec<u8>) {
     }
 }
 
-fn random_case(rng: &mut XorShift, name: &str) -> String {
+fn random_case(rng: &mut Rng, name: &str) -> String {
     name.chars()
         .map(|c| {
-            if rng.next() & 1 == 1 {
+            if rng.next_u64() & 1 == 1 {
                 c.to_ascii_uppercase()
             } else {
                 c
@@ -631,21 +616,21 @@ fn random_case(rng: &mut XorShift, name: &str) -> String {
 fn fuzz_no_panic_and_bounded_reasons() {
     let names = HeaderNames::new(&["x-extra-id".to_string()]);
     let all_names: Vec<&str> = names.iter().collect();
-    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+    let mut rng = Rng::new(0x9e37_79b9_7f4a_7c15);
     let mut contexts = 0usize;
     let mut malformed = 0usize;
     for _ in 0..50_000 {
-        let n_headers = 1 + rng.below(4);
+        let n_headers = 1 + rng.index(4);
         let mut owned: Vec<(String, Vec<u8>)> = Vec::with_capacity(n_headers);
         for _ in 0..n_headers {
-            let name = all_names[rng.below(all_names.len())];
-            let value = match rng.below(4) {
+            let name = all_names[rng.index(all_names.len())];
+            let value = match rng.index(4) {
                 0 => {
-                    let len = match rng.below(20) {
-                        0 => rng.below(70_000),
-                        _ => rng.below(80),
+                    let len = match rng.index(20) {
+                        0 => rng.index(70_000),
+                        _ => rng.index(80),
                     };
-                    (0..len).map(|_| rng.next() as u8).collect()
+                    (0..len).map(|_| rng.next_u64() as u8).collect()
                 }
                 1 => valid_value_for(name).as_bytes().to_vec(),
                 _ => {
