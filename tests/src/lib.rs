@@ -1,6 +1,10 @@
 //! Harness for the integration tests: start the real agent (`traceid watch --json`), real
 //! servers (nginx) and clients, collect the agent's JSON lines.
 //!
+//! Servers and services run as [`Peer`]s, each in a process group of its own, so that a test
+//! leaves none of their processes behind (tests/harness.rs checks it). `cargo xtask bench`
+//! uses the same [`Nginx`].
+//!
 //! Every test needs root (the agent loads kernel programs). Without root a test prints why
 //! it skips — except under CI=true, where it fails: CI must run them.
 
