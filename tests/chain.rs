@@ -9,14 +9,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{mpsc, OnceLock};
 use std::time::{Duration, Instant};
 
 use traceid_tests::*;
 // Used by the harness library (tests/src), not by name here.
-use libc as _;
+use {libc as _, thiserror as _};
 
 const ROUTES: [&str; 3] = ["propagate", "drop", "restart"];
 const PYTHON: &str = "/usr/bin/python3";
@@ -38,9 +38,9 @@ fn scratch(what: &str) -> PathBuf {
     dir
 }
 
-/// One service of the chain; killed on drop.
+/// One service of the chain; stopped on drop with anything it forked.
 struct Service {
-    child: Child,
+    process: Peer,
     port: u16,
     /// The process name the agent reports (`comm`).
     comm: String,
@@ -51,35 +51,31 @@ impl Service {
     /// Starts `program args` (its stderr to `dir/comm.log`) and waits for its port.
     fn spawn(dir: &Path, comm: &str, program: &Path, args: &[String], port: u16) -> Service {
         let log = dir.join(format!("{comm}.log"));
-        let child = Command::new(program)
-            .args(args)
-            .current_dir(services_dir())
-            .env("PYTHONDONTWRITEBYTECODE", "1")
-            .env_remove("PYTHONPATH")
-            .env_remove("PYTHONHOME")
-            .env("NO_PROXY", "127.0.0.1,localhost")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", program.display()));
+        let process = Peer::spawn(
+            Command::new(program)
+                .args(args)
+                .current_dir(services_dir())
+                .env("PYTHONDONTWRITEBYTECODE", "1")
+                .env_remove("PYTHONPATH")
+                .env_remove("PYTHONHOME")
+                .env("NO_PROXY", "127.0.0.1,localhost")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap()),
+            libc::SIGTERM,
+        )
+        .unwrap_or_else(|e| panic!("starting {}: {e}", program.display()));
         let mut svc = Service {
-            child,
+            process,
             port,
             comm: comm.to_string(),
             log,
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Ok(Some(status)) = svc.child.try_wait() {
-                panic!("{comm} exited with {status}:\n{}", svc.log_text());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{comm} does not listen on {port} after 30 s:\n{}",
-                svc.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
+        if let Err(e) = svc
+            .process
+            .wait_listening("the service", port, Duration::from_secs(30))
+        {
+            panic!("{comm}: {e}:\n{}", svc.log_text());
         }
         svc
     }
@@ -134,18 +130,11 @@ impl Service {
     }
 
     fn pid(&self) -> u64 {
-        u64::from(self.child.id())
+        u64::from(self.process.id())
     }
 
     fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -165,7 +154,7 @@ struct Chain {
 
 impl Drop for Chain {
     fn drop(&mut self) {
-        // The services are killed next (fields drop after this); their logs go with the dir.
+        // The services are stopped next (fields drop after this); their logs go with the dir.
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

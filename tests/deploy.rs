@@ -7,7 +7,7 @@ use std::process::Command;
 
 use traceid_tests::Value;
 // Used by the harness library (tests/src), not by name here.
-use libc as _;
+use {libc as _, thiserror as _};
 
 fn deploy() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy")

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use traceid_tests::*;
 // Used by the harness library (tests/src), not by name here.
-use libc as _;
+use {libc as _, thiserror as _};
 
 fn port_of(addr: &Value) -> Option<u16> {
     addr.as_str()?.rsplit_once(':')?.1.parse().ok()

@@ -18,6 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use traceid_tests::*;
+// The harness library's dependency, not named by this test.
+use thiserror as _;
 
 /// Connections (churn) or requests (keep-alive) per test: at least 2,000.
 const N: usize = 2050;

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use traceid_tests::*;
 // The harness crate's dependency, not named by this test.
-use libc as _;
+use {libc as _, thiserror as _};
 
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 /// Fresh connections the churning client makes (each one request, closed by the client).

@@ -4,6 +4,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use traceid_tests::*;
+// The harness library's dependency, not named by this test.
+use thiserror as _;
 // Used by the harness library (tests/src), not by name here.
 use {libc as _, serde_json as _};
 

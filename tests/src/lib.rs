@@ -1,17 +1,59 @@
 //! Harness for the integration tests: start the real agent (`traceid watch --json`), real
 //! servers (nginx) and clients, collect the agent's JSON lines.
 //!
+//! Servers and services run as [`Peer`]s, each in a process group of its own, so that a test
+//! leaves none of their processes behind (tests/harness.rs checks it). `cargo xtask bench`
+//! uses the same [`Nginx`].
+//!
 //! Every test needs root (the agent loads kernel programs). Without root a test prints why
 //! it skips — except under CI=true, where it fails: CI must run them.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod nginx;
+mod peer;
+
+pub use nginx::{Nginx, NginxConfig};
+pub use peer::{live_group_members, Peer};
 pub use serde_json::Value;
+
+/// Why the harness could not start a peer.
+#[derive(Debug, thiserror::Error)]
+pub enum HarnessError {
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what} exited with {status} before listening on 127.0.0.1:{port}")]
+    Exited {
+        what: &'static str,
+        port: u16,
+        status: ExitStatus,
+    },
+    #[error("nothing listens on 127.0.0.1:{port} after {timeout:?}")]
+    NotListening { port: u16, timeout: Duration },
+    #[error("nginx listens on 127.0.0.1:{port} but started no worker within {timeout:?}")]
+    NoWorker { port: u16, timeout: Duration },
+}
+
+/// An error with its causes, `: `-separated (for a test's panic message).
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
 
 /// The agent binary: `TRACEID_BIN` (set by `cargo xtask integration-test`) or target/debug.
 pub fn traceid_bin() -> PathBuf {
@@ -212,109 +254,6 @@ pub fn requests<'a>(lines: &'a [Value], pred: impl Fn(&Value) -> bool + 'a) -> V
         .collect()
 }
 
-/// nginx on 127.0.0.1 with a scratch prefix; killed on drop.
-pub struct Nginx {
-    child: Child,
-    pub port: u16,
-    pub dir: PathBuf,
-}
-
-impl Nginx {
-    pub fn start() -> Nginx {
-        Self::start_with("")
-    }
-
-    /// nginx serving TLS on its port with a self-signed certificate made for the test.
-    pub fn start_tls() -> Nginx {
-        let port = free_port();
-        let dir = std::env::temp_dir().join(format!("traceid-nginx-{port}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-        let ok = Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "1",
-                "-subj",
-                "/CN=localhost",
-            ])
-            .arg("-keyout")
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert)
-            .stderr(Stdio::null())
-            .status()
-            .expect("openssl must be installed");
-        assert!(ok.success(), "openssl req failed");
-        Self::start_on(
-            port,
-            &format!(
-                "listen 127.0.0.1:{port} ssl;\n  ssl_certificate {};\n  ssl_certificate_key {};",
-                cert.display(),
-                key.display()
-            ),
-            "",
-        )
-    }
-
-    /// `extra` goes into the server block.
-    pub fn start_with(extra: &str) -> Nginx {
-        let port = free_port();
-        Self::start_on(port, &format!("listen 127.0.0.1:{port};"), extra)
-    }
-
-    fn start_on(port: u16, listen: &str, extra: &str) -> Nginx {
-        let dir = std::env::temp_dir().join(format!("traceid-nginx-{port}"));
-        std::fs::create_dir_all(dir.join("html")).unwrap();
-        std::fs::create_dir_all(dir.join("logs")).unwrap();
-        std::fs::write(dir.join("html/index.html"), "hello\n").unwrap();
-        let conf = format!(
-            "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/logs/error.log;\n\
-             events {{ worker_connections 256; }}\n\
-             http {{\n access_log off;\n client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n\
-             fastcgi_temp_path {d}/fcgi;\n uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n\
-             keepalive_requests 10000;\n\
-             server {{\n  {listen}\n  root {d}/html;\n  location /api {{ return 200 \"api\\n\"; }}\n{extra}\n }}\n}}\n",
-            d = dir.display()
-        );
-        std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-        let child = Command::new("nginx")
-            .args([
-                "-c",
-                &dir.join("nginx.conf").to_string_lossy(),
-                "-p",
-                &dir.to_string_lossy(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("nginx must be installed (cargo xtask integration-test installs it)");
-        wait_port(port);
-        Nginx { child, port, dir }
-    }
-
-    /// nginx's worker pids (children of the master).
-    pub fn worker_pids(&self) -> Vec<u32> {
-        children_of(self.child.id())
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        // Workers exit when the master is gone; kill them in case.
-        for p in children_of(self.child.id()) {
-            // SAFETY: signalling a process we started.
-            unsafe { libc::kill(p as i32, libc::SIGKILL) };
-        }
-    }
-}
-
 /// Child pids of a process (all its threads' children).
 pub fn children_of(pid: u32) -> Vec<u32> {
     let mut out = Vec::new();
@@ -326,15 +265,6 @@ pub fn children_of(pid: u32) -> Vec<u32> {
         }
     }
     out
-}
-
-/// Waits (at most 20 s) until something listens on 127.0.0.1:port.
-pub fn wait_port(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on port {port}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Reads one HTTP/1.1 response with a Content-Length body; returns the status.
