@@ -199,62 +199,6 @@ impl HttpConn {
         }
     }
 
-    /// Feeds one chunk of one direction.
-    pub fn on_data(
-        &mut self,
-        flow: Flow,
-        chunk: Chunk<'_>,
-        keep: &dyn Fn(&str) -> bool,
-        out: &mut Vec<Message>,
-    ) {
-        let cx = Cx {
-            flow,
-            ts: chunk.ts_ns,
-            tid: chunk.tid,
-            keep,
-        };
-        self.feed(&cx, chunk.data, out);
-        let gap = chunk.real_len.saturating_sub(chunk.data.len() as u64);
-        if gap > 0 {
-            self.gap(&cx, gap, out);
-        }
-    }
-
-    /// Connection closed: ends a read-until-close response body, then emits
-    /// `Exchange { response: None }` for every request still unanswered.
-    /// Later data is ignored.
-    pub fn on_close(&mut self, ts_ns: u64, out: &mut Vec<Message>) {
-        let _ = ts_ns;
-        for d in [&mut self.req, &mut self.resp] {
-            d.reset_head();
-            d.buf = Vec::new();
-            d.upgrade_seq = None;
-            d.state = State::Ignored;
-        }
-        self.flush(out);
-    }
-
-    /// Emits `Exchange { response: None }` for every request still
-    /// unanswered (e.g. when evicting an idle connection). Parsing state is kept.
-    pub fn flush(&mut self, out: &mut Vec<Message>) {
-        for (seq, request) in self.pending.drain(..) {
-            out.push(Message::Exchange {
-                seq,
-                request,
-                response: None,
-            });
-        }
-    }
-
-    /// True once neither direction can produce anything any more (both found
-    /// not to be HTTP, upgraded to another protocol, or closed) and no request
-    /// is pending: the caller may drop the connection's state.
-    pub fn is_dead(&self) -> bool {
-        self.req.state == State::Ignored
-            && self.resp.state == State::Ignored
-            && self.pending.is_empty()
-    }
-
     /// Requests awaiting a response.
     pub fn pending(&self) -> usize {
         self.pending.len()
@@ -696,6 +640,7 @@ impl HttpConn {
 }
 
 impl ProtocolParser for HttpConn {
+    /// Feeds one chunk of one direction.
     fn on_data(
         &mut self,
         flow: Flow,
@@ -703,18 +648,51 @@ impl ProtocolParser for HttpConn {
         keep: &dyn Fn(&str) -> bool,
         out: &mut Vec<Message>,
     ) {
-        HttpConn::on_data(self, flow, chunk, keep, out);
+        let cx = Cx {
+            flow,
+            ts: chunk.ts_ns,
+            tid: chunk.tid,
+            keep,
+        };
+        self.feed(&cx, chunk.data, out);
+        let gap = chunk.real_len.saturating_sub(chunk.data.len() as u64);
+        if gap > 0 {
+            self.gap(&cx, gap, out);
+        }
     }
 
+    /// Connection closed: ends a read-until-close response body, then emits
+    /// `Exchange { response: None }` for every request still unanswered.
+    /// Later data is ignored.
     fn on_close(&mut self, ts_ns: u64, out: &mut Vec<Message>) {
-        HttpConn::on_close(self, ts_ns, out);
+        let _ = ts_ns;
+        for d in [&mut self.req, &mut self.resp] {
+            d.reset_head();
+            d.buf = Vec::new();
+            d.upgrade_seq = None;
+            d.state = State::Ignored;
+        }
+        self.flush(out);
     }
 
+    /// Emits `Exchange { response: None }` for every request still
+    /// unanswered (e.g. when evicting an idle connection). Parsing state is kept.
     fn flush(&mut self, out: &mut Vec<Message>) {
-        HttpConn::flush(self, out);
+        for (seq, request) in self.pending.drain(..) {
+            out.push(Message::Exchange {
+                seq,
+                request,
+                response: None,
+            });
+        }
     }
 
+    /// True once neither direction can produce anything any more (both found
+    /// not to be HTTP, upgraded to another protocol, or closed) and no request
+    /// is pending: the caller may drop the connection's state.
     fn is_dead(&self) -> bool {
-        HttpConn::is_dead(self)
+        self.req.state == State::Ignored
+            && self.resp.state == State::Ignored
+            && self.pending.is_empty()
     }
 }
