@@ -106,6 +106,8 @@ pub struct EngineStats {
     /// Parser anomalies by name, plus `<protocol>_not_decoded` for recognised streams of a
     /// protocol the engine does not decode.
     pub anomalies: HashMap<&'static str, u64>,
+    /// Parse errors by reason (httparse's for heads).
+    pub parse_errors: HashMap<&'static str, u64>,
     pub requests: u64,
 }
 
@@ -394,6 +396,9 @@ impl Cx<'_> {
                 }
                 Message::Anomaly(a) => {
                     *self.stats.anomalies.entry(a.as_str()).or_default() += 1;
+                    if let Some(reason) = a.reason() {
+                        *self.stats.parse_errors.entry(reason).or_default() += 1;
+                    }
                 }
             }
         }

@@ -270,8 +270,9 @@ pub enum Anomaly {
     HeadTooLarge,
     /// Bytes of a head were not captured.
     HeadTruncated,
-    /// Malformed head or body framing; the direction resyncs later.
-    ParseError,
+    /// Malformed head or body framing (the reason: httparse's for heads); the direction
+    /// resyncs later.
+    ParseError(&'static str),
     /// A final response arrived with no request to pair it with.
     ResponseWithoutRequest,
     /// More than `max_pending` requests awaited a response; the oldest was
@@ -283,13 +284,21 @@ pub enum Anomaly {
 }
 
 impl Anomaly {
+    /// Why, where the kind alone does not say it (a parse error's reason).
+    pub fn reason(&self) -> Option<&'static str> {
+        match self {
+            Anomaly::ParseError(r) => Some(r),
+            _ => None,
+        }
+    }
+
     /// Stable snake_case name, e.g. for metric labels.
     pub fn as_str(&self) -> &'static str {
         match self {
             Anomaly::NotHttp => "not_http",
             Anomaly::HeadTooLarge => "head_too_large",
             Anomaly::HeadTruncated => "head_truncated",
-            Anomaly::ParseError => "parse_error",
+            Anomaly::ParseError(_) => "parse_error",
             Anomaly::ResponseWithoutRequest => "response_without_request",
             Anomaly::TooManyPending => "too_many_pending",
             Anomaly::LostSync => "lost_sync",

@@ -281,7 +281,9 @@ impl HttpConn {
                     }
                     ChunkStep::Done => self.message_done(cx.flow),
                     ChunkStep::Error => {
-                        out.push(Message::Anomaly(Anomaly::ParseError));
+                        out.push(Message::Anomaly(Anomaly::ParseError(
+                            "invalid chunk framing",
+                        )));
                         self.dir_mut(cx.flow).state = State::Lost;
                     }
                 }
@@ -382,7 +384,7 @@ impl HttpConn {
         d.buf = Vec::new();
         if d.seen_http {
             d.state = State::Lost;
-            out.push(Message::Anomaly(Anomaly::ParseError));
+            out.push(Message::Anomaly(Anomaly::ParseError("not a message start")));
         } else {
             d.state = State::Ignored;
             d.upgrade_seq = None;
@@ -397,9 +399,9 @@ impl HttpConn {
             Flow::ServerToClient => parse::parse_response(head, cx.keep),
         };
         match parsed {
-            Some(p) => self.on_head(cx.flow, p, false, out),
-            None => {
-                out.push(Message::Anomaly(Anomaly::ParseError));
+            Ok(p) => self.on_head(cx.flow, p, false, out),
+            Err(reason) => {
+                out.push(Message::Anomaly(Anomaly::ParseError(reason)));
                 let d = self.dir_mut(cx.flow);
                 d.reset_head();
                 d.state = State::Lost;
@@ -427,7 +429,7 @@ impl HttpConn {
             Flow::ClientToServer => parse::parse_request(&head, keep),
             Flow::ServerToClient => parse::parse_response(&head, keep),
         };
-        if let Some(p) = parsed {
+        if let Ok(p) = parsed {
             self.on_head(flow, p, true, out);
         }
     }
@@ -477,7 +479,9 @@ impl HttpConn {
         let body = match (p.transfer_encoding, p.content_length) {
             (TransferEncoding::Chunked, _) => Some(Body::Chunked(Chunked::START)),
             (TransferEncoding::Other, _) | (TransferEncoding::Absent, ContentLength::Invalid) => {
-                out.push(Message::Anomaly(Anomaly::ParseError));
+                out.push(Message::Anomaly(Anomaly::ParseError(
+                    "invalid request body framing",
+                )));
                 self.req.state = State::Lost;
                 return;
             }
@@ -570,7 +574,9 @@ impl HttpConn {
                 (TransferEncoding::Chunked, _) => Some(Body::Chunked(Chunked::START)),
                 (TransferEncoding::Other, _) => Some(Body::UntilClose),
                 (TransferEncoding::Absent, ContentLength::Invalid) => {
-                    out.push(Message::Anomaly(Anomaly::ParseError));
+                    out.push(Message::Anomaly(Anomaly::ParseError(
+                        "invalid content-length",
+                    )));
                     self.resp.state = State::Lost;
                     return;
                 }

@@ -133,43 +133,71 @@ fn response_config() -> httparse::ParserConfig {
     c
 }
 
-/// Parses a complete request head (`bytes` must include the empty line).
-pub(super) fn parse_request(bytes: &[u8], keep: &dyn Fn(&str) -> bool) -> Option<ParsedHead> {
+/// Why httparse refused a head (its own wording, kept for the anomaly).
+pub(super) fn httparse_reason(e: httparse::Error) -> &'static str {
+    match e {
+        httparse::Error::HeaderName => "invalid header name",
+        httparse::Error::HeaderValue => "invalid header value",
+        httparse::Error::NewLine => "invalid new line",
+        httparse::Error::Status => "invalid response status",
+        httparse::Error::Token => "invalid token",
+        httparse::Error::TooManyHeaders => "too many headers",
+        httparse::Error::Version => "invalid HTTP version",
+    }
+}
+
+/// A complete head that httparse still found incomplete (a bare line end it does not accept).
+const INCOMPLETE: &str = "incomplete head";
+
+/// Parses a complete request head (`bytes` must include the empty line); the error is
+/// httparse's reason.
+pub(super) fn parse_request(
+    bytes: &[u8],
+    keep: &dyn Fn(&str) -> bool,
+) -> Result<ParsedHead, &'static str> {
     let cfg = request_config();
     {
         let mut hs = [httparse::EMPTY_HEADER; STACK_HEADERS];
         let mut req = httparse::Request::new(&mut hs);
         match cfg.parse_request(&mut req, bytes) {
-            Ok(httparse::Status::Complete(_)) => return Some(request_head(&req, keep)),
+            Ok(httparse::Status::Complete(_)) => return Ok(request_head(&req, keep)),
             Err(httparse::Error::TooManyHeaders) => {}
-            _ => return None,
+            Ok(httparse::Status::Partial) => return Err(INCOMPLETE),
+            Err(e) => return Err(httparse_reason(e)),
         }
     }
     let mut hs = vec![httparse::EMPTY_HEADER; HEAP_HEADERS];
     let mut req = httparse::Request::new(&mut hs);
     match cfg.parse_request(&mut req, bytes) {
-        Ok(httparse::Status::Complete(_)) => Some(request_head(&req, keep)),
-        _ => None,
+        Ok(httparse::Status::Complete(_)) => Ok(request_head(&req, keep)),
+        Ok(httparse::Status::Partial) => Err(INCOMPLETE),
+        Err(e) => Err(httparse_reason(e)),
     }
 }
 
-/// Parses a complete response head (`bytes` must include the empty line).
-pub(super) fn parse_response(bytes: &[u8], keep: &dyn Fn(&str) -> bool) -> Option<ParsedHead> {
+/// Parses a complete response head (`bytes` must include the empty line); the error is
+/// httparse's reason.
+pub(super) fn parse_response(
+    bytes: &[u8],
+    keep: &dyn Fn(&str) -> bool,
+) -> Result<ParsedHead, &'static str> {
     let cfg = response_config();
     {
         let mut hs = [httparse::EMPTY_HEADER; STACK_HEADERS];
         let mut resp = httparse::Response::new(&mut hs);
         match cfg.parse_response(&mut resp, bytes) {
-            Ok(httparse::Status::Complete(_)) => return Some(response_head(&resp, keep)),
+            Ok(httparse::Status::Complete(_)) => return Ok(response_head(&resp, keep)),
             Err(httparse::Error::TooManyHeaders) => {}
-            _ => return None,
+            Ok(httparse::Status::Partial) => return Err(INCOMPLETE),
+            Err(e) => return Err(httparse_reason(e)),
         }
     }
     let mut hs = vec![httparse::EMPTY_HEADER; HEAP_HEADERS];
     let mut resp = httparse::Response::new(&mut hs);
     match cfg.parse_response(&mut resp, bytes) {
-        Ok(httparse::Status::Complete(_)) => Some(response_head(&resp, keep)),
-        _ => None,
+        Ok(httparse::Status::Complete(_)) => Ok(response_head(&resp, keep)),
+        Ok(httparse::Status::Partial) => Err(INCOMPLETE),
+        Err(e) => Err(httparse_reason(e)),
     }
 }
 

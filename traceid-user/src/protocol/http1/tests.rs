@@ -667,7 +667,10 @@ fn malformed_chunk_size_is_a_parse_error() {
     let mut t = T::new();
     t.req(&get("/a"));
     t.resp(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n");
-    assert_eq!(t.anomalies(), vec![Anomaly::ParseError]);
+    assert_eq!(
+        t.anomalies(),
+        vec![Anomaly::ParseError("invalid chunk framing")]
+    );
     t.req(&get("/b"));
     t.resp(NGINX_200);
     assert_eq!(
@@ -1114,14 +1117,12 @@ fn http_1_0_request() {
 fn invalid_content_length_is_parse_error_then_resync() {
     let mut t = T::new();
     t.req(b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 12abc\r\n\r\nbodybodybody");
-    assert_eq!(t.anomalies(), vec![Anomaly::ParseError]);
+    let framing = Anomaly::ParseError("invalid request body framing");
+    assert_eq!(t.anomalies(), vec![framing]);
     assert_eq!(t.started().len(), 1);
     t.req(b"POST /b HTTP/1.1\r\nContent-Length: 3, 3\r\n\r\nabc");
     t.req(b"POST /c HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd");
-    assert_eq!(
-        t.anomalies(),
-        vec![Anomaly::ParseError, Anomaly::ParseError]
-    );
+    assert_eq!(t.anomalies(), vec![framing, framing]);
     t.req(&get("/d"));
     let paths: Vec<_> = t.started().iter().map(|(_, h)| h.path.clone()).collect();
     assert_eq!(paths, vec!["/a", "/b", "/c", "/d"]);
@@ -1132,13 +1133,15 @@ fn malformed_head_is_parse_error() {
     let mut t = T::new();
     t.req(b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n");
     t.req(b"GET /bad HTTP/9.9\r\n\r\n");
-    assert_eq!(t.anomalies(), vec![Anomaly::ParseError]);
+    // httparse's reason is kept.
+    let version = Anomaly::ParseError("invalid HTTP version");
+    assert_eq!(t.anomalies(), vec![version]);
     // After a first valid message, a non-HTTP start is a parse error, not NotHttp.
     t.req(&get("/ok"));
     t.req(b"\x16\x03\x01garbage");
     assert_eq!(
         t.anomalies(),
-        vec![Anomaly::ParseError, Anomaly::ParseError]
+        vec![version, Anomaly::ParseError("not a message start")]
     );
     assert_eq!(t.started().len(), 2);
 }
@@ -1477,7 +1480,12 @@ fn fuzz_random_streams_never_panic_and_stay_bounded() {
     // The generator does produce HTTP, not only rejections, and reaches every anomaly.
     assert!(total_events > 20_000);
     assert!(answered > 5_000, "{answered}");
-    assert_eq!(seen_anomalies.len(), 7, "{seen_anomalies:?}");
+    let kinds: std::collections::HashSet<&str> =
+        seen_anomalies.iter().map(|a| a.as_str()).collect();
+    assert_eq!(kinds.len(), 7, "{seen_anomalies:?}");
+    // Parse errors carry their reasons, httparse's among them.
+    assert!(seen_anomalies.contains(&Anomaly::ParseError("invalid header name")));
+    assert!(seen_anomalies.contains(&Anomaly::ParseError("invalid chunk framing")));
 }
 
 #[test]
