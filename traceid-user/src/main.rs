@@ -397,7 +397,12 @@ fn run_agent(args: &RunArgs, common: &Common) -> anyhow::Result<ExitCode> {
         comm_cap: args.comm_cap,
         ..MetricsConfig::default()
     }));
-    metrics.init_lost_stages(capture::stat_names().chain(["decode", "connections_evicted"]));
+    metrics.init_lost_stages(capture::stat_names().chain([
+        "decode",
+        "connections_evicted",
+        "uninspected_bytes",
+        "requests_unseen",
+    ]));
     let listener = metrics_server::bind(&args.metrics_addr)?;
     let addr = metrics_server::spawn(listener, Arc::clone(&metrics))
         .context("starting the metrics server thread")?;

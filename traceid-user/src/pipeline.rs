@@ -113,9 +113,22 @@ impl Pipeline {
     /// Reports what the pipeline itself lost since the last call (undecodable records,
     /// connections evicted from a full table), stamped `ts_ns`.
     pub fn report_losses(&mut self, ts_ns: u64, sink: &mut dyn FnMut(&Record)) {
+        let e = &self.engine.stats;
         let counters = [
             ("decode", self.stats.decode_errors),
-            ("connections_evicted", self.engine.stats.conns_evicted),
+            ("connections_evicted", e.conns_evicted),
+            // Bytes of streams no parser could read (cut by the capture window, or skipped
+            // until the stream resynchronised)...
+            ("uninspected_bytes", e.uninspected_bytes),
+            // ...and the requests they held, as far as the answers tell: every response that
+            // came without a request answered one that was never seen.
+            (
+                "requests_unseen",
+                e.anomalies
+                    .get("response_without_request")
+                    .copied()
+                    .unwrap_or(0),
+            ),
         ];
         for (stage, total) in counters {
             let seen = self.reported.entry(stage).or_default();

@@ -68,10 +68,13 @@ pub enum Finding {
     Exposed,
     /// Outbound call that could not be linked to an inbound request.
     Unlinked,
+    /// No trace context was seen, but part of the head was not captured (the capture window
+    /// cut it): the context may be there. Never reported as `missing`.
+    Truncated,
 }
 
 impl Finding {
-    pub const ALL: [Finding; 9] = [
+    pub const ALL: [Finding; 10] = [
         Finding::Missing,
         Finding::Malformed,
         Finding::Inconsistent,
@@ -81,6 +84,7 @@ impl Finding {
         Finding::Started,
         Finding::Exposed,
         Finding::Unlinked,
+        Finding::Truncated,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -94,6 +98,7 @@ impl Finding {
             Finding::Started => "started",
             Finding::Exposed => "exposed",
             Finding::Unlinked => "unlinked",
+            Finding::Truncated => "truncated",
         }
     }
 }
@@ -283,7 +288,8 @@ mod tests {
                 "propagated",
                 "started",
                 "exposed",
-                "unlinked"
+                "unlinked",
+                "truncated"
             ]
         );
         for f in Finding::ALL {

@@ -108,6 +108,8 @@ pub struct EngineStats {
     pub anomalies: HashMap<&'static str, u64>,
     /// Parse errors by reason (httparse's for heads).
     pub parse_errors: HashMap<&'static str, u64>,
+    /// Stream bytes no parser could inspect (see [`Message::Uninspected`]).
+    pub uninspected_bytes: u64,
     pub requests: u64,
 }
 
@@ -318,6 +320,10 @@ impl Engine {
     }
 }
 
+/// Why a request without trace context is `truncated`, not `missing`.
+pub const TRUNCATED_REASON: &str =
+    "head truncated: trace context may lie past the captured bytes (see --capture-bytes)";
+
 /// The anomaly name of a recognised protocol the engine does not decode.
 fn not_decoded(p: Protocol) -> &'static str {
     match p {
@@ -394,6 +400,7 @@ impl Cx<'_> {
                     self.stats.requests += 1;
                     out.push(Record::Request(Box::new(rec)));
                 }
+                Message::Uninspected(n) => self.stats.uninspected_bytes += n,
                 Message::Anomaly(a) => {
                     *self.stats.anomalies.entry(a.as_str()).or_default() += 1;
                     if let Some(reason) = a.reason() {
@@ -430,7 +437,13 @@ impl Cx<'_> {
         let mut findings = Vec::new();
         let mut reasons = Vec::new();
         if primary.is_none() {
-            findings.push(Finding::Missing);
+            if req.truncated {
+                // Part of the head was not captured: its trace context may be there.
+                findings.push(Finding::Truncated);
+                reasons.push(TRUNCATED_REASON.to_string());
+            } else {
+                findings.push(Finding::Missing);
+            }
         }
         if !ex.malformed.is_empty() {
             findings.push(Finding::Malformed);

@@ -247,3 +247,69 @@ fn a_recording_replays_to_the_same_diagnosis_connection_section_included() {
         .iter()
         .all(|q| q.trace_id.as_deref() == Some(TRACE) && !q.has(Finding::Missing)));
 }
+
+const NGINX: C = C {
+    pid: 900,
+    fd: 5,
+    ts: 9,
+    comm: "nginx",
+    role: traceid_common::ROLE_SERVER,
+};
+
+#[test]
+fn a_head_cut_by_the_capture_window_is_truncated_never_missing() {
+    // A traceparent at byte ~12,460 of a head, 8 KiB captured.
+    let filler = "x".repeat(12_400);
+    let head = get("/long", &[("x-filler", &filler), ("traceparent", TP)]);
+    let mut s = Stream::default();
+    s.data_captured(NGINX, 900, false, &head, 8192);
+    s.data(NGINX, 900, true, OK);
+    let (out, _) = run(PipelineConfig::default(), &s.records);
+    let q = out
+        .iter()
+        .find_map(|r| match r {
+            Record::Request(q) => Some(q),
+            _ => None,
+        })
+        .expect("the request is reported");
+    assert_eq!(q.findings, [Finding::Truncated], "{q:?}");
+    assert_eq!(q.reason.as_deref(), Some(crate::engine::TRUNCATED_REASON));
+    assert_eq!(q.path, "/long");
+}
+
+#[test]
+fn pipelined_requests_past_the_capture_window_are_counted_not_silently_lost() {
+    // 1,000 pipelined requests in one write, 8 KiB of it captured; the server answers each.
+    let mut one_write = Vec::new();
+    for i in 0..1000 {
+        one_write.extend_from_slice(&get(&format!("/pipe{i}"), &[("traceparent", TP)]));
+    }
+    let mut s = Stream::default();
+    s.data_captured(NGINX, 900, false, &one_write, 8192);
+    for _ in 0..1000 {
+        s.data(NGINX, 900, true, OK);
+    }
+    s.close(NGINX);
+    let (out, _) = run(PipelineConfig::default(), &s.records);
+    let reported = out
+        .iter()
+        .filter(|r| matches!(r, Record::Request(_)))
+        .count() as u64;
+    let unseen = lost(&out, "requests_unseen");
+    assert!(reported > 10 && reported < 1000, "{reported}");
+    assert_eq!(
+        reported + unseen,
+        1000,
+        "reported {reported}, unseen {unseen}"
+    );
+    let uninspected = lost(&out, "uninspected_bytes");
+    assert!(
+        uninspected > 0 && uninspected <= one_write.len() as u64 - 8192 + 200,
+        "{uninspected}"
+    );
+    // The request cut mid-head is not `missing`.
+    assert!(out.iter().all(|r| match r {
+        Record::Request(q) => !q.has(Finding::Missing),
+        _ => true,
+    }));
+}

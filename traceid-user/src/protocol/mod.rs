@@ -260,6 +260,9 @@ pub enum Message {
     },
     /// Something that must be counted.
     Anomaly(Anomaly),
+    /// Bytes of the stream the parser could not inspect (not captured, or skipped while the
+    /// stream position was unknown): the requests they held are not reported.
+    Uninspected(u64),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

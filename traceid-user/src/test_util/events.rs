@@ -121,19 +121,27 @@ impl Stream {
         self.records.push(pod_bytes(&ev));
     }
 
+    /// One read (`egress` false) or write of `bytes`, captured whole.
     pub fn data(&mut self, c: C, tid: u32, egress: bool, bytes: &[u8]) {
+        self.data_captured(c, tid, egress, bytes, bytes.len());
+    }
+
+    /// One read or write of `bytes` of which the kernel copied only the first `captured`
+    /// (the capture window): the record says the real length.
+    pub fn data_captured(&mut self, c: C, tid: u32, egress: bool, bytes: &[u8], captured: usize) {
         let now = self.tick();
+        let kept = &bytes[..captured.min(bytes.len())];
         let ev = DataEvent {
             header: header(kind::DATA, c.pid, tid, c.fd, c.ts, now, c.comm),
             direction: if egress { DIR_EGRESS } else { DIR_INGRESS },
             source: 1,
             role: c.role,
             _pad0: 0,
-            captured: bytes.len() as u32,
+            captured: kept.len() as u32,
             real_len: bytes.len() as u64,
         };
         let mut raw = pod_bytes(&ev);
-        raw.extend_from_slice(bytes);
+        raw.extend_from_slice(kept);
         self.records.push(raw);
     }
 

@@ -250,6 +250,7 @@ impl HttpConn {
                         d.state = State::Head;
                         0
                     } else {
+                        out.push(Message::Uninspected(rest.len() as u64));
                         rest.len()
                     }
                 }
@@ -280,10 +281,13 @@ impl HttpConn {
                         self.dir_mut(cx.flow).state = State::Body(Body::Chunked(c));
                     }
                     ChunkStep::Done => self.message_done(cx.flow),
-                    ChunkStep::Error => {
-                        out.push(Message::Anomaly(Anomaly::ParseError(
-                            "invalid chunk framing",
-                        )));
+                    ChunkStep::Error | ChunkStep::TooLarge => {
+                        let reason = if step == ChunkStep::TooLarge {
+                            "chunk size too large"
+                        } else {
+                            "invalid chunk framing"
+                        };
+                        out.push(Message::Anomaly(Anomaly::ParseError(reason)));
                         self.dir_mut(cx.flow).state = State::Lost;
                     }
                 }
@@ -601,7 +605,11 @@ impl HttpConn {
                 return;
             }
             match self.dir(cx.flow).state {
-                State::Ignored | State::Lost | State::Body(Body::UntilClose) => return,
+                State::Ignored | State::Body(Body::UntilClose) => return,
+                State::Lost => {
+                    out.push(Message::Uninspected(len));
+                    return;
+                }
                 State::Suspended { seq, .. } => {
                     self.dir_mut(cx.flow).state = State::Suspended {
                         seq,
@@ -622,6 +630,7 @@ impl HttpConn {
                         self.dir_mut(cx.flow).state = State::Body(Body::Chunked(c));
                     } else {
                         out.push(Message::Anomaly(Anomaly::LostSync));
+                        out.push(Message::Uninspected(len));
                         self.dir_mut(cx.flow).state = State::Lost;
                     }
                     return;
@@ -635,6 +644,7 @@ impl HttpConn {
                         self.salvage(cx.flow, &buf, cx.keep, out);
                     }
                     out.push(Message::Anomaly(Anomaly::LostSync));
+                    out.push(Message::Uninspected(len));
                     let d = self.dir_mut(cx.flow);
                     d.reset_head();
                     d.state = State::Lost;

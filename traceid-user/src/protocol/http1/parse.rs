@@ -13,6 +13,10 @@ const STACK_HEADERS: usize = 128;
 const HEAP_HEADERS: usize = 1024;
 /// Longest chunk-size line (size + extensions) accepted.
 const MAX_CHUNK_LINE: u32 = 4096;
+/// Largest body (Content-Length) or chunk believed: 1 PiB. Beyond it the framing is absurd
+/// (`ffffffffffffffff`): skipping it would leave the direction blind for good, so it is a
+/// parse error and the direction resyncs at the next message head.
+pub(super) const MAX_BODY_LEN: u64 = 1 << 50;
 /// Longest trailer section accepted.
 const MAX_TRAILER_BYTES: u32 = 65536;
 
@@ -278,8 +282,8 @@ fn merge_content_length(prev: ContentLength, value: &[u8]) -> ContentLength {
     let mut cur = prev;
     for part in value.split(|&b| b == b',') {
         let n = match parse_decimal(trim_ascii(part)) {
-            Some(n) => n,
-            None => return ContentLength::Invalid,
+            Some(n) if n <= MAX_BODY_LEN => n,
+            _ => return ContentLength::Invalid,
         };
         cur = match cur {
             ContentLength::Absent => ContentLength::Len(n),
@@ -346,6 +350,8 @@ pub(super) enum ChunkStep {
     Done,
     /// Malformed framing.
     Error,
+    /// A chunk larger than [`MAX_BODY_LEN`].
+    TooLarge,
 }
 
 /// Incremental `Transfer-Encoding: chunked` skipper. Keeps O(1) state; chunk
@@ -423,6 +429,8 @@ impl Chunked {
                             }
                             if value == 0 {
                                 Chunked::Trailer { line: 0, total: 0 }
+                            } else if value > MAX_BODY_LEN {
+                                return (i, ChunkStep::TooLarge);
                             } else {
                                 Chunked::Data(value)
                             }

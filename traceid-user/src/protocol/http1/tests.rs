@@ -679,6 +679,44 @@ fn malformed_chunk_size_is_a_parse_error() {
     );
 }
 
+#[test]
+fn absurd_chunk_size_does_not_blind_the_connection() {
+    // 16 hex digits fit in a u64, but no body is 16 EiB: skipping it would swallow every
+    // later message of the connection.
+    let mut t = T::new();
+    t.req(&get("/a"));
+    t.resp(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\nxx");
+    assert_eq!(
+        t.anomalies(),
+        vec![Anomaly::ParseError("chunk size too large")]
+    );
+    for (i, path) in ["/b", "/c"].iter().enumerate() {
+        t.req(&get(path));
+        t.resp(NGINX_200);
+        assert_eq!(
+            t.exchanges().last().unwrap(),
+            &ex(i as u64 + 1, "GET", path, Some(200))
+        );
+    }
+}
+
+#[test]
+fn absurd_content_length_is_a_parse_error_not_a_blind_skip() {
+    let mut t = T::new();
+    t.req(&get("/a"));
+    t.resp(b"HTTP/1.1 200 OK\r\nContent-Length: 18446744073709551615\r\n\r\nxx");
+    assert_eq!(
+        t.anomalies(),
+        vec![Anomaly::ParseError("invalid content-length")]
+    );
+    t.req(&get("/b"));
+    t.resp(NGINX_200);
+    assert_eq!(
+        t.exchanges().last().unwrap(),
+        &ex(1, "GET", "/b", Some(200))
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Bodiless responses, interim responses, read-until-close
 // ---------------------------------------------------------------------------
