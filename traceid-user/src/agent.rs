@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::capture::{self, Capture, CaptureConfig, CaptureError};
 use crate::lifecycle::{census_record, LiveCensus, Sysctls, TimeWaitReport};
+use crate::mem;
 use crate::pipeline::{loss_record, Pipeline, PipelineConfig};
 use crate::record::Record;
 
@@ -101,6 +102,7 @@ pub fn run_live(
     let start = Instant::now();
     let mut last_census = Instant::now();
     let mut last_loss_check = Instant::now();
+    let mut last_trim = Instant::now();
     let mut execs: Vec<u32> = Vec::new();
     loop {
         if stop.load(Ordering::Relaxed) || duration.is_some_and(|d| start.elapsed() >= d) {
@@ -126,6 +128,12 @@ pub fn run_live(
         if last_loss_check.elapsed() >= Duration::from_secs(1) {
             last_loss_check = Instant::now();
             live.losses(&cap);
+        }
+        // Closed connections were freed as they closed; hand the memory back to the kernel
+        // too, so RSS falls back after a burst.
+        if last_trim.elapsed() >= Duration::from_secs(10) {
+            last_trim = Instant::now();
+            mem::release_free_memory();
         }
     }
     // Drain what the kernel already wrote, then a last census so the report shows the state

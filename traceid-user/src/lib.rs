@@ -26,6 +26,7 @@ pub mod check;
 pub mod engine;
 pub mod event;
 pub mod lifecycle;
+pub mod mem;
 pub mod metrics;
 pub mod pipeline;
 pub mod protocol;

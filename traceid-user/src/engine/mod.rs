@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::event::{self, Event, Role};
+use crate::mem;
 use crate::protocol::{
     self, Chunk, Flow, Limits, Message, Parser, Protocol, ProtocolParser, RequestHead, ResponseHead,
 };
@@ -157,6 +158,7 @@ impl Engine {
             Event::ConnClose(_) => {
                 if let Some(mut conn) = self.conns.remove(&key) {
                     self.end_conn(key, &mut conn, Some(h.ts_ns), out);
+                    mem::shrink_if_sparse(&mut self.conns);
                 }
             }
             // TCP state changes, censuses and losses are the lifecycle's and the pipeline's.

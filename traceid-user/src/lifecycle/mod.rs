@@ -23,6 +23,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 
 use crate::event::{self, Event, Role};
+use crate::mem;
 use crate::record::{BuildupRecord, ConnKey, Record};
 
 use attribution::LastCensus;
@@ -265,6 +266,9 @@ impl Lifecycle {
                 self.open_by_tuple.remove(&t);
             }
         }
+        mem::shrink_if_sparse(&mut self.open);
+        mem::shrink_if_sparse(&mut self.open_by_sock);
+        mem::shrink_if_sparse(&mut self.open_by_tuple);
     }
 
     /// The threshold in force with these sysctls.

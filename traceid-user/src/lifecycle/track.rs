@@ -8,6 +8,7 @@ use traceid_common::tcp_state;
 
 use super::config::NS;
 use crate::event::Role;
+use crate::mem;
 use crate::record::ConnKey;
 
 /// IPv4-mapped IPv6 addresses as IPv4, as the engine reports them.
@@ -180,6 +181,10 @@ impl Recent {
         if self.by_key.get(&c.key) == Some(&idx) {
             self.by_key.remove(&c.key);
         }
+        mem::shrink_if_sparse(&mut self.order);
+        mem::shrink_if_sparse(&mut self.by_tuple);
+        mem::shrink_if_sparse(&mut self.by_sock);
+        mem::shrink_if_sparse(&mut self.by_key);
     }
 
     pub(crate) fn expire(&mut self, now_ns: u64, ttl_ns: u64) {

@@ -32,9 +32,6 @@ mod tests;
 
 use parse::{ChunkStep, Chunked, ContentLength, ParsedHead, Sig, TransferEncoding};
 
-/// A head buffer whose capacity grew beyond this is freed after use.
-const KEEP_BUF_CAPACITY: usize = 4096;
-
 /// What a message's first bytes are, when they are enough to tell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MessageKind {
@@ -114,14 +111,12 @@ impl Dir {
         }
     }
 
-    /// Forget the current (partial) head.
+    /// Forget the current (partial) head, and its buffer: a buffer exists only while a head
+    /// is incomplete (most heads arrive whole and are parsed in place).
     fn reset_head(&mut self) {
         self.head_started = false;
         self.sig_ok = false;
-        self.buf.clear();
-        if self.buf.capacity() > KEEP_BUF_CAPACITY {
-            self.buf = Vec::new();
-        }
+        self.buf = Vec::new();
     }
 
     fn sig(&self, bytes: &[u8]) -> Sig {
@@ -352,14 +347,10 @@ impl HttpConn {
                 if d.buf.is_empty() {
                     self.complete_head(cx, head, out);
                 } else {
+                    // The buffer is dropped with the head: idle connections hold none.
                     let mut buf = std::mem::take(&mut d.buf);
                     buf.extend_from_slice(head);
                     self.complete_head(cx, &buf, out);
-                    buf.clear();
-                    let d = self.dir_mut(cx.flow);
-                    if buf.capacity() <= KEEP_BUF_CAPACITY && d.buf.capacity() == 0 {
-                        d.buf = buf;
-                    }
                 }
                 skip + end
             }

@@ -139,11 +139,11 @@ impl T {
         let max = self.c.limits.max_head_bytes;
         for d in [&self.c.req, &self.c.resp] {
             assert!(d.buf.len() <= max, "buffer {} > {}", d.buf.len(), max);
-            assert!(
-                d.buf.capacity() <= max.max(KEEP_BUF_CAPACITY),
-                "capacity {}",
-                d.buf.capacity()
-            );
+            assert!(d.buf.capacity() <= max, "capacity {}", d.buf.capacity());
+            // A buffer exists only while a head is incomplete.
+            if !d.head_started {
+                assert_eq!(d.buf.capacity(), 0, "buffer kept between heads");
+            }
         }
         assert!(self.c.pending() <= self.c.limits.max_pending);
     }
@@ -1477,10 +1477,13 @@ fn fuzz_random_streams_never_panic_and_stay_bounded() {
             for d in [&c.req, &c.resp] {
                 assert!(d.buf.len() <= max_head, "iter {iter}: buf {}", d.buf.len());
                 assert!(
-                    d.buf.capacity() <= max_head.max(KEEP_BUF_CAPACITY),
+                    d.buf.capacity() <= max_head,
                     "iter {iter}: cap {}",
                     d.buf.capacity()
                 );
+                if !d.head_started {
+                    assert_eq!(d.buf.capacity(), 0, "iter {iter}: buffer kept");
+                }
             }
             assert!(c.pending() <= limits.max_pending.max(1), "iter {iter}");
             for e in &out {

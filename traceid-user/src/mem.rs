@@ -1,0 +1,89 @@
+//! Giving memory back: tables that grew under a burst shrink once it has passed.
+//!
+//! A `HashMap` or `VecDeque` keeps its largest capacity forever; after 1,000,000 short
+//! connections the tables would hold the memory of the busiest moment. Every table that can
+//! grow with traffic calls [`shrink_if_sparse`] where it removes entries.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::Hash;
+
+/// Capacity below which a table is never shrunk (shrinking small tables costs more than it
+/// gives back).
+const MIN_CAPACITY: usize = 1024;
+
+/// Something with a length and a capacity that can shrink.
+pub trait Shrink {
+    fn len_and_capacity(&self) -> (usize, usize);
+    fn shrink_to(&mut self, min: usize);
+}
+
+impl<K: Eq + Hash, V> Shrink for HashMap<K, V> {
+    fn len_and_capacity(&self) -> (usize, usize) {
+        (self.len(), self.capacity())
+    }
+    fn shrink_to(&mut self, min: usize) {
+        HashMap::shrink_to(self, min);
+    }
+}
+
+impl<T> Shrink for VecDeque<T> {
+    fn len_and_capacity(&self) -> (usize, usize) {
+        (self.len(), self.capacity())
+    }
+    fn shrink_to(&mut self, min: usize) {
+        VecDeque::shrink_to(self, min);
+    }
+}
+
+/// Shrinks `t` to twice its length once it is less than a quarter full (amortised O(1): a
+/// table must lose three quarters of its entries between two shrinks).
+pub fn shrink_if_sparse(t: &mut impl Shrink) {
+    let (len, cap) = t.len_and_capacity();
+    if cap > MIN_CAPACITY && len.saturating_mul(4) < cap {
+        t.shrink_to((len * 2).max(MIN_CAPACITY / 2));
+    }
+}
+
+/// Returns freed heap memory to the kernel (glibc keeps it in its arenas otherwise, and RSS
+/// stays at the peak). Cheap enough to call every few seconds.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_table_emptied_after_a_burst_gives_its_capacity_back() {
+        let mut m: HashMap<u64, [u8; 64]> = HashMap::new();
+        for i in 0..100_000 {
+            m.insert(i, [0; 64]);
+        }
+        let peak = m.capacity();
+        for i in 0..99_990 {
+            m.remove(&i);
+            shrink_if_sparse(&mut m);
+        }
+        assert_eq!(m.len(), 10);
+        assert!(m.capacity() <= MIN_CAPACITY, "{} of {peak}", m.capacity());
+        // Entries survive the shrinks.
+        assert!((99_990..100_000).all(|i| m.contains_key(&i)));
+    }
+
+    #[test]
+    fn small_or_full_tables_are_left_alone() {
+        let mut q: VecDeque<u32> = VecDeque::with_capacity(512);
+        q.push_back(1);
+        shrink_if_sparse(&mut q);
+        assert!(q.capacity() >= 512);
+        let mut m: HashMap<u32, u32> = (0..10_000).map(|i| (i, i)).collect();
+        let cap = m.capacity();
+        shrink_if_sparse(&mut m);
+        assert_eq!(m.capacity(), cap);
+    }
+}
