@@ -98,6 +98,8 @@ struct Conn {
     last_ns: u64,
     /// Outbound requests' links, decided when each request started (by request number).
     links: Vec<(u64, Option<link::Link>)>,
+    /// The trace context of requests in flight, read once when each started (by number).
+    contexts: Vec<(u64, Extraction)>,
 }
 
 /// Counters of everything the engine dropped or could not make sense of.
@@ -302,6 +304,7 @@ impl Engine {
                 streams: [stream(), stream()],
                 last_ns: ts_ns,
                 links: Vec::new(),
+                contexts: Vec::new(),
             },
         );
     }
@@ -352,55 +355,24 @@ impl Cx<'_> {
     ) {
         for m in messages.drain(..) {
             match m {
-                Message::RequestStarted { seq, head } => match conn.role {
-                    Role::Server => {
-                        let ex = self.extract(&head.headers);
-                        self.linker.start(
-                            key.pid,
-                            Inflight {
-                                conn: (key.fd, key.conn_ts_ns),
-                                seq,
-                                head: Arc::clone(&head),
-                                trace: ex.primary().cloned(),
-                            },
-                        );
+                Message::RequestStarted { seq, head } => {
+                    let ex = self.extract(&head.headers);
+                    self.start_request(key, conn, seq, head, &ex);
+                    if conn.contexts.len() >= self.cfg.limits.max_pending.max(1) {
+                        conn.contexts.remove(0);
                     }
-                    _ => {
-                        let ex = self.extract(&head.headers);
-                        let l = self.linker.link(key.pid, head.tid, ex.primary());
-                        if conn.links.len() >= self.cfg.limits.max_pending.max(1) {
-                            conn.links.remove(0);
-                        }
-                        conn.links.push((seq, l));
-                    }
-                },
+                    conn.contexts.push((seq, ex));
+                }
                 Message::Exchange {
                     seq,
                     request,
                     response,
                 } => {
-                    let link = if conn.role == Role::Server {
-                        self.linker.finish(key.pid, (key.fd, key.conn_ts_ns), seq);
-                        if let Some(resp) = &response {
-                            self.linker.observe_thread(key.pid, request.tid, resp.tid);
-                        }
-                        None
-                    } else {
-                        // A server's own calls say whether one thread carries them through.
-                        if let Some(resp) = &response {
-                            if self.linker.is_server(key.pid) {
-                                self.linker.observe_thread(key.pid, request.tid, resp.tid);
-                            }
-                        }
-                        conn.links
-                            .iter()
-                            .position(|(s, _)| *s == seq)
-                            .and_then(|i| conn.links.remove(i).1)
+                    let ex = match conn.contexts.iter().position(|(s, _)| *s == seq) {
+                        Some(i) => conn.contexts.swap_remove(i).1,
+                        None => self.extract(&request.headers),
                     };
-                    let rec =
-                        self.request_record(key, conn, tls, &request, response.as_ref(), link);
-                    self.stats.requests += 1;
-                    out.push(Record::Request(Box::new(rec)));
+                    self.finish_request(key, conn, tls, seq, &request, response, ex, out);
                 }
                 Message::Uninspected(n) => self.stats.uninspected_bytes += n,
                 Message::Anomaly(a) => {
@@ -413,6 +385,72 @@ impl Cx<'_> {
         }
     }
 
+    /// A request head is complete: an inbound one is in flight for linking, an outbound one
+    /// is linked now (while the request it serves is still in flight).
+    fn start_request(
+        &mut self,
+        key: ConnKey,
+        conn: &mut Conn,
+        seq: u64,
+        head: Arc<RequestHead>,
+        ex: &Extraction,
+    ) {
+        match conn.role {
+            Role::Server => self.linker.start(
+                key.pid,
+                Inflight {
+                    conn: (key.fd, key.conn_ts_ns),
+                    seq,
+                    head,
+                    trace: ex.primary().cloned(),
+                },
+            ),
+            _ => {
+                let l = self.linker.link(key.pid, head.tid, ex.primary());
+                if conn.links.len() >= self.cfg.limits.max_pending.max(1) {
+                    conn.links.remove(0);
+                }
+                conn.links.push((seq, l));
+            }
+        }
+    }
+
+    /// A request ended (answered, or its connection ended): its record, with findings.
+    #[allow(clippy::too_many_arguments)]
+    fn finish_request(
+        &mut self,
+        key: ConnKey,
+        conn: &mut Conn,
+        tls: bool,
+        seq: u64,
+        request: &RequestHead,
+        response: Option<ResponseHead>,
+        ex: Extraction,
+        out: &mut Vec<Record>,
+    ) {
+        let link = if conn.role == Role::Server {
+            self.linker.finish(key.pid, (key.fd, key.conn_ts_ns), seq);
+            if let Some(resp) = &response {
+                self.linker.observe_thread(key.pid, request.tid, resp.tid);
+            }
+            None
+        } else {
+            // A server's own calls say whether one thread carries them through.
+            if let Some(resp) = &response {
+                if self.linker.is_server(key.pid) {
+                    self.linker.observe_thread(key.pid, request.tid, resp.tid);
+                }
+            }
+            conn.links
+                .iter()
+                .position(|(s, _)| *s == seq)
+                .and_then(|i| conn.links.remove(i).1)
+        };
+        let rec = self.request_record(key, conn, tls, request, response.as_ref(), &ex, link);
+        self.stats.requests += 1;
+        out.push(Record::Request(Box::new(rec)));
+    }
+
     fn extract(&self, headers: &[(String, String)]) -> Extraction {
         tracectx::extract(
             headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())),
@@ -420,6 +458,7 @@ impl Cx<'_> {
         )
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn request_record(
         &self,
         key: ConnKey,
@@ -427,9 +466,9 @@ impl Cx<'_> {
         tls: bool,
         req: &RequestHead,
         resp: Option<&ResponseHead>,
+        ex: &Extraction,
         link: Option<link::Link>,
     ) -> RequestRecord {
-        let ex = self.extract(&req.headers);
         let primary = ex.primary();
         let direction = if conn.role == Role::Server {
             Direction::Inbound
