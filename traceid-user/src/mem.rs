@@ -5,7 +5,13 @@
 //! grow with traffic calls [`shrink_if_sparse`] where it removes entries.
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::Hash;
+use std::hash::{BuildHasher, Hash};
+
+/// The hasher of the tables looked up per captured message: much cheaper than SipHash on
+/// small integer keys, still randomly seeded.
+pub type FastState = foldhash::fast::RandomState;
+/// A `HashMap` with [`FastState`].
+pub type FastMap<K, V> = HashMap<K, V, FastState>;
 
 /// Capacity below which a table is never shrunk (shrinking small tables costs more than it
 /// gives back).
@@ -17,7 +23,7 @@ pub trait Shrink {
     fn shrink_to(&mut self, min: usize);
 }
 
-impl<K: Eq + Hash, V> Shrink for HashMap<K, V> {
+impl<K: Eq + Hash, V, S: BuildHasher> Shrink for HashMap<K, V, S> {
     fn len_and_capacity(&self) -> (usize, usize) {
         (self.len(), self.capacity())
     }

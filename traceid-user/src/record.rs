@@ -225,20 +225,77 @@ pub enum Record {
     Buildup(Box<BuildupRecord>),
 }
 
-/// Formats CLOCK_REALTIME nanoseconds as RFC 3339 UTC with milliseconds.
+/// Formats CLOCK_REALTIME nanoseconds as RFC 3339 UTC with milliseconds
+/// (`2026-11-25T05:40:12.345Z`). Written digit by digit: it runs for every record.
 pub fn rfc3339_ms(realtime_ns: i128) -> String {
     let ms_total = realtime_ns.div_euclid(1_000_000);
     let secs = ms_total.div_euclid(1000);
-    let ms = ms_total.rem_euclid(1000);
+    let ms = ms_total.rem_euclid(1000) as u32;
     let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
+    let sod = secs.rem_euclid(86_400) as u32;
     let (y, m, d) = civil_from_days(days as i64);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
-        sod / 3600,
-        (sod % 3600) / 60,
-        sod % 60
-    )
+    if !(0..=9999).contains(&y) {
+        // Outside what four digits hold: the slow path keeps it correct.
+        return format!(
+            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
+            sod / 3600,
+            (sod % 3600) / 60,
+            sod % 60
+        );
+    }
+    let mut b = *b"0000-00-00T00:00:00.000Z";
+    let mut put = |at: usize, width: usize, mut v: u32| {
+        for i in (at..at + width).rev() {
+            b[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(0, 4, y as u32);
+    put(5, 2, m);
+    put(8, 2, d);
+    put(11, 2, sod / 3600);
+    put(14, 2, (sod % 3600) / 60);
+    put(17, 2, sod % 60);
+    put(20, 3, ms);
+    // Every byte is an ASCII digit or one of the template's separators.
+    String::from_utf8_lossy(&b).into_owned()
+}
+
+/// "ip:port" as `SocketAddr`'s Display writes it, without the formatting machinery for the
+/// common IPv4 case (it runs for both endpoints of every record).
+pub fn endpoint_string(a: std::net::SocketAddr) -> String {
+    match a {
+        std::net::SocketAddr::V4(v4) => {
+            let mut s = String::with_capacity(21);
+            for (i, o) in v4.ip().octets().iter().enumerate() {
+                if i > 0 {
+                    s.push('.');
+                }
+                push_decimal(&mut s, u32::from(*o));
+            }
+            s.push(':');
+            push_decimal(&mut s, u32::from(v4.port()));
+            s
+        }
+        std::net::SocketAddr::V6(_) => a.to_string(),
+    }
+}
+
+fn push_decimal(s: &mut String, v: u32) {
+    let mut digits = [0u8; 10];
+    let mut n = 0;
+    let mut v = v;
+    loop {
+        digits[n] = b'0' + (v % 10) as u8;
+        n += 1;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    for d in digits[..n].iter().rev() {
+        s.push(char::from(*d));
+    }
 }
 
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
@@ -272,6 +329,49 @@ mod tests {
             rfc3339_ms(951_782_400_000_000_000),
             "2000-02-29T00:00:00.000Z"
         );
+    }
+
+    #[test]
+    fn rfc3339_agrees_with_the_formatting_machinery_everywhere() {
+        let mut rng = crate::test_util::Rng::new(5);
+        for _ in 0..20_000 {
+            // 1970..2100, and a few out of four digits' reach.
+            let ns =
+                (rng.below(4_102_444_800_000) as i128) * 1_000_000 + rng.below(1_000_000) as i128;
+            let ms_total = ns.div_euclid(1_000_000);
+            let secs = ms_total.div_euclid(1000);
+            let (y, m, d) = civil_from_days(secs.div_euclid(86_400) as i64);
+            let sod = secs.rem_euclid(86_400);
+            let want = format!(
+                "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+                sod / 3600,
+                (sod % 3600) / 60,
+                sod % 60,
+                ms_total.rem_euclid(1000)
+            );
+            assert_eq!(rfc3339_ms(ns), want);
+        }
+        assert_eq!(rfc3339_ms(-1_000_000), "1969-12-31T23:59:59.999Z");
+        // Years past 9999 take the slow path and stay correct.
+        assert_eq!(
+            rfc3339_ms(253_402_300_800_000_000_000),
+            "10000-01-01T00:00:00.000Z"
+        );
+    }
+
+    #[test]
+    fn endpoints_print_as_socket_addr_does() {
+        for a in [
+            "0.0.0.0:0",
+            "127.0.0.1:8080",
+            "255.255.255.255:65535",
+            "10.20.3.4:9",
+            "[::1]:443",
+            "[2001:db8::7]:80",
+        ] {
+            let addr: std::net::SocketAddr = a.parse().unwrap();
+            assert_eq!(endpoint_string(addr), addr.to_string());
+        }
     }
 
     #[test]

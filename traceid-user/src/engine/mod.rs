@@ -18,7 +18,9 @@ use crate::mem;
 use crate::protocol::{
     self, Chunk, Flow, Limits, Message, Parser, Protocol, ProtocolParser, RequestHead, ResponseHead,
 };
-use crate::record::{rfc3339_ms, ConnKey, Direction, Finding, InboundRef, Record, RequestRecord};
+use crate::record::{
+    endpoint_string, rfc3339_ms, ConnKey, Direction, Finding, InboundRef, Record, RequestRecord,
+};
 use crate::tracectx::{self, Extraction, HeaderNames, TraceContext};
 
 use link::{Inflight, Linker};
@@ -118,7 +120,7 @@ pub struct EngineStats {
 
 pub struct Engine {
     cfg: EngineConfig,
-    conns: HashMap<ConnKey, Conn>,
+    conns: mem::FastMap<ConnKey, Conn>,
     linker: Linker,
     pub stats: EngineStats,
     /// Reused buffer of parser messages.
@@ -129,7 +131,7 @@ impl Engine {
     pub fn new(cfg: EngineConfig) -> Engine {
         Engine {
             cfg,
-            conns: HashMap::new(),
+            conns: mem::FastMap::default(),
             linker: Linker::default(),
             stats: EngineStats::default(),
             messages: Vec::new(),
@@ -523,8 +525,8 @@ impl Cx<'_> {
             pid: key.pid,
             tid: req.tid,
             comm: conn.comm.clone(),
-            local: conn.local.map(|a| a.to_string()),
-            peer: conn.peer.map(|a| a.to_string()),
+            local: conn.local.map(endpoint_string),
+            peer: conn.peer.map(endpoint_string),
             tls,
             method: req.method.clone(),
             path: req.path.clone(),

@@ -256,6 +256,13 @@ enum Class {
 pub struct HeaderNames {
     /// Request-id family: the built-ins then the extras, lowercase, without duplicates.
     request_ids: Vec<String>,
+    /// Which name lengths (bit n: length n, up to 63) and first letters (bit of the lowercase
+    /// byte's low 6 bits) any read header has: most headers of a head are rejected by these
+    /// two bit tests without a string comparison.
+    lengths: u64,
+    first_bytes: u64,
+    /// Some read header is 64 bytes or longer (the length filter does not cover it).
+    long_names: bool,
 }
 
 impl Default for HeaderNames {
@@ -280,7 +287,24 @@ impl HeaderNames {
             }
             request_ids.push(name);
         }
-        HeaderNames { request_ids }
+        let mut names = HeaderNames {
+            request_ids,
+            lengths: 0,
+            first_bytes: 0,
+            long_names: false,
+        };
+        let all: Vec<(usize, u8)> = names
+            .iter()
+            .map(|n| (n.len(), n.as_bytes().first().copied().unwrap_or(0)))
+            .collect();
+        for (len, first) in all {
+            match 1u64.checked_shl(len as u32) {
+                Some(bit) if len < 64 => names.lengths |= bit,
+                _ => names.long_names = true,
+            }
+            names.first_bytes |= 1 << (first.to_ascii_lowercase() & 63);
+        }
+        names
     }
 
     /// Case-insensitive. True for every header name any format reads (traceparent, tracestate,
@@ -307,6 +331,15 @@ impl HeaderNames {
     /// On the hot path (every header of every HTTP head): allocation-free, and
     /// `eq_ignore_ascii_case` rejects a different length before looking at any byte.
     fn classify(&self, name: &str) -> Option<Class> {
+        let first = name.as_bytes().first().copied().unwrap_or(0);
+        let length_possible = if name.len() < 64 {
+            self.lengths & (1 << name.len()) != 0
+        } else {
+            self.long_names
+        };
+        if !length_possible || self.first_bytes & (1 << (first.to_ascii_lowercase() & 63)) == 0 {
+            return None;
+        }
         if let Some((index, h)) = fixed_headers()
             .enumerate()
             .find(|(_, h)| h.name.eq_ignore_ascii_case(name))

@@ -65,15 +65,17 @@ pub(super) fn response_sig(b: &[u8]) -> Sig {
 /// given the two bytes of the head that precede `hay` (`prev = [b[-2], b[-1]]`,
 /// 0 when absent). Accepts CRLF and bare LF line endings.
 pub(super) fn find_head_end(prev: [u8; 2], hay: &[u8]) -> Option<usize> {
-    let [mut p2, mut p1] = prev;
-    for (i, &b) in hay.iter().enumerate() {
-        if b == b'\n' && (p1 == b'\n' || (p1 == b'\r' && p2 == b'\n')) {
-            return Some(i + 1);
-        }
-        p2 = p1;
-        p1 = b;
-    }
-    None
+    // The byte `back` places before `hay[i]`, reaching into `prev` before the start.
+    let before = |i: usize, back: usize| match i.checked_sub(back) {
+        Some(j) => hay.get(j).copied().unwrap_or(0),
+        None => prev.get(2 + i - back).copied().unwrap_or(0),
+    };
+    memchr::memchr_iter(b'\n', hay)
+        .find(|&i| {
+            let p1 = before(i, 1);
+            p1 == b'\n' || (p1 == b'\r' && before(i, 2) == b'\n')
+        })
+        .map(|i| i + 1)
 }
 
 /// Last two bytes of `buf` (0 when absent).
@@ -243,10 +245,18 @@ fn scan_headers(headers: &[httparse::Header<'_>], keep: &dyn Fn(&str) -> bool) -
         } else if name.eq_ignore_ascii_case("upgrade") {
             out.upgrade = true;
         }
-        let lower: std::borrow::Cow<'_, str> = if name.bytes().any(|b| b.is_ascii_uppercase()) {
-            std::borrow::Cow::Owned(name.to_ascii_lowercase())
-        } else {
+        // Lowercased on the stack: this runs for every header of every head, and most are
+        // not kept.
+        let mut stack = [0u8; 64];
+        let lower: std::borrow::Cow<'_, str> = if !name.bytes().any(|b| b.is_ascii_uppercase()) {
             std::borrow::Cow::Borrowed(name)
+        } else if let Some(buf) = stack.get_mut(..name.len()) {
+            buf.copy_from_slice(name.as_bytes());
+            buf.make_ascii_lowercase();
+            // ASCII lowercasing keeps UTF-8 valid.
+            std::borrow::Cow::Borrowed(std::str::from_utf8(buf).unwrap_or(""))
+        } else {
+            std::borrow::Cow::Owned(name.to_ascii_lowercase())
         };
         if keep(&lower) {
             out.headers
