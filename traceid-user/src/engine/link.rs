@@ -18,7 +18,7 @@
 //! Memory is bounded: at most `MAX_INFLIGHT_PER_PROCESS` requests per process and
 //! `MAX_PROCESSES` processes; the oldest are forgotten first.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use crate::protocol::RequestHead;
@@ -49,12 +49,12 @@ pub struct Link {
 
 #[derive(Default)]
 pub struct Linker {
-    by_pid: HashMap<u32, VecDeque<Inflight>>,
+    by_pid: crate::mem::FastMap<u32, VecDeque<Inflight>>,
     /// Processes seen serving inbound requests (bounded): only their outbound calls can be
     /// unlinked; a pure client (curl, a batch job) is the start of a chain.
     servers: std::collections::HashSet<u32>,
     /// What each server process has shown about serving a request on one thread (bounded).
-    affinity: HashMap<u32, Affinity>,
+    affinity: crate::mem::FastMap<u32, Affinity>,
     /// Inflight entries forgotten because a bound was hit.
     pub evicted: u64,
 }

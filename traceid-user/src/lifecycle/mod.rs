@@ -45,8 +45,8 @@ const MAX_BUILDUPS_KEPT: usize = 100;
 
 pub struct Lifecycle {
     cfg: LifecycleConfig,
-    open: HashMap<ConnKey, OpenConn>,
-    open_by_sock: HashMap<u64, ConnKey>,
+    open: mem::FastMap<ConnKey, OpenConn>,
+    open_by_sock: mem::FastMap<u64, ConnKey>,
     /// Open connections by (local, remote): a process that exits without close() still owns
     /// the TIME_WAIT its exit leaves.
     open_by_tuple: HashMap<(SocketAddr, SocketAddr), ConnKey>,
@@ -67,8 +67,8 @@ impl Lifecycle {
     pub fn new(cfg: LifecycleConfig) -> Lifecycle {
         Lifecycle {
             cfg,
-            open: HashMap::new(),
-            open_by_sock: HashMap::new(),
+            open: mem::FastMap::default(),
+            open_by_sock: mem::FastMap::default(),
             open_by_tuple: HashMap::new(),
             recent: Recent::default(),
             peers: HashMap::new(),
