@@ -178,7 +178,9 @@ pub fn memory(bin: &Path, a: &BenchArgs) -> Result<MemoryResult> {
     for h in servers {
         let _ = h.join();
     }
-    thread::sleep(Duration::from_secs(3));
+    // The target is RSS 10 s after the churn: enough for the agent's periodic release of freed
+    // memory, not for the 60 s TIME_WAIT sockets (still attributed) to expire.
+    thread::sleep(Duration::from_secs(10));
     let rss_after_short = status_mib(apid, "VmRSS").unwrap_or(f64::NAN);
     let hwm = status_mib(apid, "VmHWM").unwrap_or(f64::NAN);
     let short_done = done.load(Ordering::Relaxed);
