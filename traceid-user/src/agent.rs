@@ -93,6 +93,9 @@ pub fn run_live(
     }
     // A first census before anything else: the baseline TIME_WAIT growth is measured from.
     live.census();
+    // Start-up parsed the kernel's BTF and the TLS libraries' symbol tables (the peak of the
+    // agent's life, over 100 MiB): give that memory back before settling in.
+    mem::release_free_memory();
     (live.notify)(Notice::Watching {
         tracepoints: cap.info.attached,
         seeded: cap.info.seeded,
