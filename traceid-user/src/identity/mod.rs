@@ -47,6 +47,10 @@ pub struct Resolver {
     known: HashMap<u32, Known>,
     cap: usize,
     tick: u64,
+    /// Whether the unreadable name sources were already reported.
+    told_unavailable: bool,
+    /// Set when a pod's process was resolved while name sources are missing.
+    unavailable: Option<Vec<MissingSource>>,
 }
 
 impl Resolver {
@@ -56,12 +60,15 @@ impl Resolver {
             known: HashMap::new(),
             cap: cap.max(1),
             tick: 0,
+            told_unavailable: false,
+            unavailable: None,
         }
     }
 
-    /// The name sources the node does not give this agent.
-    pub fn missing_sources(&self) -> Vec<MissingSource> {
-        self.node.missing_sources()
+    /// Once, after the first process of a Kubernetes pod: the name sources the node does not
+    /// give this agent, when there are any. (Outside Kubernetes they have nothing to give.)
+    pub fn take_unavailable(&mut self) -> Option<Vec<MissingSource>> {
+        self.unavailable.take()
     }
 
     /// Processes remembered now.
@@ -104,6 +111,11 @@ impl Resolver {
             self.node.start_time(h.pid).unwrap_or(0)
         };
         let identity = self.node.resolve(h.pid);
+        if identity.pod.is_some() && !self.told_unavailable {
+            self.told_unavailable = true;
+            let missing = self.node.missing_sources();
+            self.unavailable = (!missing.is_empty()).then_some(missing);
+        }
         let previous = self.known.insert(
             h.pid,
             Known {

@@ -243,3 +243,28 @@ fn a_real_process_of_this_host_resolves_without_error() {
         cgroup::parse(&cg).map(|c| c.container_id)
     );
 }
+
+#[test]
+fn missing_name_sources_are_told_once_and_only_when_a_pod_is_seen() {
+    let node = Node::new("tell");
+    node.process(10, "0::/user.slice/session-1.scope\n", None);
+    node.process(11, &cgroupfs(ID), Some("web-0"));
+    node.process(12, &cgroupfs(ID), Some("web-0"));
+    let mut r = Resolver::new(node.files(), 100);
+    announce(&mut r, &[raw(kind::CONN_OPEN, 10)]);
+    assert_eq!(
+        r.take_unavailable(),
+        None,
+        "a host process needs no pod names"
+    );
+    announce(&mut r, &[raw(kind::CONN_OPEN, 11)]);
+    let missing = r
+        .take_unavailable()
+        .expect("the scratch node has no kubelet layout");
+    assert!(
+        missing.iter().any(|m| m.path.ends_with(node::PODS_LOG_DIR)),
+        "{missing:?}"
+    );
+    announce(&mut r, &[raw(kind::CONN_OPEN, 12)]);
+    assert_eq!(r.take_unavailable(), None, "said once");
+}
