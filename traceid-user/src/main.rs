@@ -132,6 +132,12 @@ struct RunArgs {
     /// Distinct `comm` label values before `other`.
     #[arg(long, default_value_t = 100, value_name = "N")]
     comm_cap: usize,
+    /// Distinct `namespace` label values before `other`.
+    #[arg(long, default_value_t = 50, value_name = "N")]
+    namespace_cap: usize,
+    /// Distinct `workload` label values before `other`.
+    #[arg(long, default_value_t = 200, value_name = "N")]
+    workload_cap: usize,
     /// Stop after this long (default: until SIGINT/SIGTERM).
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
@@ -422,6 +428,8 @@ fn run_agent(args: &RunArgs, common: &Common) -> anyhow::Result<ExitCode> {
         trace_series_cap: args.trace_series_cap,
         trace_series_ttl: args.trace_series_ttl,
         comm_cap: args.comm_cap,
+        namespace_cap: args.namespace_cap,
+        workload_cap: args.workload_cap,
         ..MetricsConfig::default()
     }));
     metrics.init_lost_stages(capture::stat_names().chain(["decode", "connections_evicted"]));
