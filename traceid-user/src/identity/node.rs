@@ -49,6 +49,8 @@ pub struct NodeFiles {
     /// Pod UID -> (namespace, pod name), from the kubelet's pod log directories.
     pods: HashMap<String, (String, String)>,
     last_scan: Option<Instant>,
+    /// Why a container's /etc/hostname could not be read, the first time access was denied.
+    hostname_denied: Option<MissingSource>,
 }
 
 impl NodeFiles {
@@ -64,10 +66,13 @@ impl NodeFiles {
             node_hostname,
             pods: HashMap::new(),
             last_scan: None,
+            hostname_denied: None,
         }
     }
 
-    /// The name sources that cannot be read here (said once at start-up).
+    /// The name sources that cannot be read here: the kubelet's log layout, and the
+    /// containers' /etc/hostname once reading one was denied (another process's root needs
+    /// ptrace access: CAP_SYS_PTRACE).
     pub fn missing_sources(&self) -> Vec<MissingSource> {
         let mut missing = Vec::new();
         let pods = self.host_root.join(PODS_LOG_DIR);
@@ -78,15 +83,7 @@ impl NodeFiles {
                 error: e.to_string(),
             });
         }
-        // Another process's root needs ptrace access (CAP_SYS_PTRACE); pid 1 is never ours.
-        let root = self.proc_root.join("1/root");
-        if let Err(e) = std::fs::read_link(&root) {
-            missing.push(MissingSource {
-                gives: "pod names from each container's /etc/hostname",
-                path: root,
-                error: e.to_string(),
-            });
-        }
+        missing.extend(self.hostname_denied.clone());
         missing
     }
 
@@ -125,9 +122,8 @@ impl NodeFiles {
             None => (None, None),
         };
         if pod_name.is_none() {
-            pod_name = std::fs::read_to_string(dir.join("root/etc/hostname"))
-                .ok()
-                .and_then(|h| first_line(&h))
+            pod_name = self
+                .hostname(&dir)
                 .filter(|h| Some(h) != self.node_hostname.as_ref());
         }
         Identity {
@@ -138,6 +134,24 @@ impl NodeFiles {
                 uid,
             }),
             namespace,
+        }
+    }
+
+    /// The hostname a container's own files give it (`<proc>/<pid>/root/etc/hostname`).
+    fn hostname(&mut self, proc_dir: &Path) -> Option<String> {
+        let path = proc_dir.join("root/etc/hostname");
+        match std::fs::read_to_string(&path) {
+            Ok(h) => first_line(&h),
+            Err(e) => {
+                if e.kind() == io::ErrorKind::PermissionDenied && self.hostname_denied.is_none() {
+                    self.hostname_denied = Some(MissingSource {
+                        gives: "pod names from each container's /etc/hostname",
+                        path,
+                        error: e.to_string(),
+                    });
+                }
+                None
+            }
         }
     }
 
