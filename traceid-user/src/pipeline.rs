@@ -80,11 +80,6 @@ impl Pipeline {
         &self.lifecycle
     }
 
-    /// The identities announced so far.
-    pub fn identities(&self) -> &IdentityTable {
-        &self.identities
-    }
-
     /// Feeds one raw record: a kernel event or an agent record (census, loss, identity).
     pub fn process(&mut self, raw: &[u8], sink: &mut dyn FnMut(&Record)) {
         self.stats.records += 1;
