@@ -28,6 +28,9 @@ pub mod kind {
     /// Written by the agent, never by the kernel: events the kernel side counted as lost
     /// (layout: traceid-user pipeline).
     pub const LOSS: u16 = 7;
+    /// Written by the agent, never by the kernel: who a process is (container, pod,
+    /// namespace, workload), announced before its first record (layout: traceid-user identity).
+    pub const IDENTITY: u16 = 8;
 }
 
 /// TCP states as the kernel numbers them (`include/net/tcp_states.h`).

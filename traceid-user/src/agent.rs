@@ -2,7 +2,8 @@
 //!
 //! Everything the loop learns reaches the pipeline as a raw record, and every raw record also
 //! goes to the caller's `raw` callback (`traceid record`), so a recording replays exactly what
-//! the live run saw: kernel events, TIME_WAIT censuses and the kernel's loss counters.
+//! the live run saw: kernel events, TIME_WAIT censuses, the kernel's loss counters and who each
+//! process is (its identity, announced before its first record).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::capture::{self, Capture, CaptureConfig, CaptureError};
+use crate::identity::{MissingSource, Resolver};
 use crate::lifecycle::{census_record, LiveCensus, Sysctls, TimeWaitReport};
 use crate::mem;
 use crate::pipeline::{loss_record, Pipeline, PipelineConfig};
@@ -39,6 +41,9 @@ pub enum Notice {
     },
     /// The TIME_WAIT census failed (said once; later failures are only in the report).
     CensusUnavailable(String),
+    /// A process of a Kubernetes pod was seen and these name sources cannot be read (said
+    /// once): its lines lack the names they would give.
+    IdentityNamesUnavailable(Vec<MissingSource>),
 }
 
 #[derive(thiserror::Error, Debug)]
@@ -60,10 +65,12 @@ pub struct RunSummary {
 }
 
 /// Runs the capture until `stop` is set or `duration` passes, handing every record to `sink`
-/// and every raw record to `raw` (for `record`).
+/// and every raw record to `raw` (for `record`); `identities` tells who each process is.
+#[allow(clippy::too_many_arguments)]
 pub fn run_live(
     capture_cfg: &CaptureConfig,
     pipeline_cfg: PipelineConfig,
+    identities: Resolver,
     duration: Option<Duration>,
     stop: Arc<AtomicBool>,
     notify: &mut dyn FnMut(Notice),
@@ -80,6 +87,8 @@ pub fn run_live(
     let census_max = pipeline_cfg.lifecycle.census_max;
     let mut live = Live {
         pipeline: Pipeline::new(pipeline_cfg),
+        identities,
+        announced: Vec::new(),
         census: LiveCensus::default(),
         census_warned: false,
         census_max,
@@ -160,6 +169,9 @@ pub fn run_live(
 /// The live loop's state between polls.
 struct Live<'a> {
     pipeline: Pipeline,
+    identities: Resolver,
+    /// Reused buffer of the identity records to feed ahead of a record.
+    announced: Vec<Vec<u8>>,
     census: LiveCensus,
     census_warned: bool,
     census_max: usize,
@@ -172,6 +184,16 @@ struct Live<'a> {
 
 impl Live<'_> {
     fn feed(&mut self, rec: &[u8]) {
+        self.identities.before(rec, &mut self.announced);
+        let mut announced = std::mem::take(&mut self.announced);
+        for a in announced.drain(..) {
+            (self.raw)(&a);
+            self.pipeline.process(&a, self.sink);
+        }
+        self.announced = announced;
+        if let Some(missing) = self.identities.take_unavailable() {
+            (self.notify)(Notice::IdentityNamesUnavailable(missing));
+        }
         (self.raw)(rec);
         self.pipeline.process(rec, self.sink);
     }

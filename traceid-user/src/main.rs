@@ -25,6 +25,7 @@ use criterion as _;
 use traceid::agent::{self, Notice, RunSummary};
 use traceid::capture::CaptureConfig;
 use traceid::engine::{EngineConfig, Filter};
+use traceid::identity::{self, IdentityFilter, NodeFiles, Resolver};
 use traceid::lifecycle::LifecycleConfig;
 use traceid::metrics::{server as metrics_server, Metrics, MetricsConfig};
 use traceid::pipeline::{Pipeline, PipelineConfig};
@@ -131,6 +132,12 @@ struct RunArgs {
     /// Distinct `comm` label values before `other`.
     #[arg(long, default_value_t = 100, value_name = "N")]
     comm_cap: usize,
+    /// Distinct `namespace` label values before `other`.
+    #[arg(long, default_value_t = 50, value_name = "N")]
+    namespace_cap: usize,
+    /// Distinct `workload` label values before `other`.
+    #[arg(long, default_value_t = 200, value_name = "N")]
+    workload_cap: usize,
     /// Stop after this long (default: until SIGINT/SIGTERM).
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
@@ -148,6 +155,19 @@ struct Common {
     /// Only report connections with this local or remote port (repeatable).
     #[arg(long)]
     port: Vec<u16>,
+    /// Only report processes of pods in this Kubernetes namespace (repeatable).
+    #[arg(long)]
+    namespace: Vec<String>,
+    /// Only report processes of this pod, by name (repeatable).
+    #[arg(long)]
+    pod: Vec<String>,
+    /// Only report processes of this container, by name or id prefix (repeatable).
+    #[arg(long)]
+    container: Vec<String>,
+    /// Where the host's files are mounted: the kubelet's /var/log/pods and /var/log/containers
+    /// are read below it, for pod, namespace and container names. /proc is the agent's own.
+    #[arg(long, default_value = "/", value_name = "DIR")]
+    host_root: PathBuf,
     /// Extra request-id header names to read (repeatable), e.g. --header x-amzn-request-id.
     #[arg(long = "header")]
     headers: Vec<String>,
@@ -181,7 +201,20 @@ impl Common {
                 tw_threshold: self.tw_threshold,
                 ..Default::default()
             },
+            identity_filter: IdentityFilter {
+                namespaces: self.namespace.clone(),
+                pods: self.pod.clone(),
+                containers: self.container.clone(),
+            },
         }
+    }
+
+    /// Who each process is, read from this host's /proc and the files under --host-root.
+    fn identities(&self) -> Resolver {
+        Resolver::new(
+            NodeFiles::new("/proc", &self.host_root),
+            identity::DEFAULT_PROCESS_CAP,
+        )
     }
 
     fn capture_config(&self) -> anyhow::Result<CaptureConfig> {
@@ -395,6 +428,8 @@ fn run_agent(args: &RunArgs, common: &Common) -> anyhow::Result<ExitCode> {
         trace_series_cap: args.trace_series_cap,
         trace_series_ttl: args.trace_series_ttl,
         comm_cap: args.comm_cap,
+        namespace_cap: args.namespace_cap,
+        workload_cap: args.workload_cap,
         ..MetricsConfig::default()
     }));
     metrics.init_lost_stages(capture::stat_names().chain([
@@ -415,6 +450,7 @@ fn run_agent(args: &RunArgs, common: &Common) -> anyhow::Result<ExitCode> {
     agent::run_live(
         &capture_cfg,
         pipeline_cfg,
+        common.identities(),
         args.duration,
         stop,
         &mut print_notice,
@@ -462,6 +498,7 @@ fn live(
     let summary = agent::run_live(
         &capture_cfg,
         common.pipeline_config(offset),
+        common.identities(),
         duration,
         stop,
         &mut print_notice,
@@ -505,6 +542,16 @@ fn print_notice(n: Notice) {
             }
         ),
         Notice::CensusUnavailable(e) => eprintln!("traceid: TIME_WAIT census unavailable: {e}"),
+        Notice::IdentityNamesUnavailable(missing) => {
+            for m in missing {
+                eprintln!(
+                    "traceid: no {} ({}: {}); see deploy/README.md, \"Identity\"",
+                    m.gives,
+                    m.path.display(),
+                    m.error
+                );
+            }
+        }
     }
 }
 

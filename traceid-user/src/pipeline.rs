@@ -4,8 +4,12 @@
 //! [`Pipeline::process`], which decodes it once and hands the event to the engine (requests,
 //! findings) and to the lifecycle (connections, TIME_WAIT), then passes every record they emit
 //! to the caller's sink. What the live loop learns outside the ring buffer — a TIME_WAIT census,
-//! losses the kernel counted — enters as a record too ([`kind::CENSUS`], [`kind::LOSS`]), so a
-//! recording holds everything a live run reacted to and its replay reports the same.
+//! losses the kernel counted, who a process is — enters as a record too ([`kind::CENSUS`],
+//! [`kind::LOSS`], [`kind::IDENTITY`]), so a recording holds everything a live run reacted to
+//! and its replay reports the same.
+//!
+//! The identity step sits between the producers and the sink: each request record gets the
+//! identity announced for its process, and `--namespace/--pod/--container` keep or drop it.
 
 use std::collections::HashMap;
 
@@ -13,6 +17,7 @@ use traceid_common::kind;
 
 use crate::engine::{Engine, EngineConfig};
 use crate::event::{self, Event};
+use crate::identity::{wire, IdentityFilter, IdentityTable};
 use crate::lifecycle::{census_record, Lifecycle, LifecycleConfig, TimeWaitReport};
 use crate::record::{rfc3339_ms, LostRecord, Record};
 
@@ -20,6 +25,8 @@ use crate::record::{rfc3339_ms, LostRecord, Record};
 pub struct PipelineConfig {
     pub engine: EngineConfig,
     pub lifecycle: LifecycleConfig,
+    /// Which containers, pods and namespaces are reported (empty: all).
+    pub identity_filter: IdentityFilter,
 }
 
 /// What the pipeline itself counted.
@@ -37,6 +44,8 @@ pub struct PipelineStats {
 pub struct Pipeline {
     engine: Engine,
     lifecycle: Lifecycle,
+    identities: IdentityTable,
+    identity_filter: IdentityFilter,
     realtime_offset_ns: i128,
     stats: PipelineStats,
     /// Reused buffer of the records one input produced.
@@ -51,6 +60,8 @@ impl Pipeline {
             realtime_offset_ns: cfg.engine.realtime_offset_ns,
             engine: Engine::new(cfg.engine),
             lifecycle: Lifecycle::new(cfg.lifecycle),
+            identities: IdentityTable::default(),
+            identity_filter: cfg.identity_filter,
             stats: PipelineStats::default(),
             out: Vec::new(),
             reported: HashMap::new(),
@@ -69,9 +80,17 @@ impl Pipeline {
         &self.lifecycle
     }
 
-    /// Feeds one raw record: a kernel event or an agent record (census, loss).
+    /// Feeds one raw record: a kernel event or an agent record (census, loss, identity).
     pub fn process(&mut self, raw: &[u8], sink: &mut dyn FnMut(&Record)) {
         self.stats.records += 1;
+        // Identity records belong to no producer: the table is the pipeline's own.
+        if let Some(h) = wire::peek_header(raw).filter(|h| h.kind == kind::IDENTITY) {
+            self.note_time(h.ts_ns);
+            if self.identities.apply(raw).is_err() {
+                self.stats.decode_errors += 1;
+            }
+            return;
+        }
         let ev = match event::decode(raw) {
             Ok(ev) => ev,
             Err(_) => {
@@ -170,9 +189,25 @@ impl Pipeline {
         self.stats.last_ns = self.stats.last_ns.max(ts_ns);
     }
 
+    /// Hands the producers' records to the sink, each request with its process's identity,
+    /// unless the identity filter leaves it out.
     fn emit(&mut self, sink: &mut dyn FnMut(&Record)) {
-        for r in self.out.drain(..) {
+        for mut r in self.out.drain(..) {
             self.lifecycle.on_record(&r);
+            let pid = match &mut r {
+                Record::Request(q) => {
+                    q.identity = self.identities.get(q.pid).cloned();
+                    Some(q.pid)
+                }
+                Record::Buildup(b) => b.pid,
+                Record::Lost(_) => None,
+            };
+            if let Some(pid) = pid.filter(|_| !self.identity_filter.is_empty()) {
+                let id = self.identities.get(pid).map(|a| a.as_ref());
+                if !self.identity_filter.admits(id) {
+                    continue;
+                }
+            }
             sink(&r);
         }
     }

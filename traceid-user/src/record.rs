@@ -4,6 +4,8 @@
 //! the engine and the lifecycle produce these records, the report, metrics and recording sinks
 //! consume them. Their JSON form is the contract of docs/json-lines.md.
 
+use std::sync::Arc;
+
 use serde::Serialize;
 
 use crate::tracectx::TraceFormat;
@@ -159,6 +161,10 @@ pub struct RequestRecord {
     pub reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub inbound: Option<InboundRef>,
+    /// Who the process is (container, pod, namespace, workload); its fields are written at
+    /// the top level and only when known. None outside containers.
+    #[serde(flatten)]
+    pub identity: Option<Arc<Identity>>,
     /// Header the trace id was read from (evidence for reports).
     #[serde(skip)]
     pub header: Option<String>,
@@ -176,6 +182,136 @@ pub struct RequestRecord {
 impl RequestRecord {
     pub fn has(&self, f: Finding) -> bool {
         self.findings.contains(&f)
+    }
+}
+
+/// Who a process is, from what the node holds (see `crate::identity`). Every part is
+/// optional: a process outside any container has none, and names need node files the agent
+/// may not be allowed to read.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Identity {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<Container>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<Pod>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workload: Option<Workload>,
+}
+
+impl Identity {
+    /// True when nothing is known (a process outside any container).
+    pub fn is_empty(&self) -> bool {
+        self == &Identity::default()
+    }
+
+    /// `namespace/pod`, the pod name alone, or the container's name or short id: the shortest
+    /// name a person recognises the process by. None outside containers.
+    pub fn short_name(&self) -> Option<String> {
+        let pod = self.pod.as_ref().and_then(|p| p.name.as_deref());
+        match (&self.namespace, pod, &self.container) {
+            (Some(ns), Some(pod), _) => Some(format!("{ns}/{pod}")),
+            (None, Some(pod), _) => Some(pod.to_string()),
+            (_, None, Some(c)) => Some(c.name.clone().unwrap_or_else(|| c.short_id().into())),
+            (_, None, None) => None,
+        }
+    }
+}
+
+/// The container a process runs in, from its cgroup path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Container {
+    /// The runtime's container id (64 hex digits).
+    pub id: String,
+    /// None when the cgroup path does not say (the cgroupfs driver under Kubernetes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<Runtime>,
+    /// The container's name in its pod (kubelet log layout).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl Container {
+    /// The first 12 digits, as container tools print ids.
+    pub fn short_id(&self) -> &str {
+        self.id.get(..12).unwrap_or(&self.id)
+    }
+}
+
+/// The container runtime named by the cgroup path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub enum Runtime {
+    #[serde(rename = "containerd")]
+    Containerd,
+    #[serde(rename = "cri-o")]
+    CriO,
+    #[serde(rename = "docker")]
+    Docker,
+    #[serde(rename = "podman")]
+    Podman,
+}
+
+impl Runtime {
+    pub const ALL: [Runtime; 4] = [
+        Runtime::Containerd,
+        Runtime::CriO,
+        Runtime::Docker,
+        Runtime::Podman,
+    ];
+
+    /// The contract name (same as the serde name).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Runtime::Containerd => "containerd",
+            Runtime::CriO => "cri-o",
+            Runtime::Docker => "docker",
+            Runtime::Podman => "podman",
+        }
+    }
+}
+
+/// The Kubernetes pod of a container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Pod {
+    /// None when no name source could be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub uid: String,
+}
+
+/// The controller that owns a pod, derived from the pod's name by the naming rules of its
+/// owner (never read from the API server).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct Workload {
+    pub kind: WorkloadKind,
+    pub name: String,
+    /// Always true: the workload is inferred from the pod name, not read from its owner.
+    pub derived: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkloadKind {
+    Deployment,
+    StatefulSet,
+    DaemonSet,
+}
+
+impl WorkloadKind {
+    pub const ALL: [WorkloadKind; 3] = [
+        WorkloadKind::Deployment,
+        WorkloadKind::StatefulSet,
+        WorkloadKind::DaemonSet,
+    ];
+
+    /// The contract name (same as the serde name).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkloadKind::Deployment => "deployment",
+            WorkloadKind::StatefulSet => "statefulset",
+            WorkloadKind::DaemonSet => "daemonset",
+        }
     }
 }
 

@@ -39,6 +39,10 @@ pub const INTEGRATION_PACKAGES: &[&str] = &[
     "prometheus",
     // The reference OpenMetrics parser, to check the exposition with exemplars.
     "python3-prometheus-client",
+    // Real containers for the identity tests (tests/identity.rs): runc runs bundles whose
+    // root holds a static busybox (httpd, wget, sh).
+    "runc",
+    "busybox-static",
 ];
 
 /// Python packages the integration tests need beyond Debian's (`python3 -m pip install`).

@@ -537,6 +537,7 @@ impl Cx<'_> {
             findings,
             reason: (!reasons.is_empty()).then(|| reasons.join("; ")),
             inbound,
+            identity: None,
             header: primary.map(|t| t.header.clone()),
             local_port: conn.local.map(|a| a.port()),
             ts_ns: req.ts_ns,

@@ -130,6 +130,7 @@ fn request_record(conn: ConnKey) -> RequestRecord {
         findings: Vec::new(),
         reason: None,
         inbound: None,
+        identity: None,
         header: None,
         local_port: None,
         ts_ns: 0,

@@ -3,8 +3,9 @@
 //! Built on prometheus-client: it encodes both the Prometheus text format 0.0.4 and
 //! OpenMetrics 1.0, and only OpenMetrics carries exemplars (the trace_id of a real request on
 //! the latency histogram). Every label set is bounded:
-//! - `comm` (and `remote`, `stage`) values: the first N distinct values keep their name, later
-//!   ones are counted under `other`;
+//! - `comm` (and `namespace`, `workload`, `remote`, `stage`) values: the first N distinct
+//!   values keep their name, later ones are counted under `other`; there is no label per pod
+//!   or container (their number has no bound on a busy node);
 //! - per-trace_id series (`traceid_trace_requests_total`) live in our own LRU with a TTL and a
 //!   cap ([`lru::TraceLru`]), encoded on scrape by a collector, because prometheus-client's
 //!   families never forget a label set; evictions are counted in
@@ -19,7 +20,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabel, EncodeLabelSet, EncodeMetric, LabelSetEncoder,
+};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::exemplar::HistogramWithExemplars;
 use prometheus_client::metrics::family::Family;
@@ -63,6 +66,10 @@ pub struct MetricsConfig {
     pub trace_series_ttl: Duration,
     /// Distinct `comm` values before `other`.
     pub comm_cap: usize,
+    /// Distinct `namespace` values before `other`.
+    pub namespace_cap: usize,
+    /// Distinct `workload` values before `other`.
+    pub workload_cap: usize,
     /// Distinct `remote` values before `other`.
     pub remote_cap: usize,
     /// Distinct loss `stage` values before `other`.
@@ -77,10 +84,31 @@ impl Default for MetricsConfig {
             trace_series_cap: 2000,
             trace_series_ttl: Duration::from_secs(300),
             comm_cap: 100,
+            namespace_cap: 50,
+            workload_cap: 200,
             remote_cap: 200,
             stage_cap: 64,
             process_metrics: true,
         }
+    }
+}
+
+/// `namespace` and `workload` of a pod's process. Each is written only when known: the series
+/// of processes outside pods carry neither (Prometheus reads a missing label as empty).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, Default)]
+struct OwnerLabels {
+    namespace: String,
+    workload: String,
+}
+
+impl EncodeLabelSet for OwnerLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        for (key, value) in [("namespace", &self.namespace), ("workload", &self.workload)] {
+            if !value.is_empty() {
+                (key, value.as_str()).encode(encoder.encode_label())?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -89,18 +117,24 @@ struct RequestLabels {
     direction: &'static str,
     comm: String,
     trace_format: &'static str,
+    #[prometheus(flatten)]
+    owner: OwnerLabels,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FindingLabels {
     finding: &'static str,
     comm: String,
+    #[prometheus(flatten)]
+    owner: OwnerLabels,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DurationLabels {
     direction: &'static str,
     comm: String,
+    #[prometheus(flatten)]
+    owner: OwnerLabels,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -267,6 +301,8 @@ pub struct Metrics {
     time_wait: Arc<TimeWaitCollector>,
     traces: Arc<Mutex<TraceLru>>,
     comms: Mutex<LabelCap>,
+    namespaces: Mutex<LabelCap>,
+    workloads: Mutex<LabelCap>,
     remotes: Mutex<LabelCap>,
     stages: Mutex<LabelCap>,
 }
@@ -342,6 +378,8 @@ impl Metrics {
             time_wait,
             traces,
             comms: Mutex::new(LabelCap::new(cfg.comm_cap)),
+            namespaces: Mutex::new(LabelCap::new(cfg.namespace_cap)),
+            workloads: Mutex::new(LabelCap::new(cfg.workload_cap)),
             remotes: Mutex::new(LabelCap::new(cfg.remote_cap)),
             stages: Mutex::new(LabelCap::new(cfg.stage_cap)),
         }
@@ -373,14 +411,33 @@ impl Metrics {
         }
     }
 
+    /// The bounded `namespace` and `workload` labels of a request's process.
+    fn owner_labels(&self, q: &RequestRecord) -> OwnerLabels {
+        let Some(id) = q.identity.as_deref() else {
+            return OwnerLabels::default();
+        };
+        OwnerLabels {
+            namespace: id
+                .namespace
+                .as_deref()
+                .map_or_else(String::new, |n| lock(&self.namespaces).label(n)),
+            workload: id
+                .workload
+                .as_ref()
+                .map_or_else(String::new, |w| lock(&self.workloads).label(&w.name)),
+        }
+    }
+
     fn observe_request(&self, q: &RequestRecord, now: Instant, wall: SystemTime) {
         let comm = lock(&self.comms).label(&q.comm);
+        let owner = self.owner_labels(q);
         let direction = q.direction.as_str();
         self.requests
             .get_or_create(&RequestLabels {
                 direction,
                 comm: comm.clone(),
                 trace_format: q.trace_format.map_or(NO_FORMAT, |f| f.as_str()),
+                owner: owner.clone(),
             })
             .inc();
         for f in &q.findings {
@@ -388,6 +445,7 @@ impl Metrics {
                 .get_or_create(&FindingLabels {
                     finding: f.as_str(),
                     comm: comm.clone(),
+                    owner: owner.clone(),
                 })
                 .inc();
         }
@@ -399,6 +457,7 @@ impl Metrics {
                 .get_or_create(&DurationLabels {
                     direction,
                     comm: comm.clone(),
+                    owner,
                 })
                 .observe(ms / 1000.0, exemplar, Some(wall));
         }

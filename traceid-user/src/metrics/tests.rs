@@ -48,6 +48,8 @@ fn small_config() -> MetricsConfig {
         trace_series_cap: 3,
         trace_series_ttl: Duration::from_secs(300),
         comm_cap: 2,
+        namespace_cap: 1,
+        workload_cap: 1,
         remote_cap: 1,
         stage_cap: 4,
         process_metrics: false,
@@ -616,4 +618,56 @@ fn metrics_process_collector_exports_cpu_and_memory() {
     let text = m.encode_prometheus();
     assert!(text.contains("\nprocess_cpu_seconds_total "), "{text}");
     assert!(text.contains("\nprocess_resident_memory_bytes "));
+}
+
+/// A request of `comm` in a pod of `namespace`, owned by `workload`.
+fn in_pod(comm: &str, namespace: &str, workload: &str) -> Record {
+    use crate::record::{Identity, Pod, Workload, WorkloadKind};
+    let Record::Request(mut q) = req(comm, Direction::Inbound, Some(TRACE), 1.0) else {
+        unreachable!()
+    };
+    q.identity = Some(std::sync::Arc::new(Identity {
+        container: None,
+        pod: Some(Pod {
+            name: Some(format!("{workload}-0")),
+            uid: format!("uid-{workload}"),
+        }),
+        namespace: Some(namespace.into()),
+        workload: Some(Workload {
+            kind: WorkloadKind::StatefulSet,
+            name: workload.into(),
+            derived: true,
+        }),
+    }));
+    Record::Request(q)
+}
+
+#[test]
+fn pods_add_bounded_namespace_and_workload_labels_and_nothing_per_pod() {
+    let m = Metrics::new(&small_config());
+    let now = Instant::now();
+    m.observe_at(&in_pod("nginx", "shop", "web"), now, wall());
+    // Past namespace_cap = 1 and workload_cap = 1.
+    m.observe_at(&in_pod("nginx", "billing", "ledger"), now, wall());
+    m.observe_at(
+        &req("nginx", Direction::Inbound, Some(TRACE), 1.0),
+        now,
+        wall(),
+    );
+    let t = m.encode_prometheus();
+    for line in [
+        "traceid_http_requests_total{direction=\"inbound\",comm=\"nginx\",trace_format=\"w3c\",namespace=\"shop\",workload=\"web\"} 1",
+        "traceid_http_requests_total{direction=\"inbound\",comm=\"nginx\",trace_format=\"w3c\",namespace=\"other\",workload=\"other\"} 1",
+        // A process outside pods: neither label.
+        "traceid_http_requests_total{direction=\"inbound\",comm=\"nginx\",trace_format=\"w3c\"} 1",
+    ] {
+        assert!(t.lines().any(|l| l == line), "{line} not in\n{t}");
+    }
+    assert!(
+        t.contains("traceid_http_request_duration_seconds_count{direction=\"inbound\",comm=\"nginx\",namespace=\"shop\",workload=\"web\"} 1"),
+        "{t}"
+    );
+    for per_pod in ["web-0", "uid-web", "pod="] {
+        assert!(!t.contains(per_pod), "{per_pod} in\n{t}");
+    }
 }

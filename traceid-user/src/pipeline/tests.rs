@@ -3,9 +3,10 @@
 use std::net::SocketAddr;
 
 use super::*;
+use crate::identity::IdentityFilter;
 use crate::lifecycle::census::TimeWaitSocket;
 use crate::lifecycle::Sysctls;
-use crate::record::{Direction, Finding};
+use crate::record::{Direction, Finding, Identity, RequestRecord};
 use crate::recording;
 use crate::report::diagnose::Aggregator;
 use crate::test_util::events::*;
@@ -312,4 +313,146 @@ fn pipelined_requests_past_the_capture_window_are_counted_not_silently_lost() {
         Record::Request(q) => !q.has(Finding::Missing),
         _ => true,
     }));
+}
+
+/// A pod's server (pid 10) answering a host client (pid 20), with pid 10's identity announced
+/// first, as the live loop does.
+fn pod_and_host_exchange() -> (Vec<Vec<u8>>, Identity) {
+    use crate::record::{Container, Pod, Workload, WorkloadKind};
+    use traceid_common::ROLE_SERVER;
+    let identity = Identity {
+        container: Some(Container {
+            id: "ab".repeat(32),
+            runtime: None,
+            name: Some("web".into()),
+        }),
+        pod: Some(Pod {
+            name: Some("web-0".into()),
+            uid: "8e1c6a2b-4f3d-4c5e-9a7b-0d1e2f3a4b5c".into(),
+        }),
+        namespace: Some("shop".into()),
+        workload: Some(Workload {
+            kind: WorkloadKind::StatefulSet,
+            name: "web".into(),
+            derived: true,
+        }),
+    };
+    let server = C {
+        pid: 10,
+        fd: 4,
+        ts: 1,
+        comm: "httpd",
+        role: ROLE_SERVER,
+    };
+    let client = C {
+        pid: 20,
+        fd: 3,
+        ts: 2,
+        comm: "curl",
+        role: ROLE_CLIENT,
+    };
+    let mut s = Stream::default();
+    s.records
+        .push(crate::identity::wire::encode(1, 10, &identity));
+    s.open(server, [127, 0, 0, 1], 8080, [127, 0, 0, 1], 40000);
+    s.open(client, [127, 0, 0, 1], 40000, [127, 0, 0, 1], 8080);
+    s.data(client, 20, true, &get("/x", &[("traceparent", TP)]));
+    s.data(server, 10, false, &get("/x", &[("traceparent", TP)]));
+    s.data(server, 10, true, OK);
+    s.data(client, 20, false, OK);
+    (s.records, identity)
+}
+
+fn requests(out: &[Record]) -> Vec<&RequestRecord> {
+    out.iter()
+        .filter_map(|r| match r {
+            Record::Request(q) => Some(q.as_ref()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn request_records_carry_their_process_identity_and_only_theirs() {
+    let (records, identity) = pod_and_host_exchange();
+    let (out, p) = run(PipelineConfig::default(), &records);
+    let reqs = requests(&out);
+    assert_eq!(reqs.len(), 2, "{out:?}");
+    assert_eq!(p.stats().decode_errors, 0);
+    for q in reqs {
+        let json = crate::report::json_line(&Record::Request(Box::new(q.clone())));
+        if q.pid == 10 {
+            assert_eq!(q.identity.as_deref(), Some(&identity));
+            for needle in [
+                format!(
+                    "\"container\":{{\"id\":\"{}\",\"name\":\"web\"}}",
+                    "ab".repeat(32)
+                ),
+                "\"pod\":{\"name\":\"web-0\",\"uid\":\"8e1c6a2b-4f3d-4c5e-9a7b-0d1e2f3a4b5c\"}"
+                    .into(),
+                "\"namespace\":\"shop\"".into(),
+                "\"workload\":{\"kind\":\"statefulset\",\"name\":\"web\",\"derived\":true}".into(),
+            ] {
+                assert!(json.contains(&needle), "{needle} not in {json}");
+            }
+        } else {
+            assert_eq!(q.identity, None);
+            for absent in ["container", "pod", "namespace", "workload"] {
+                assert!(!json.contains(&format!("\"{absent}\"")), "{json}");
+            }
+        }
+    }
+}
+
+#[test]
+fn identity_filters_keep_only_the_matching_processes() {
+    let (records, _) = pod_and_host_exchange();
+    let only = |f: IdentityFilter| {
+        let cfg = PipelineConfig {
+            identity_filter: f,
+            ..PipelineConfig::default()
+        };
+        let (out, _) = run(cfg, &records);
+        requests(&out).iter().map(|q| q.pid).collect::<Vec<_>>()
+    };
+    let by_ns = IdentityFilter {
+        namespaces: vec!["shop".into()],
+        ..IdentityFilter::default()
+    };
+    assert_eq!(only(by_ns), [10]);
+    let by_pod = IdentityFilter {
+        pods: vec!["web-1".into()],
+        ..IdentityFilter::default()
+    };
+    assert_eq!(only(by_pod), Vec::<u32>::new());
+    let by_container = IdentityFilter {
+        containers: vec!["abab".into()],
+        ..IdentityFilter::default()
+    };
+    assert_eq!(only(by_container), [10]);
+    let mut all = only(IdentityFilter::default());
+    all.sort();
+    assert_eq!(all, [10, 20]);
+}
+
+#[test]
+fn a_recording_keeps_identities_and_broken_identity_records_are_decode_errors() {
+    let (records, identity) = pod_and_host_exchange();
+    let mut w = recording::Writer::new(Vec::new(), 0).unwrap();
+    for r in &records {
+        w.write(r).unwrap();
+    }
+    let file = w.finish().unwrap();
+    let mut rd = recording::Reader::new(&file[..]).unwrap();
+    let mut replayed = Vec::new();
+    while let Some(r) = rd.next_record().unwrap() {
+        replayed.push(r);
+    }
+    let (out, _) = run(PipelineConfig::default(), &replayed);
+    let server = requests(&out).into_iter().find(|q| q.pid == 10).unwrap();
+    assert_eq!(server.identity.as_deref(), Some(&identity));
+    let mut broken = records[0].clone();
+    broken.truncate(broken.len() - 3);
+    let (_, p) = run(PipelineConfig::default(), &[broken]);
+    assert_eq!(p.stats().decode_errors, 1);
 }

@@ -108,8 +108,13 @@ fn human_request(q: &RequestRecord) -> String {
         .reason
         .as_ref()
         .map_or_else(String::new, |r| format!(" {r}"));
+    let who = q
+        .identity
+        .as_ref()
+        .and_then(|i| i.short_name())
+        .map_or_else(String::new, |n| format!(" {n}"));
     format!(
-        "{}  {:<8} {}[{}] {} {} {}  {} {} {}{}{}  {}{}{}{}",
+        "{}  {:<8} {}[{}]{who} {} {} {}  {} {} {}{}{}  {}{}{}{}",
         time_of_day(&q.ts),
         q.direction.as_str(),
         q.comm,
@@ -182,5 +187,46 @@ mod tests {
             line.contains("Api[7]") && line.contains("/Orders/X1"),
             "{line}"
         );
+    }
+
+    #[test]
+    fn human_lines_name_the_pod_where_there_is_one() {
+        use crate::record::{Container, Identity, Pod};
+        let mut s = Stream::default();
+        let c = C {
+            pid: 7,
+            fd: 3,
+            ts: 1,
+            comm: "httpd",
+            role: traceid_common::ROLE_SERVER,
+        };
+        s.data(c, 7, false, &get("/x", &[]));
+        s.data(c, 7, true, OK);
+        let mut q = s.run().remove(0);
+        let host = human_line(&Record::Request(Box::new(q.clone())));
+        assert!(host.contains("httpd[7] ? <- ?"), "{host}");
+        let container = Container {
+            id: "ab".repeat(32),
+            runtime: None,
+            name: None,
+        };
+        let mut id = Identity {
+            container: Some(container),
+            pod: Some(Pod {
+                name: Some("web-0".into()),
+                uid: "u".into(),
+            }),
+            namespace: Some("shop".into()),
+            workload: None,
+        };
+        q.identity = Some(id.clone().into());
+        let line = human_line(&Record::Request(Box::new(q.clone())));
+        assert!(line.contains("httpd[7] shop/web-0 ? <- ?"), "{line}");
+        // Outside Kubernetes, the container's short id.
+        id.pod = None;
+        id.namespace = None;
+        q.identity = Some(id.into());
+        let line = human_line(&Record::Request(Box::new(q)));
+        assert!(line.contains("httpd[7] abababababab ? <- ?"), "{line}");
     }
 }

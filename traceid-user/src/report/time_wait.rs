@@ -62,38 +62,89 @@ pub fn render(tw: &TimeWaitReport) -> String {
             let _ = writeln!(s, "    {}", super::buildup_text(b));
         }
     }
-    let clients: Vec<&PeerReport> = tw
-        .peers
-        .iter()
-        .filter(|p| p.role != Role::Server)
-        .take(TOP)
-        .collect();
+    let clients = clients_by_name(&tw.peers);
     if !clients.is_empty() {
         let _ = writeln!(
             s,
             "  CONNECTIONS by process -> remote: opened, closed (closed first by it / by peer / reset), requests per connection, mean lifetime"
         );
-        for p in clients {
+        for c in clients.iter().take(TOP) {
+            let who = match c.pids.as_slice() {
+                [pid] => format!("{}[{pid}]", c.comm),
+                pids => format!("{} ({} processes)", c.comm, pids.len()),
+            };
             let _ = writeln!(
                 s,
-                "    {}[{}] -> {}: {} opened ({:.1}/s), {} closed ({}/{}/{}), {} req/conn, {}",
-                p.comm,
-                p.pid,
-                p.endpoint,
-                p.opened,
-                p.connections_per_s,
-                p.closed,
-                p.closed_local_first,
-                p.closed_peer_first,
-                p.resets,
-                p.requests_per_connection
+                "    {who} -> {}: {} opened ({:.1}/s), {} closed ({}/{}/{}), {} req/conn, {}",
+                c.endpoint,
+                c.opened,
+                c.connections_per_s,
+                c.closed,
+                c.closed_local_first,
+                c.closed_peer_first,
+                c.resets,
+                (c.opened > 0)
+                    .then(|| c.requests as f64 / c.opened as f64)
                     .map_or_else(|| "-".to_string(), |r| format!("{r:.2}")),
-                p.mean_lifetime_ms
+                (c.closed > 0)
+                    .then(|| c.lifetime_ms_sum / c.closed as f64)
                     .map_or_else(|| "-".to_string(), |m| format!("{m:.1} ms")),
             );
         }
     }
     s
+}
+
+/// The client side of the connections of every process of one name toward one remote: a
+/// client that runs once per request (`curl[3905]`, `curl[3907]`, ...) makes one line.
+#[derive(Debug, Default)]
+struct ClientLine<'a> {
+    comm: &'a str,
+    endpoint: &'a str,
+    pids: Vec<u32>,
+    opened: u64,
+    connections_per_s: f64,
+    closed: u64,
+    closed_local_first: u64,
+    closed_peer_first: u64,
+    resets: u64,
+    requests: u64,
+    /// Mean lifetime times connections closed, summed over the processes.
+    lifetime_ms_sum: f64,
+}
+
+/// Client connections by (process name, remote), most opened first.
+fn clients_by_name(peers: &[PeerReport]) -> Vec<ClientLine<'_>> {
+    let mut lines: Vec<ClientLine> = Vec::new();
+    for p in peers.iter().filter(|p| p.role != Role::Server) {
+        let i = match lines
+            .iter()
+            .position(|l| l.comm == p.comm && l.endpoint == p.endpoint)
+        {
+            Some(i) => i,
+            None => {
+                lines.push(ClientLine {
+                    comm: &p.comm,
+                    endpoint: &p.endpoint,
+                    ..ClientLine::default()
+                });
+                lines.len() - 1
+            }
+        };
+        let l = &mut lines[i];
+        l.pids.push(p.pid);
+        l.opened += p.opened;
+        l.connections_per_s += p.connections_per_s;
+        l.closed += p.closed;
+        l.closed_local_first += p.closed_local_first;
+        l.closed_peer_first += p.closed_peer_first;
+        l.resets += p.resets;
+        l.requests += p.requests;
+        l.lifetime_ms_sum += p.mean_lifetime_ms.unwrap_or(0.0) * p.closed as f64;
+    }
+    // Stable: equal counts keep the lifecycle's (total) order.
+    lines.sort_by_key(|l| std::cmp::Reverse(l.opened));
+    lines
 }
 
 /// The sysctls in words.
@@ -110,4 +161,53 @@ fn describe_sysctls(sys: &Sysctls) -> String {
         _ => "unknown".to_string(),
     };
     format!("tcp_tw_reuse={reuse}  ip_local_port_range={range}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(pid: u32, comm: &str, endpoint: &str) -> PeerReport {
+        PeerReport {
+            pid,
+            comm: comm.into(),
+            role: Role::Client,
+            endpoint: endpoint.into(),
+            opened: 2,
+            closed: 2,
+            closed_local_first: 2,
+            closed_peer_first: 0,
+            resets: 0,
+            mean_lifetime_ms: Some(1.0),
+            max_lifetime_ms: Some(1.5),
+            requests: 2,
+            requests_per_connection: Some(1.0),
+            connections_per_s: 0.5,
+        }
+    }
+
+    #[test]
+    fn short_lived_clients_make_one_connection_line_by_name() {
+        let tw = TimeWaitReport {
+            peers: vec![
+                peer(3905, "curl", "127.0.0.1:8080"),
+                peer(3907, "curl", "127.0.0.1:8080"),
+                peer(3911, "curl", "127.0.0.1:8080"),
+                peer(77, "python3", "127.0.0.1:8080"),
+            ],
+            ..TimeWaitReport::default()
+        };
+        let text = render(&tw);
+        assert!(
+            text.contains(
+                "    curl (3 processes) -> 127.0.0.1:8080: 6 opened (1.5/s), 6 closed (6/0/0), 1.00 req/conn, 1.0 ms"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("    python3[77] -> 127.0.0.1:8080: 2 opened"),
+            "{text}"
+        );
+        assert!(!text.contains("curl[3905]"), "{text}");
+    }
 }
