@@ -247,7 +247,7 @@ pub mod stat {
     pub const RINGBUF_FULL: u32 = 0;
     /// Copying user memory failed (the payload was reported as a gap).
     pub const READ_USER_FAILED: u32 = 1;
-    /// The per-thread syscall argument table was full.
+    /// The per-thread table of calls in progress (TLS calls) was full.
     pub const ARGS_FULL: u32 = 2;
     /// The known-socket table was full (LRU evicted an entry).
     pub const SOCKS_FULL: u32 = 3;
@@ -255,6 +255,8 @@ pub mod stat {
     pub const SOCK_READ_FAILED: u32 = 4;
     /// A TLS read/write whose socket could not be determined (no syscall seen inside it yet).
     pub const TLS_NO_FD: u32 = 5;
+    /// A syscall's saved user registers could not be read at its exit (the call was skipped).
+    pub const REGS_READ_FAILED: u32 = 6;
     /// Number of counters.
     pub const COUNT: u32 = 8;
 }

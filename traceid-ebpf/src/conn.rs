@@ -13,9 +13,8 @@ use traceid_common::{
     kind, stat, ConnEvent, EventHeader, SockInfo, SockKey, ROLE_CLIENT, ROLE_SERVER,
 };
 
-use crate::maps::{
-    count, current_ids, fill_header, known_socket, offsets, SavedArgs, ARGS, EVENTS, SOCKS,
-};
+use crate::maps::{count, current_ids, fill_header, known_socket, offsets, EVENTS, SOCKS};
+use crate::regs::SyscallArgs;
 
 /// Offsets of a syscall tracepoint's fields (see `format` under tracefs events/syscalls).
 const SYSCALL_ARG0: usize = 16;
@@ -26,8 +25,6 @@ const AF_INET6: u16 = 10;
 const IPPROTO_TCP: u16 = 6;
 const SOCK_STREAM: u16 = 1;
 const EINPROGRESS: i64 = 115;
-/// `SavedArgs::source` of a pending connect (outside the data sources' range).
-const SOURCE_CONNECT: u8 = 0x80;
 
 #[tracepoint]
 pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
@@ -55,50 +52,22 @@ fn on_accept_exit(ctx: &TracePointContext) {
 }
 
 #[tracepoint]
-pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
-    let Some(_) = current_ids() else {
-        return 0;
-    };
-    // SAFETY: args[0] of connect is the fd.
-    let fd: i64 = unsafe { ctx.read_at(SYSCALL_ARG0) }.unwrap_or(-1);
-    let args = SavedArgs {
-        ptr: 0,
-        conn_ts_ns: 0,
-        fd: fd as i32,
-        source: SOURCE_CONNECT,
-        role: ROLE_CLIENT,
-        _pad: [0; 2],
-    };
-    if ARGS
-        .insert(aya_ebpf::helpers::bpf_get_current_pid_tgid(), args, 0)
-        .is_err()
-    {
-        count(stat::ARGS_FULL);
-    }
-    0
-}
-
-#[tracepoint]
 pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     let Some((pid, tid)) = current_ids() else {
         return 0;
     };
-    let key = aya_ebpf::helpers::bpf_get_current_pid_tgid();
-    // SAFETY: copied out at once.
-    let Some(args) = (unsafe { ARGS.get(key).copied() }) else {
-        return 0;
-    };
-    let _ = ARGS.remove(key);
-    if args.source != SOURCE_CONNECT {
-        return 0;
-    }
     // SAFETY: `ret` is at this offset in every sys_exit_* tracepoint.
     let ret: i64 = unsafe { ctx.read_at(SYSCALL_RET) }.unwrap_or(-1);
     // Non-blocking connects return EINPROGRESS: the socket is already bound and will carry
     // the request once writable, so it is followed from here.
-    if ret == 0 || ret == -EINPROGRESS {
-        register(pid, tid, args.fd, ROLE_CLIENT);
+    if ret != 0 && ret != -EINPROGRESS {
+        return 0;
     }
+    let Some(args) = SyscallArgs::current() else {
+        count(stat::REGS_READ_FAILED);
+        return 0;
+    };
+    register(pid, tid, args.arg0 as i32, ROLE_CLIENT);
     0
 }
 

@@ -19,11 +19,6 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
 #[map]
 pub static SOCKS: LruHashMap<SockKey, SockInfo> = LruHashMap::with_max_entries(262_144, 0);
 
-/// Arguments saved at a syscall's entry for its exit, keyed by pid_tgid (one syscall per
-/// thread at a time). LRU: a thread killed inside a syscall never reaches the exit.
-#[map]
-pub static ARGS: LruHashMap<u64, SavedArgs> = LruHashMap::with_max_entries(16_384, 0);
-
 /// Scratch space for one data record: too large for the 512-byte eBPF stack.
 #[map]
 pub static SCRATCH: PerCpuArray<DataRecord> = PerCpuArray::with_max_entries(1, 0);
@@ -60,23 +55,6 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     sk_type: 0,
     valid: 0,
 };
-
-/// What a data syscall's entry leaves for its exit.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct SavedArgs {
-    /// User pointer: the buffer, the iovec array, or the msghdr.
-    pub ptr: u64,
-    /// Identity of the connection (SockInfo::conn_ts_ns); 0 for connect (not registered yet).
-    pub conn_ts_ns: u64,
-    /// The fd the syscall works on.
-    pub fd: i32,
-    /// `traceid_common::source` of the syscall.
-    pub source: u8,
-    /// `ROLE_*` of the socket.
-    pub role: u8,
-    pub _pad: [u8; 2],
-}
 
 /// One data record as it goes to the ring buffer: header then payload.
 #[repr(C)]
