@@ -178,7 +178,8 @@ pub struct StateEvent {
     pub remote_addr: [u8; 16],
 }
 
-/// Value of the kernel's table of known sockets, keyed by [`SockKey`].
+/// A connection the agent found at start-up, as it tells the kernel: the value of the
+/// kernel's `SEEDED` table, keyed by the socket's inode number.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SockInfo {
@@ -237,8 +238,14 @@ pub struct KernelOffsets {
     pub sk_protocol: u32,
     /// `sock.sk_type` (u16)
     pub sk_type: u32,
-    /// 1 when every field above was found; the programs read no socket otherwise.
+    /// 1 when every field was found; the programs read no socket otherwise.
     pub valid: u32,
+    /// `socket.file`: the socket's back pointer to its file, which tells a socket's
+    /// `file.private_data` from any other file's.
+    pub socket_file: u32,
+    /// From a `struct socket *` to its inode number (`socket_alloc.vfs_inode` +
+    /// `inode.i_ino`): the number `/proc/PID/fd` shows as `socket:[N]`.
+    pub socket_ino: u32,
 }
 
 /// Indexes of the kernel's loss and health counters (a per-CPU array named `STATS`).
@@ -289,7 +296,7 @@ mod tests {
         assert_eq!(offset_of!(StateEvent, local_addr), 64);
         assert_eq!(size_of::<SockInfo>(), 16);
         assert_eq!(size_of::<SockKey>(), 8);
-        assert_eq!(size_of::<KernelOffsets>(), 64);
+        assert_eq!(size_of::<KernelOffsets>(), 72);
         assert!(MAX_CAPTURE.is_power_of_two());
     }
 }

@@ -18,8 +18,9 @@ use traceid_common::{
     kind, source, stat, DataEvent, DIR_EGRESS, DIR_INGRESS, MAX_CAPTURE, MAX_IOVECS,
 };
 
-use crate::maps::{capture_bytes, count, current_ids, fill_header, known_socket, EVENTS, SCRATCH};
+use crate::maps::{capture_bytes, count, current_ids, fill_header, EVENTS, SCRATCH};
 use crate::regs::SyscallArgs;
+use crate::sockets;
 
 /// Offset of `ret` in every sys_exit_* tracepoint record.
 pub const SYSCALL_RET: usize = 16;
@@ -73,7 +74,7 @@ fn on_exit(ctx: &TracePointContext, src: u8) {
         return;
     };
     let fd = args.arg0 as i32;
-    let Some(info) = known_socket(pid, fd) else {
+    let Some(info) = sockets::lookup(pid, tid, fd) else {
         return;
     };
     // Inside SSL_read/SSL_write: the bytes are ciphertext; the plaintext comes from the
