@@ -262,8 +262,6 @@ pub mod stat {
     pub const SOCK_READ_FAILED: u32 = 4;
     /// A TLS read/write whose socket could not be determined (no syscall seen inside it yet).
     pub const TLS_NO_FD: u32 = 5;
-    /// A syscall's saved user registers could not be read at its exit (the call was skipped).
-    pub const REGS_READ_FAILED: u32 = 6;
     /// Number of counters.
     pub const COUNT: u32 = 8;
 }

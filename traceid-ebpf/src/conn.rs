@@ -57,10 +57,7 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     if ret != 0 && ret != -EINPROGRESS {
         return 0;
     }
-    let Some(args) = SyscallArgs::current() else {
-        count(stat::REGS_READ_FAILED);
-        return 0;
-    };
+    let args = SyscallArgs::current();
     sockets::register(pid, tid, args.arg0 as i32, ROLE_CLIENT);
     0
 }

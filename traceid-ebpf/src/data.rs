@@ -69,10 +69,7 @@ fn on_exit(ctx: &TracePointContext, src: u8) {
     if ret <= 0 {
         return;
     }
-    let Some(args) = SyscallArgs::current() else {
-        count(stat::REGS_READ_FAILED);
-        return;
-    };
+    let args = SyscallArgs::current();
     let fd = args.arg0 as i32;
     let Some(info) = sockets::lookup(pid, tid, fd) else {
         return;

@@ -8,9 +8,9 @@
 //! already blocked when the programs were attached.
 //!
 //! The register layout is per architecture (`bpf_target_arch`, set by build.rs): adding one is
-//! one `arch::read` function.
+//! one `arch` module.
 
-use aya_ebpf::helpers::{bpf_get_current_task_btf, bpf_probe_read_kernel, bpf_task_pt_regs};
+use aya_ebpf::helpers::{bpf_get_current_task_btf, bpf_task_pt_regs};
 
 /// What the returning syscall was called with.
 #[derive(Clone, Copy)]
@@ -21,50 +21,45 @@ pub struct SyscallArgs {
     pub arg1: u64,
 }
 
+/// A saved register: a plain load through the BTF-typed `struct pt_regs *` that
+/// `bpf_task_pt_regs` returns, which the verifier checks against the kernel's type and makes
+/// fault-tolerant (far cheaper than a bpf_probe_read_kernel call).
 #[inline(always)]
-fn read_kernel<T: Copy>(addr: u64) -> Option<T> {
-    // SAFETY: bpf_probe_read_kernel tolerates any address and fails cleanly.
-    unsafe { bpf_probe_read_kernel(addr as *const T) }.ok()
+fn load(regs: *const u8, off: usize) -> u64 {
+    // SAFETY: see above; volatile keeps it one 8-byte load of exactly this register.
+    unsafe { core::ptr::read_volatile(regs.add(off) as *const u64) }
 }
 
 #[cfg(bpf_target_arch = "x86_64")]
 mod arch {
-    /// `struct pt_regs` from `si` to `di` (arch/x86/include/asm/ptrace.h): the second and
-    /// first syscall arguments. `ax` holds the return value by now; `di` and `si` are intact.
-    #[repr(C)]
-    #[derive(Clone, Copy)]
-    struct SiDi {
-        si: u64,
-        di: u64,
-    }
-
-    /// Offset of `si` in `struct pt_regs`.
-    const SI_OFFSET: u64 = 13 * 8;
+    /// Offsets in `struct pt_regs` (arch/x86/include/asm/ptrace.h) of the first and second
+    /// syscall arguments. `ax` holds the return value by now; `di` and `si` are intact.
+    const DI: usize = 14 * 8;
+    const SI: usize = 13 * 8;
 
     #[inline(always)]
-    pub fn read(regs: u64) -> Option<super::SyscallArgs> {
-        let r: SiDi = super::read_kernel(regs + SI_OFFSET)?;
-        Some(super::SyscallArgs {
-            arg0: r.di,
-            arg1: r.si,
-        })
+    pub fn read(regs: *const u8) -> super::SyscallArgs {
+        super::SyscallArgs {
+            arg0: super::load(regs, DI),
+            arg1: super::load(regs, SI),
+        }
     }
 }
 
 #[cfg(bpf_target_arch = "aarch64")]
 mod arch {
-    /// Offsets in `struct pt_regs` (arch/arm64/include/asm/ptrace.h): `regs[1]`, and
-    /// `orig_x0`, where the kernel keeps the first argument (`regs[0]` holds the return value
-    /// by now).
-    const X1_OFFSET: u64 = 8;
-    const ORIG_X0_OFFSET: u64 = 34 * 8;
+    /// Offsets in `struct pt_regs` (arch/arm64/include/asm/ptrace.h): `orig_x0`, where the
+    /// kernel keeps the first argument (`regs[0]` holds the return value by now), and
+    /// `regs[1]`.
+    const ORIG_X0: usize = 34 * 8;
+    const X1: usize = 8;
 
     #[inline(always)]
-    pub fn read(regs: u64) -> Option<super::SyscallArgs> {
-        Some(super::SyscallArgs {
-            arg0: super::read_kernel(regs + ORIG_X0_OFFSET)?,
-            arg1: super::read_kernel(regs + X1_OFFSET)?,
-        })
+    pub fn read(regs: *const u8) -> super::SyscallArgs {
+        super::SyscallArgs {
+            arg0: super::load(regs, ORIG_X0),
+            arg1: super::load(regs, X1),
+        }
     }
 }
 
@@ -77,10 +72,9 @@ compile_error!(
 impl SyscallArgs {
     /// The arguments of the current task's syscall, from its saved user registers.
     #[inline(always)]
-    pub fn current() -> Option<SyscallArgs> {
-        // SAFETY: both helpers work on the current task, alive while its program runs; the
-        // result is only used as an address for bpf_probe_read_kernel.
-        let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
+    pub fn current() -> SyscallArgs {
+        // SAFETY: both helpers work on the current task, alive while its program runs.
+        let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u8;
         arch::read(regs)
     }
 }

@@ -9,7 +9,7 @@
 //! socket's owner gets its own CONN_OPEN (with the socket's endpoints and `conn_ts_ns`) before
 //! its first data, so userspace sees one connection per (pid, fd), as with any other socket.
 
-use aya_ebpf::helpers::{bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel};
+use aya_ebpf::helpers::{bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_probe_read_kernel};
 use traceid_common::{kind, stat, ConnEvent};
 
 use crate::maps::{
@@ -27,6 +27,15 @@ fn read_at<T: Copy>(base: u64, off: u32) -> Option<T> {
     unsafe { bpf_probe_read_kernel((base + off as u64) as *const T) }.ok()
 }
 
+/// A field of a kernel struct reached through BTF-typed pointers (from
+/// `bpf_get_current_task_btf`): a plain load, which the verifier checks against the kernel's
+/// types and turns into one that yields 0 on a fault; far cheaper than a helper call.
+#[inline(always)]
+fn btf_load<T: Copy>(base: *const u8, off: u32) -> T {
+    // SAFETY: see above; volatile keeps it one load of exactly this field.
+    unsafe { core::ptr::read_volatile(base.add(off as usize) as *const T) }
+}
+
 /// The kernel objects behind an fd that is a socket.
 #[derive(Clone, Copy)]
 pub struct Socket {
@@ -37,8 +46,8 @@ pub struct Socket {
 }
 
 /// Two fields of a kernel struct at `base`: one read when they are adjacent (as
-/// `fdtable.{max_fds, fd}` and `socket.{file, sk}` are), else two. The offsets are constants
-/// of the loaded program, so the verifier keeps only one of the branches.
+/// `socket.{file, sk}` are), else two. The offsets are constants of the loaded program, so
+/// the verifier keeps only one of the branches.
 #[inline(always)]
 fn read_pair<A: Copy>(base: u64, off_a: u32, off_b: u32) -> Option<(A, u64)> {
     #[repr(C)]
@@ -61,12 +70,13 @@ pub fn socket_of(fd: i32) -> Option<Socket> {
     if offset(|o| &o.valid) == 0 || fd < 0 {
         return None;
     }
-    // SAFETY: helper without preconditions.
-    let task = unsafe { bpf_get_current_task() };
-    let files: u64 = read_at(task, offset(|o| &o.task_files))?;
-    let fdt: u64 = read_at(files, offset(|o| &o.files_fdt))?;
-    let (max_fds, fd_array): (u32, u64) =
-        read_pair(fdt, offset(|o| &o.fdt_max_fds), offset(|o| &o.fdt_fd))?;
+    // SAFETY: helper without preconditions; its result is a BTF-typed pointer whose loads
+    // the verifier checks against the kernel's types and makes fault-tolerant.
+    let task = unsafe { bpf_get_current_task_btf() } as *const u8;
+    let files: *const u8 = btf_load(task, offset(|o| &o.task_files));
+    let fdt: *const u8 = btf_load(files, offset(|o| &o.files_fdt));
+    let max_fds: u32 = btf_load(fdt, offset(|o| &o.fdt_max_fds));
+    let fd_array: u64 = btf_load(fdt, offset(|o| &o.fdt_fd));
     if fd as u32 >= max_fds {
         return None;
     }

@@ -282,7 +282,6 @@ pub fn stat_name(index: u32) -> Option<&'static str> {
         stat::SOCKS_FULL => "kernel_socket_table_full",
         stat::SOCK_READ_FAILED => "kernel_socket_read_failed",
         stat::TLS_NO_FD => "kernel_tls_socket_unknown",
-        stat::REGS_READ_FAILED => "kernel_syscall_regs_unreadable",
         _ => return None,
     })
 }
