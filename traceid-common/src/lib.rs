@@ -48,6 +48,12 @@ pub const ROLE_SERVER: u8 = 1;
 /// The process connected: it is the client side.
 pub const ROLE_CLIENT: u8 = 2;
 
+/// Value of [`ConnEvent`]'s reserved byte (`_pad0`, 0 otherwise) when the record announces a
+/// new holder of a connection already reported, not a new connection: a process using a
+/// socket it inherited across fork, dup'd or received over a Unix socket. The connection
+/// opened once (count it once); the holder gets its own (pid, fd) for the requests it serves.
+pub const CONN_HELD: u8 = 1;
+
 /// `DataEvent::source`: which syscall produced the bytes (for diagnostics and benchmarks).
 pub mod source {
     pub const READ: u8 = 1;
@@ -134,7 +140,7 @@ pub struct ConnEvent {
     pub header: EventHeader,
     /// [`ROLE_SERVER`], [`ROLE_CLIENT`] or [`ROLE_UNKNOWN`].
     pub role: u8,
-    /// Reserved, zero.
+    /// [`CONN_HELD`] when this (pid, fd) uses a connection another (pid, fd) opened; else 0.
     pub _pad0: u8,
     /// `AF_INET` (2) or `AF_INET6` (10); 0 when the kernel could not read the socket.
     pub family: u16,

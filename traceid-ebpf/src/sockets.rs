@@ -10,7 +10,7 @@
 //! its first data, so userspace sees one connection per (pid, fd), as with any other socket.
 
 use aya_ebpf::helpers::{bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_probe_read_kernel};
-use traceid_common::{kind, stat, ConnEvent};
+use traceid_common::{kind, stat, ConnEvent, CONN_HELD};
 
 use crate::maps::{
     count, fill_header, offset, Holder, SockState, ANNOUNCED, EVENTS, SEEDED, SOCKS,
@@ -135,7 +135,7 @@ fn announce_holder(pid: u32, tid: u32, fd: i32, sk: u64, state: &SockState) {
     if unsafe { ANNOUNCED.get(holder) }.is_some() {
         return;
     }
-    if announce(pid, tid, fd, sk, state) && ANNOUNCED.insert(holder, 1, 0).is_err() {
+    if announce(pid, tid, fd, sk, state, CONN_HELD) && ANNOUNCED.insert(holder, 1, 0).is_err() {
         count(stat::SOCKS_FULL);
     }
 }
@@ -182,7 +182,7 @@ pub fn register(pid: u32, tid: u32, fd: i32, role: u8) {
     if SOCKS.insert(s.sk, state, 0).is_err() {
         count(stat::SOCKS_FULL);
     }
-    announce(pid, tid, fd, s.sk, &state);
+    announce(pid, tid, fd, s.sk, &state, 0);
 }
 
 /// Forgets a socket TCP destroyed: no process holds it any more.
@@ -203,10 +203,10 @@ fn is_tcp(sk: u64) -> Option<bool> {
     )
 }
 
-/// Writes a CONN_OPEN for (pid, fd) with the socket's endpoints. False when the ring buffer
-/// is full (counted).
+/// Writes a CONN_OPEN for (pid, fd) with the socket's endpoints; `held` is `CONN_HELD` for a
+/// holder other than the owner. False when the ring buffer is full (counted).
 #[inline(always)]
-fn announce(pid: u32, tid: u32, fd: i32, sk: u64, state: &SockState) -> bool {
+fn announce(pid: u32, tid: u32, fd: i32, sk: u64, state: &SockState, held: u8) -> bool {
     let Some(mut entry) = EVENTS.reserve::<ConnEvent>(0) else {
         count(stat::RINGBUF_FULL);
         return false;
@@ -222,7 +222,7 @@ fn announce(pid: u32, tid: u32, fd: i32, sk: u64, state: &SockState) -> bool {
         state.conn_ts_ns,
     );
     ev.role = state.role;
-    ev._pad0 = 0;
+    ev._pad0 = held;
     ev.sock = sk;
     if read_endpoints(sk, ev).is_none() {
         count(stat::SOCK_READ_FAILED);
