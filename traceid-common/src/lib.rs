@@ -60,6 +60,12 @@ pub const ROLE_SERVER: u8 = 1;
 /// The process connected: it is the client side.
 pub const ROLE_CLIENT: u8 = 2;
 
+/// Value of [`ConnEvent`]'s reserved byte (`_pad0`, 0 otherwise) when the record announces a
+/// new holder of a connection already reported, not a new connection: a process using a
+/// socket it inherited across fork, dup'd or received over a Unix socket. The connection
+/// opened once (count it once); the holder gets its own (pid, fd) for the requests it serves.
+pub const CONN_HELD: u8 = 1;
+
 /// `DataEvent::source`: which syscall produced the bytes (for diagnostics and benchmarks).
 pub mod source {
     pub const READ: u8 = 1;
@@ -162,8 +168,8 @@ pub struct ConnEvent {
     pub header: EventHeader,
     /// [`ROLE_SERVER`], [`ROLE_CLIENT`] or [`ROLE_UNKNOWN`].
     pub role: u8,
-    /// Reserved, zero.
-    pub _pad0: u8,
+    /// [`CONN_HELD`] when this (pid, fd) uses a connection another (pid, fd) opened; else 0.
+    pub flags: u8,
     /// `AF_INET` (2) or `AF_INET6` (10); 0 when the kernel could not read the socket.
     pub family: u16,
     /// Local port, host byte order.
@@ -207,7 +213,8 @@ pub struct StateEvent {
     pub remote_addr: [u8; 16],
 }
 
-/// Value of the kernel's table of known sockets, keyed by [`SockKey`].
+/// A connection the agent found at start-up, as it tells the kernel: the value of the
+/// kernel's `SEEDED` table, keyed by the socket's inode number.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
@@ -269,8 +276,14 @@ pub struct KernelOffsets {
     pub sk_protocol: u32,
     /// `sock.sk_type` (u16)
     pub sk_type: u32,
-    /// 1 when every field above was found; the programs read no socket otherwise.
+    /// 1 when every field was found; the programs read no socket otherwise.
     pub valid: u32,
+    /// `socket.file`: the socket's back pointer to its file, which tells a socket's
+    /// `file.private_data` from any other file's.
+    pub socket_file: u32,
+    /// From a `struct socket *` to its inode number (`socket_alloc.vfs_inode` +
+    /// `inode.i_ino`): the number `/proc/PID/fd` shows as `socket:[N]`.
+    pub socket_ino: u32,
 }
 
 /// Indexes of the kernel's loss and health counters (a per-CPU array named `STATS`).
@@ -279,7 +292,7 @@ pub mod stat {
     pub const RINGBUF_FULL: u32 = 0;
     /// Copying user memory failed (the payload was reported as a gap).
     pub const READ_USER_FAILED: u32 = 1;
-    /// The per-thread syscall argument table was full.
+    /// The per-thread table of calls in progress (TLS calls) was full.
     pub const ARGS_FULL: u32 = 2;
     /// The known-socket table was full (LRU evicted an entry).
     pub const SOCKS_FULL: u32 = 3;
@@ -333,7 +346,7 @@ mod tests {
         assert_eq!(offset_of!(StateEvent, local_addr), 64);
         assert_eq!(size_of::<SockInfo>(), 16);
         assert_eq!(size_of::<SockKey>(), 8);
-        assert_eq!(size_of::<KernelOffsets>(), 64);
+        assert_eq!(size_of::<KernelOffsets>(), 72);
         assert!(MAX_CAPTURE.is_power_of_two());
     }
 

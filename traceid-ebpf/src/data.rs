@@ -1,25 +1,27 @@
 //! Data hooks: the read and write families on known sockets.
 //!
-//! Entry: drop everything that is not a known socket (one hash lookup: files and pipes cost
-//! nothing more) and save the user pointer. Exit: the return value says how many bytes really
-//! moved; copy the first `CAPTURE_BYTES` of them (per iovec for vectored calls) and report the
-//! real length, so userspace knows what it did not see. Failed calls (ret <= 0) copy nothing:
-//! their buffers hold stale bytes.
+//! Exit only: the return value says how many bytes really moved, and the fd and buffer are
+//! read from the syscall's saved registers (`regs`), so there is no entry program and no
+//! argument table, and a call that was already blocked when the agent attached is seen too.
+//! Failed calls (ret <= 0) and fds that are not known sockets are dropped first, before
+//! anything is copied (files and pipes cost a register read and one lookup). Then the first
+//! `CAPTURE_BYTES` bytes (per iovec for vectored calls) are copied and the real length is
+//! reported, so userspace knows what it did not see; failed calls copy nothing: their buffers
+//! hold stale bytes.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, generated as gen},
+    helpers::{bpf_probe_read_user, generated as gen},
     macros::tracepoint,
     programs::TracePointContext,
 };
 use traceid_common::{kind, source, stat, DataEvent, MAX_CAPTURE, MAX_IOVECS};
 
-use crate::maps::{
-    capture_bytes, count, current_ids, fill_header, known_socket, SavedArgs, ARGS, EVENTS, SCRATCH,
-};
+use crate::maps::{capture_bytes, count, current_ids, fill_header, EVENTS, SCRATCH};
+use crate::regs::SyscallArgs;
+use crate::sockets;
 
-const SYSCALL_ARG0: usize = 16;
-const SYSCALL_ARG1: usize = 24;
-const SYSCALL_RET: usize = 16;
+/// Offset of `ret` in every sys_exit_* tracepoint record.
+pub const SYSCALL_RET: usize = 16;
 
 /// `struct iovec` as user space lays it out.
 #[repr(C)]
@@ -33,14 +35,8 @@ struct IoVec {
 const MSGHDR_IOV: u64 = 16;
 const MSGHDR_IOVLEN: u64 = 24;
 
-macro_rules! data_hooks {
-    ($enter:ident, $exit:ident, $source:expr) => {
-        #[tracepoint]
-        pub fn $enter(ctx: TracePointContext) -> u32 {
-            on_enter(&ctx, $source);
-            0
-        }
-
+macro_rules! data_hook {
+    ($exit:ident, $source:expr) => {
         #[tracepoint]
         pub fn $exit(ctx: TracePointContext) -> u32 {
             on_exit(&ctx, $source);
@@ -49,27 +45,31 @@ macro_rules! data_hooks {
     };
 }
 
-data_hooks!(sys_enter_read, sys_exit_read, source::READ);
-data_hooks!(sys_enter_write, sys_exit_write, source::WRITE);
-data_hooks!(sys_enter_readv, sys_exit_readv, source::READV);
-data_hooks!(sys_enter_writev, sys_exit_writev, source::WRITEV);
-data_hooks!(sys_enter_recvfrom, sys_exit_recvfrom, source::RECVFROM);
-data_hooks!(sys_enter_sendto, sys_exit_sendto, source::SENDTO);
-data_hooks!(sys_enter_recvmsg, sys_exit_recvmsg, source::RECVMSG);
-data_hooks!(sys_enter_sendmsg, sys_exit_sendmsg, source::SENDMSG);
+data_hook!(sys_exit_read, source::READ);
+data_hook!(sys_exit_write, source::WRITE);
+data_hook!(sys_exit_readv, source::READV);
+data_hook!(sys_exit_writev, source::WRITEV);
+data_hook!(sys_exit_recvfrom, source::RECVFROM);
+data_hook!(sys_exit_sendto, source::SENDTO);
+data_hook!(sys_exit_recvmsg, source::RECVMSG);
+data_hook!(sys_exit_sendmsg, source::SENDMSG);
 // sendfile(out_fd, in_fd, ...): the bytes come from a file, only their count is reported, so a
 // response body sent with sendfile (nginx) keeps the HTTP framing in step.
-data_hooks!(sys_enter_sendfile64, sys_exit_sendfile64, source::SENDFILE);
+data_hook!(sys_exit_sendfile64, source::SENDFILE);
 
 #[inline(always)]
-fn on_enter(ctx: &TracePointContext, src: u8) {
-    let Some((pid, _)) = current_ids() else {
+fn on_exit(ctx: &TracePointContext, src: u8) {
+    let Some((pid, tid)) = current_ids() else {
         return;
     };
-    // SAFETY: args[0] of every hooked call is the socket fd; args[1] its buffer/iovec/msghdr.
-    let fd: i64 = unsafe { ctx.read_at(SYSCALL_ARG0) }.unwrap_or(-1);
-    let fd = fd as i32;
-    let Some(info) = known_socket(pid, fd) else {
+    // SAFETY: `ret` is at this offset in every sys_exit_* tracepoint.
+    let ret: i64 = unsafe { ctx.read_at(SYSCALL_RET) }.unwrap_or(-1);
+    if ret <= 0 {
+        return;
+    }
+    let args = SyscallArgs::current();
+    let fd = args.arg0 as i32;
+    let Some(info) = sockets::lookup(pid, tid, fd) else {
         return;
     };
     // Inside SSL_read/SSL_write: the bytes are ciphertext; the plaintext comes from the
@@ -77,76 +77,37 @@ fn on_enter(ctx: &TracePointContext, src: u8) {
     if crate::tls::note_syscall_fd(fd) {
         return;
     }
-    let ptr: u64 = if src == source::SENDFILE {
-        0
-    } else {
-        // SAFETY: see above.
-        unsafe { ctx.read_at(SYSCALL_ARG1) }.unwrap_or(0)
-    };
-    let args = SavedArgs {
-        ptr,
-        conn_ts_ns: info.conn_ts_ns,
-        fd,
-        source: src,
-        role: info.role,
-        _pad: [0; 2],
-    };
-    if ARGS.insert(bpf_get_current_pid_tgid(), args, 0).is_err() {
-        count(stat::ARGS_FULL);
-    }
-}
-
-#[inline(always)]
-fn on_exit(ctx: &TracePointContext, src: u8) {
-    let Some((pid, tid)) = current_ids() else {
-        return;
-    };
-    let key = bpf_get_current_pid_tgid();
-    // SAFETY: copied out at once.
-    let Some(args) = (unsafe { ARGS.get(key).copied() }) else {
-        return;
-    };
-    let _ = ARGS.remove(key);
-    // An entry left by another syscall (its exit was missed) is stale: drop it.
-    if args.source != src {
-        return;
-    }
-    // SAFETY: `ret` is at this offset in every sys_exit_* tracepoint.
-    let ret: i64 = unsafe { ctx.read_at(SYSCALL_RET) }.unwrap_or(-1);
-    if ret <= 0 {
-        return;
-    }
     let total = ret as u64;
     // A source without a known direction is a bug in this build: report nothing for it
     // rather than guess (a read reported as a write would corrupt the stream's framing).
-    let Some(direction) = source::direction(args.source) else {
+    let Some(direction) = source::direction(src) else {
         return;
     };
     let ids = Ids {
         pid,
         tid,
-        fd: args.fd,
-        conn_ts_ns: args.conn_ts_ns,
+        fd,
+        conn_ts_ns: info.conn_ts_ns,
         direction,
-        source: args.source,
-        role: args.role,
+        source: src,
+        role: info.role,
     };
-    match args.source {
+    let ptr = args.arg1;
+    match src {
         source::SENDFILE => emit(&ids, 0, 0, total),
-        source::READV | source::WRITEV => emit_iovecs(&ids, args.ptr, u64::from(MAX_IOVECS), total),
+        source::READV | source::WRITEV => emit_iovecs(&ids, ptr, u64::from(MAX_IOVECS), total),
         source::RECVMSG | source::SENDMSG => {
             // SAFETY: bpf_probe_read_user copies from an address the process passed, with fault
             // handling: a bad or unmapped pointer gives Err (then 0), never a fault; the result
             // is a u64, valid for any bits.
             let iov: u64 =
-                unsafe { bpf_probe_read_user((args.ptr + MSGHDR_IOV) as *const u64) }.unwrap_or(0);
+                unsafe { bpf_probe_read_user((ptr + MSGHDR_IOV) as *const u64) }.unwrap_or(0);
             // SAFETY: as for `iov`, at the msghdr's `msg_iovlen`.
             let iovlen: u64 =
-                unsafe { bpf_probe_read_user((args.ptr + MSGHDR_IOVLEN) as *const u64) }
-                    .unwrap_or(0);
+                unsafe { bpf_probe_read_user((ptr + MSGHDR_IOVLEN) as *const u64) }.unwrap_or(0);
             emit_iovecs(&ids, iov, iovlen, total)
         }
-        _ => emit(&ids, args.ptr, total, total),
+        _ => emit(&ids, ptr, total, total),
     }
 }
 

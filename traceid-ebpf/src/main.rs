@@ -1,9 +1,11 @@
 //! traceid's kernel programs. They copy, tag and filter; they never parse.
 //!
-//! - `conn`: accept/accept4/connect/close tracepoints maintain the table of known TCP sockets
-//!   (`SOCKS`) and report connections opening and closing.
-//! - `data`: read/write/readv/writev/recvfrom/sendto/recvmsg/sendmsg/sendfile tracepoints copy
-//!   the first bytes of every transfer on a known socket into the ring buffer.
+//! - `conn`: accept/accept4/connect/close and tcp_destroy_sock tracepoints maintain the table
+//!   of known TCP sockets (`SOCKS`, keyed by the kernel socket: see `sockets`) and report
+//!   connections opening and closing.
+//! - `data`: read/write/readv/writev/recvfrom/sendto/recvmsg/sendmsg/sendfile exit tracepoints
+//!   copy the first bytes of every transfer on a known socket into the ring buffer; `regs`
+//!   gives them the syscall's arguments from the saved user registers.
 //! - `state`: `sock:inet_sock_set_state` reports TCP sockets leaving ESTABLISHED (who closed
 //!   first), tagged with the `struct sock *` that `conn` reported at registration.
 //!
@@ -16,6 +18,8 @@
 mod conn;
 mod data;
 mod maps;
+mod regs;
+mod sockets;
 mod state;
 mod tls;
 

@@ -6,23 +6,30 @@ use aya_ebpf::{
     maps::{LruHashMap, PerCpuArray, RingBuf},
 };
 use traceid_common::{
-    stat, EventHeader, KernelOffsets, SockInfo, SockKey, COMM_LEN, DEFAULT_CAPTURE, MAX_CAPTURE,
+    stat, EventHeader, KernelOffsets, SockInfo, COMM_LEN, DEFAULT_CAPTURE, MAX_CAPTURE,
 };
 
 /// Every record for userspace. Sized at load time by the agent (`--ring-bytes`).
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
 
-/// Known TCP sockets: (pid, fd) -> identity and role. Filled at accept/connect, seeded by the
-/// agent from sockets that existed before it started, emptied at close. LRU so that sockets
-/// whose close we never saw (process killed) cannot fill it.
+/// Known TCP sockets, keyed by the kernel's `struct sock *`: a socket is found from every
+/// process that holds it (inherited across fork, dup'd, passed over a Unix socket), each
+/// read or write attributed to the process that makes it. Filled at accept/connect and from
+/// `SEEDED`, emptied when TCP destroys the socket (`tcp:tcp_destroy_sock`: no process holds it
+/// any more). LRU as a safety net: an entry whose destruction was missed cannot stay forever.
 #[map]
-pub static SOCKS: LruHashMap<SockKey, SockInfo> = LruHashMap::with_max_entries(262_144, 0);
+pub static SOCKS: LruHashMap<u64, SockState> = LruHashMap::with_max_entries(262_144, 0);
 
-/// Arguments saved at a syscall's entry for its exit, keyed by pid_tgid (one syscall per
-/// thread at a time). LRU: a thread killed inside a syscall never reaches the exit.
+/// Connections that existed before the agent started, keyed by socket inode number (what
+/// `/proc/PID/fd` shows), written by the agent at start-up. Moved into `SOCKS` on first use.
 #[map]
-pub static ARGS: LruHashMap<u64, SavedArgs> = LruHashMap::with_max_entries(16_384, 0);
+pub static SEEDED: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(65_536, 0);
+
+/// (socket, pid, fd) that are not the socket's owner but have been announced to userspace with
+/// a CONN_OPEN of their own (a forked child serving an inherited connection, a dup'd fd).
+#[map]
+pub static ANNOUNCED: LruHashMap<Holder, u8> = LruHashMap::with_max_entries(65_536, 0);
 
 /// Scratch space for one data record: too large for the 512-byte eBPF stack.
 #[map]
@@ -59,23 +66,32 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     sk_protocol: 0,
     sk_type: 0,
     valid: 0,
+    socket_file: 0,
+    socket_ino: 0,
 };
 
-/// What a data syscall's entry leaves for its exit.
+/// A known socket.
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct SavedArgs {
-    /// User pointer: the buffer, the iovec array, or the msghdr.
-    pub ptr: u64,
-    /// Identity of the connection (SockInfo::conn_ts_ns); 0 for connect (not registered yet).
+pub struct SockState {
+    /// See `EventHeader::conn_ts_ns`: the same for every process that uses the socket.
     pub conn_ts_ns: u64,
-    /// The fd the syscall works on.
-    pub fd: i32,
-    /// `traceid_common::source` of the syscall.
-    pub source: u8,
-    /// `ROLE_*` of the socket.
+    /// The (pid, fd) that registered the socket, whose CONN_OPEN userspace already has;
+    /// pid 0 once that fd is closed.
+    pub owner_pid: u32,
+    pub owner_fd: i32,
+    /// One of the `ROLE_*` constants.
     pub role: u8,
-    pub _pad: [u8; 2],
+    pub _pad: [u8; 7],
+}
+
+/// Key of `ANNOUNCED`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Holder {
+    pub sk: u64,
+    pub pid: u32,
+    pub fd: i32,
 }
 
 /// One data record as it goes to the ring buffer: header then payload.
@@ -102,9 +118,11 @@ pub fn capture_bytes() -> u32 {
     read_global(&CAPTURE_BYTES)
 }
 
+/// One kernel struct offset, e.g. `offset(|o| &o.task_files)`: only the field asked for is
+/// loaded.
 #[inline(always)]
-pub fn offsets() -> KernelOffsets {
-    read_global(&OFFSETS)
+pub fn offset(field: impl Fn(&KernelOffsets) -> &u32) -> u32 {
+    read_global(field(&OFFSETS))
 }
 
 /// Adds one to a loss/health counter.
@@ -125,14 +143,6 @@ pub fn current_ids() -> Option<(u32, u32)> {
         return None;
     }
     Some((pid, id as u32))
-}
-
-/// Looks up a known socket of the current process.
-#[inline(always)]
-pub fn known_socket(pid: u32, fd: i32) -> Option<SockInfo> {
-    // SAFETY: the value is copied out at once; a concurrent delete cannot free it under us
-    // before the copy (RCU-protected map memory).
-    unsafe { SOCKS.get(SockKey { pid, fd }).copied() }
 }
 
 /// Fills an event header for the current task.

@@ -16,7 +16,8 @@ use aya_ebpf::{
 use traceid_common::{kind, source, stat, EventHeader, DIR_EGRESS, DIR_INGRESS};
 
 use crate::data::{emit, Ids};
-use crate::maps::{count, current_ids, fill_header, known_socket, EVENTS};
+use crate::maps::{count, current_ids, fill_header, EVENTS};
+use crate::sockets;
 
 /// A TLS call in progress on a thread.
 #[repr(C)]
@@ -111,7 +112,7 @@ fn on_exit(ctx: &RetProbeContext, src: u8) {
             }
         }
     };
-    let Some(info) = known_socket(pid, fd) else {
+    let Some(info) = sockets::lookup(pid, tid, fd) else {
         return;
     };
     let (direction, reported) = match src {

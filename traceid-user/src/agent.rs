@@ -30,8 +30,6 @@ pub fn realtime_offset_ns() -> i128 {
 pub enum Notice {
     /// tracefs was not mounted; the agent mounted it here.
     TracefsMounted(&'static str),
-    /// Socket endpoints cannot be read in the kernel (BTF offsets missing): why.
-    EndpointsUnavailable(String),
     /// Capture is running.
     Watching {
         tracepoints: usize,
@@ -80,9 +78,6 @@ pub fn run_live(
     let mut cap = Capture::start(capture_cfg)?;
     if cap.info.tracefs_mounted {
         notify(Notice::TracefsMounted(capture::tracefs::TRACEFS));
-    }
-    if let Some(e) = &cap.info.btf_error {
-        notify(Notice::EndpointsUnavailable(e.to_string()));
     }
     let census_max = pipeline_cfg.lifecycle.census_max;
     let mut live = Live {

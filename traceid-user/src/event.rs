@@ -193,7 +193,7 @@ pub fn state_endpoints(s: &StateEvent) -> Option<(SocketAddr, SocketAddr)> {
     let c = ConnEvent {
         header: s.header,
         role: 0,
-        _pad0: 0,
+        flags: 0,
         family: s.family,
         local_port: s.local_port,
         remote_port: s.remote_port,
@@ -338,7 +338,7 @@ mod tests {
         let mut c = ConnEvent {
             header: header(kind::CONN_OPEN),
             role: ROLE_SERVER,
-            _pad0: 0,
+            flags: 0,
             family: 2,
             local_port: 8080,
             remote_port: 50000,

@@ -526,9 +526,6 @@ fn print_notice(n: Notice) {
         Notice::TracefsMounted(at) => {
             eprintln!("traceid: tracefs was not mounted; mounted it at {at}")
         }
-        Notice::EndpointsUnavailable(e) => {
-            eprintln!("traceid: connection endpoints unavailable: {e}")
-        }
         Notice::Watching {
             tracepoints,
             seeded,

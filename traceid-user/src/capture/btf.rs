@@ -25,6 +25,9 @@ pub enum BtfError {
 pub fn kernel_offsets() -> Result<KernelOffsets, BtfError> {
     let btf = Btf::from_file(VMLINUX_BTF).map_err(|e| BtfError::Read(e.to_string()))?;
     let f = |s: &'static str, m: &'static str| field_offset(&btf, s, m);
+    // A socket's inode sits next to it in `struct socket_alloc`.
+    let socket_ino =
+        f("socket_alloc", "vfs_inode")? + f("inode", "i_ino")? - f("socket_alloc", "socket")?;
     Ok(KernelOffsets {
         task_files: f("task_struct", "files")?,
         files_fdt: f("files_struct", "fdt")?,
@@ -43,6 +46,8 @@ pub fn kernel_offsets() -> Result<KernelOffsets, BtfError> {
         // are also offsets into `struct sock`.
         sk_protocol: f("sock", "sk_protocol")?,
         sk_type: f("sock", "sk_type")?,
+        socket_file: f("socket", "file")?,
+        socket_ino,
         valid: 1,
     })
 }
@@ -124,5 +129,10 @@ mod tests {
         );
         assert!(o.sk_protocol > 64 && o.sk_type > 64);
         assert_ne!(o.task_files, 0);
+        assert!(
+            o.socket_file < o.socket_sk,
+            "socket.file precedes socket.sk"
+        );
+        assert!(o.socket_ino > o.socket_sk, "the inode follows the socket");
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! `Capture::start` mounts tracefs when missing, reads kernel struct offsets from BTF, loads
 //! the embedded object with the run-time settings (agent pid, capture size), attaches every
-//! tracepoint, and seeds the table of known sockets from the sockets processes already hold.
+//! tracepoint, and tells the kernel (`SEEDED`, by inode number) which connections processes
+//! already hold.
 //! `Capture::poll` hands each raw record to the caller; decoding happens in `crate::event`.
 
 pub mod btf;
@@ -20,7 +21,7 @@ use aya::{
     programs::TracePoint,
     Ebpf, EbpfLoader,
 };
-use traceid_common::{stat, KernelOffsets, SockInfo, SockKey, MAX_CAPTURE};
+use traceid_common::{stat, SockInfo, MAX_CAPTURE};
 
 /// The kernel object built by `cargo xtask build-ebpf`, embedded at build time.
 static EBPF_OBJECT: &[u8] =
@@ -30,27 +31,18 @@ static EBPF_OBJECT: &[u8] =
 pub const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("sys_exit_accept", "syscalls", "sys_exit_accept"),
     ("sys_exit_accept4", "syscalls", "sys_exit_accept4"),
-    ("sys_enter_connect", "syscalls", "sys_enter_connect"),
     ("sys_exit_connect", "syscalls", "sys_exit_connect"),
     ("sys_enter_close", "syscalls", "sys_enter_close"),
-    ("sys_enter_read", "syscalls", "sys_enter_read"),
     ("sys_exit_read", "syscalls", "sys_exit_read"),
-    ("sys_enter_write", "syscalls", "sys_enter_write"),
     ("sys_exit_write", "syscalls", "sys_exit_write"),
-    ("sys_enter_readv", "syscalls", "sys_enter_readv"),
     ("sys_exit_readv", "syscalls", "sys_exit_readv"),
-    ("sys_enter_writev", "syscalls", "sys_enter_writev"),
     ("sys_exit_writev", "syscalls", "sys_exit_writev"),
-    ("sys_enter_recvfrom", "syscalls", "sys_enter_recvfrom"),
     ("sys_exit_recvfrom", "syscalls", "sys_exit_recvfrom"),
-    ("sys_enter_sendto", "syscalls", "sys_enter_sendto"),
     ("sys_exit_sendto", "syscalls", "sys_exit_sendto"),
-    ("sys_enter_recvmsg", "syscalls", "sys_enter_recvmsg"),
     ("sys_exit_recvmsg", "syscalls", "sys_exit_recvmsg"),
-    ("sys_enter_sendmsg", "syscalls", "sys_enter_sendmsg"),
     ("sys_exit_sendmsg", "syscalls", "sys_exit_sendmsg"),
-    ("sys_enter_sendfile64", "syscalls", "sys_enter_sendfile64"),
     ("sys_exit_sendfile64", "syscalls", "sys_exit_sendfile64"),
+    ("tcp_destroy_sock", "tcp", "tcp_destroy_sock"),
     ("inet_sock_set_state", "sock", "inet_sock_set_state"),
     ("sched_process_exec", "sched", "sched_process_exec"),
 ];
@@ -64,6 +56,8 @@ pub enum CaptureError {
     NotBuilt,
     #[error("{0}")]
     Tracefs(#[from] tracefs::TracefsError),
+    #[error("{0} (the kernel programs find sockets through kernel struct offsets read from BTF)")]
+    Btf(#[from] btf::BtfError),
     #[error("loading the kernel programs: {0} (is this root, or does it have CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN? `traceid check` tells)")]
     Load(#[source] aya::EbpfError),
     #[error("kernel program {0} is missing from the object")]
@@ -110,7 +104,6 @@ impl Default for CaptureConfig {
 #[derive(Debug, Clone, Default)]
 pub struct StartInfo {
     pub tracefs_mounted: bool,
-    pub btf_error: Option<String>,
     pub seeded: usize,
     pub attached: usize,
     /// Why the TLS probes could not be loaded (TLS traffic is then not decoded).
@@ -140,15 +133,8 @@ impl Capture {
             tracefs_mounted: tracefs::ensure_mounted()?,
             ..StartInfo::default()
         };
-        let offsets = match btf::kernel_offsets() {
-            Ok(o) => o,
-            Err(e) => {
-                // Without offsets the programs still capture data; endpoints stay unknown.
-                tracing::warn!("connection endpoints unavailable: {e}");
-                info.btf_error = Some(e.to_string());
-                KernelOffsets::default()
-            }
-        };
+        // The programs find sockets through these offsets: without them nothing is captured.
+        let offsets = btf::kernel_offsets()?;
         let agent_pid = std::process::id();
         let capture_bytes = cfg.capture_bytes.clamp(1, MAX_CAPTURE as u32);
         let mut ebpf = EbpfLoader::new()
@@ -176,31 +162,28 @@ impl Capture {
             info.attached += 1;
         }
 
-        // Seed after attaching: a connection opened in between is seen by both, and the
-        // engine keys connections so a duplicate is harmless.
+        // Seed after attaching, so no connection falls between the two. One accepted or
+        // connected in between is registered by the kernel (which never looks at `SEEDED` for
+        // a socket it knows) and also found here: the engine then gets a second CONN_OPEN for
+        // its (pid, fd) under another conn_ts_ns, which no data ever names.
         let mut seeded = Vec::new();
         if cfg.seed {
             let conns = seed::existing_connections(agent_pid);
-            let mut socks: BpfHashMap<_, SockKey, SockInfo> = BpfHashMap::try_from(
-                ebpf.map_mut("SOCKS")
-                    .ok_or(CaptureError::Map("SOCKS", "missing".into()))?,
+            let mut table: BpfHashMap<_, u64, SockInfo> = BpfHashMap::try_from(
+                ebpf.map_mut("SEEDED")
+                    .ok_or(CaptureError::Map("SEEDED", "missing".into()))?,
             )
-            .map_err(|e| CaptureError::Map("SOCKS", e.to_string()))?;
+            .map_err(|e| CaptureError::Map("SEEDED", e.to_string()))?;
             for c in conns {
-                let key = SockKey {
-                    pid: c.event.header.pid,
-                    fd: c.event.header.fd,
-                };
+                // A socket held by several processes (forked, dup'd) is one entry: the kernel
+                // adopts it under its `struct sock *` when any of them uses it, and announces
+                // the others as they do.
                 let value = SockInfo {
                     conn_ts_ns: c.event.header.conn_ts_ns,
                     role: c.event.role,
                     _pad0: [0; 7],
                 };
-                // Never overwrite what the kernel registered itself in the meantime.
-                if socks.get(&key, 0).is_ok() {
-                    continue;
-                }
-                if socks.insert(key, value, 0).is_ok() {
+                if table.insert(c.inode, value, 0).is_ok() {
                     seeded.push(crate::event::pod_bytes(&c.event));
                 }
             }

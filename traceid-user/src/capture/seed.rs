@@ -19,6 +19,8 @@ use traceid_common::{kind, ConnEvent, EventHeader, COMM_LEN, ROLE_CLIENT, ROLE_S
 #[derive(Debug, Clone)]
 pub struct SeededConn {
     pub event: ConnEvent,
+    /// The socket's inode number (`socket:[N]`), how the kernel programs recognise it.
+    pub inode: u64,
 }
 
 /// A row of /proc/net/tcp{,6}.
@@ -166,6 +168,7 @@ pub fn existing_connections(skip_pid: u32) -> Vec<SeededConn> {
             };
             out.push(SeededConn {
                 event: conn_event(pid, fd, now, comm_bytes, role, row.local, row.remote),
+                inode,
             });
         }
     }
@@ -209,7 +212,7 @@ fn conn_event(
             comm,
         },
         role,
-        _pad0: 0,
+        flags: 0,
         family,
         local_port: local.port(),
         remote_port: remote.port(),

@@ -91,6 +91,9 @@ impl Lifecycle {
         self.first_ns.get_or_insert(h.ts_ns);
         let key = ConnKey::of(&h);
         match ev {
+            // Another process using a connection that was already announced (a forked child,
+            // a dup'd or passed fd): the connection was counted once, by its opener.
+            Event::ConnOpen(c) if c.flags & traceid_common::CONN_HELD != 0 => {}
             Event::ConnOpen(c) => {
                 let (local, remote) = match event::endpoints(c) {
                     Some((l, r)) => (Some(l), Some(r)),

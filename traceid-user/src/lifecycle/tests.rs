@@ -59,10 +59,15 @@ impl Conn {
     }
 
     fn open(&self, lc: &mut Lifecycle, name: &str) {
+        self.open_flagged(lc, name, 0);
+    }
+
+    /// The open a process that did not open the connection announces (`CONN_HELD`).
+    fn open_flagged(&self, lc: &mut Lifecycle, name: &str, flags: u8) {
         let ev = ConnEvent {
             header: header(kind::CONN_OPEN, self.pid, self.fd, self.ts, self.ts, name),
             role: ROLE_CLIENT,
-            _pad0: 0,
+            flags,
             family: 2,
             local_port: self.lport,
             remote_port: SERVER.1,
@@ -328,6 +333,27 @@ fn churn_is_attributed_and_reported_as_buildup_once_per_10s() {
 }
 
 #[test]
+fn a_connection_another_process_holds_is_counted_once() {
+    let mut lc = Lifecycle::new(LifecycleConfig::default());
+    let opener = Conn {
+        pid: CLIENT_PID,
+        fd: 7,
+        ts: S,
+        lport: 40000,
+    };
+    opener.open(&mut lc, "forker");
+    // The forked child uses the same socket through its own fd.
+    let child = Conn {
+        pid: CLIENT_PID + 1,
+        ..opener
+    };
+    child.open_flagged(&mut lc, "forker", traceid_common::CONN_HELD);
+    let r = lc.report(2 * S);
+    let opened: u64 = r.peers.iter().map(|p| p.opened).sum();
+    assert_eq!(opened, 1, "{:?}", r.peers);
+}
+
+#[test]
 fn keep_alive_shows_reuse_and_no_buildup() {
     let mut lc = Lifecycle::new(LifecycleConfig::default());
     let mut out = Vec::new();
@@ -449,7 +475,7 @@ fn server_side_time_wait_is_counted_per_listening_address() {
         let ev = ConnEvent {
             header: header(kind::CONN_OPEN, 50, 10 + i32::from(i), S, S, "nginx"),
             role: ROLE_SERVER,
-            _pad0: 0,
+            flags: 0,
             family: 10,
             local_port: 8080,
             remote_port: 50000 + i,
@@ -483,7 +509,7 @@ fn peers_are_capped() {
         let ev = ConnEvent {
             header: header(kind::CONN_OPEN, 1, i32::from(port), S, S, "c"),
             role: ROLE_CLIENT,
-            _pad0: 0,
+            flags: 0,
             family: 2,
             local_port: 1000 + port,
             remote_port: 80 + port,

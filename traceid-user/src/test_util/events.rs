@@ -110,7 +110,7 @@ impl Stream {
         let ev = ConnEvent {
             header: header(kind::CONN_OPEN, c.pid, c.pid, c.fd, c.ts, now, c.comm),
             role: c.role,
-            _pad0: 0,
+            flags: 0,
             family: 2,
             local_port: lport,
             remote_port: pport,
