@@ -28,7 +28,11 @@ use crate::tracectx::TraceContext;
 pub const MAX_INFLIGHT_PER_PROCESS: usize = 4096;
 pub const MAX_PROCESSES: usize = 16_384;
 /// Observations of one thread carrying a request through before a process is linked by thread.
-pub const MIN_THREAD_EVIDENCE: u32 = 8;
+/// Go's scheduler can keep a goroutine on one OS thread for a few requests in a row before it
+/// moves it, so a short run of same-thread observations proves nothing (8 was seen to let a
+/// wrong thread link through under load); each request of a thread-per-request server gives
+/// two or more observations, so 32 costs such a server its first dozen requests.
+pub const MIN_THREAD_EVIDENCE: u32 = 32;
 
 /// An inbound request whose response has not been seen yet.
 #[derive(Debug, Clone)]
