@@ -15,7 +15,8 @@ use std::sync::Arc;
 
 use crate::event::{self, Event, Role};
 use crate::protocol::{
-    self, Chunk, Flow, Limits, Message, Parser, Protocol, ProtocolParser, RequestHead, ResponseHead,
+    self, Chunk, Flow, HeadersKnown, Limits, Message, Parser, Protocol, ProtocolParser,
+    RequestHead, ResponseHead,
 };
 use crate::record::{rfc3339_ms, ConnKey, Direction, Finding, InboundRef, Record, RequestRecord};
 use crate::tracectx::{self, Extraction, HeaderNames, TraceContext};
@@ -322,7 +323,7 @@ impl Engine {
 fn not_decoded(p: Protocol) -> &'static str {
     match p {
         Protocol::Http1 => "http1_not_decoded",
-        Protocol::H2 => "h2_not_decoded",
+        Protocol::H2 | Protocol::Grpc => "h2_not_decoded",
     }
 }
 
@@ -427,9 +428,14 @@ impl Cx<'_> {
         } else {
             Direction::Outbound
         };
+        // HTTP/2 headers indexed before the agent attached may hold trace context: without
+        // one found, its absence is not claimed (no `missing`, no hop finding).
+        let unread = |head: &RequestHead, trace: Option<&TraceContext>| {
+            trace.is_none() && head.headers_known == HeadersKnown::Unknown
+        };
         let mut findings = Vec::new();
         let mut reasons = Vec::new();
-        if primary.is_none() {
+        if primary.is_none() && !unread(req, primary) {
             findings.push(Finding::Missing);
         }
         if !ex.malformed.is_empty() {
@@ -450,8 +456,10 @@ impl Cx<'_> {
                 None if self.linker.is_server(key.pid) => findings.push(Finding::Unlinked),
                 None => {}
                 Some(l) => {
-                    let hop = hop_finding(l.inbound.trace.as_ref(), primary);
-                    findings.extend(hop);
+                    let inbound_trace = l.inbound.trace.as_ref();
+                    if !unread(req, primary) && !unread(&l.inbound.head, inbound_trace) {
+                        findings.extend(hop_finding(inbound_trace, primary));
+                    }
                     inbound = Some(InboundRef {
                         trace_id: l.inbound.trace.as_ref().map(|t| t.trace_id.clone()),
                         method: l.inbound.head.method.clone(),
@@ -472,9 +480,13 @@ impl Cx<'_> {
             local: conn.local.map(|a| a.to_string()),
             peer: conn.peer.map(|a| a.to_string()),
             tls,
+            protocol: req.protocol,
+            stream_id: req.stream_id,
+            headers_known: req.headers_known,
             method: req.method.clone(),
             path: req.path.clone(),
-            status: resp.map(|r| r.status),
+            status: resp.and_then(|r| r.status),
+            grpc_status: resp.and_then(|r| r.grpc_status),
             duration_ms: resp.map(|r| r.ts_ns.saturating_sub(req.ts_ns) as f64 / 1e6),
             trace_id: primary.map(|t| t.trace_id.clone()),
             trace_format: primary.map(|t| t.format),
