@@ -1256,3 +1256,48 @@ fn hostile_hpack_blocks_never_panic() {
         }
     }
 }
+
+#[test]
+fn trace_context_recognised_by_the_shape_of_its_value() {
+    let b3 = "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1";
+    for (value, name) in [
+        (TP, Some("traceparent")),
+        (
+            "AABL+S81d7NNpqPOkp0ODkc2AQDwZ6oLqQK3AgE=",
+            Some("grpc-trace-bin"),
+        ),
+        (
+            "4bf92f3577b34da6a3ce929d0e0e4736:00f067aa0ba902b7:0:1",
+            Some("uber-trace-id"),
+        ),
+        (b3, Some("b3")),
+        // Not trace context: a UUID, a user agent, a sampling-only b3, a bad traceparent.
+        ("f81d4fae-7dec-11d0-a765-00a0c91e6bf6", None),
+        ("grpc-python/1.68.0 grpc-c/44.0.0", None),
+        ("1", None),
+        (
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            None,
+        ),
+    ] {
+        assert_eq!(trace_header_by_value(value.as_bytes()), name, "{value}");
+    }
+    // In a block joined mid-way, the recognised header reaches the head under its name.
+    let mut t = T::new();
+    let block = Hb::new()
+        .indexed(3)
+        .plain_idx(4, "/pkg.Svc/M")
+        .plain_idx(70, "AABL+S81d7NNpqPOkp0ODkc2AQDwZ6oLqQK3AgE=")
+        .plain_idx(71, "grpc-python/1.68.0")
+        .bytes();
+    t.send(C2S, &headers(1, true, &block));
+    let r = t.requests();
+    assert_eq!(
+        r[0].headers,
+        vec![(
+            "grpc-trace-bin".to_string(),
+            "AABL+S81d7NNpqPOkp0ODkc2AQDwZ6oLqQK3AgE=".to_string()
+        )]
+    );
+    assert_eq!(r[0].headers_known, HeadersKnown::ByValue);
+}
