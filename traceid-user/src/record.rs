@@ -51,20 +51,21 @@ impl Protocol {
     }
 }
 
-/// How a request's header fields were known. HTTP/2 compresses headers against a table that
-/// both ends build from the start of the connection; on a connection opened before the agent,
-/// the entries indexed before are unknown.
+/// How a request's trace context (or its absence) was known. HTTP/2 compresses headers against
+/// a table both ends build from the start of the connection (HPACK); on a connection opened
+/// before the agent, the fields that index older entries are unknown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HeadersKnown {
-    /// Every field was read with its name (always for HTTP/1).
+    /// Trace-context headers were read by their names, or every field was known (always for
+    /// HTTP/1).
     Exact,
-    /// Some names were unknown, and the values were judged by their shape: a trace context
-    /// found there is recognised by its value (a valid traceparent, b3, uber-trace-id or
-    /// grpc-trace-bin value).
+    /// A trace-context header was recognised by the shape of its value, its name being unknown
+    /// (a valid traceparent, grpc-trace-bin, uber-trace-id or b3 value); or, without one, the
+    /// fields of unknown name had values of no such shape.
     ByValue,
-    /// Some fields were unknown, name and value, and no trace context was recognised by value:
-    /// the request may carry trace context that could not be read.
+    /// No trace context was found and some fields were unknown, name and value: the request
+    /// may carry trace context that could not be read.
     Unknown,
 }
 

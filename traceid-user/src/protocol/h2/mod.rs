@@ -144,6 +144,8 @@ struct Collected {
     headers: Vec<(String, String)>,
     /// A trace header was recognised by the shape of its value.
     by_value: bool,
+    /// A trace header was read by its name.
+    by_name: bool,
     /// Some field's name was unknown, its value was judged by its shape.
     unknown_names: bool,
     /// Some field was entirely unknown (name and value), or the block was not decoded.
@@ -190,20 +192,21 @@ impl Collected {
             _ => {}
         }
         if keep(name) {
+            self.by_name = true;
             self.headers.push((name.to_string(), header_value(value)));
         }
     }
 
-    /// How the block's fields were known (see [`HeadersKnown`]).
+    /// How the block's trace context was known (see [`HeadersKnown`]).
     fn headers_known(&self) -> HeadersKnown {
         if self.by_value {
             HeadersKnown::ByValue
+        } else if self.by_name || !(self.unreadable || self.unknown_names) {
+            HeadersKnown::Exact
         } else if self.unreadable {
             HeadersKnown::Unknown
-        } else if self.unknown_names {
-            HeadersKnown::ByValue
         } else {
-            HeadersKnown::Exact
+            HeadersKnown::ByValue
         }
     }
 

@@ -1301,3 +1301,103 @@ fn trace_context_recognised_by_the_shape_of_its_value() {
     );
     assert_eq!(r[0].headers_known, HeadersKnown::ByValue);
 }
+
+/// Recorded between grpcio 1.85 (gRPC C-core's HPACK encoder) client and server over h2c:
+/// three unary calls on one channel, each with its own traceparent; each string is one write.
+const GRPCIO_C2S: [&str; 6] = [
+    "505249202a20485454502f322e300d0a0d0a534d0d0a0d0a000024040000000000000200000000000300000000000400400000000500400000000600050000fe0300000001000004080000000000003f0001",
+    "00000004010000000000014001040000000140053a706174682c2f64656d6f2e4563686f2f543565656430303030303030303030303030303030303030303030303030303030400a3a617574686f726974790f3132372e302e302e313a31383039318386400c636f6e74656e742d74797065106170706c69636174696f6e2f677270634002746508747261696c6572734014677270632d6163636570742d656e636f64696e67176964656e746974792c206465666c6174652c20677a6970400c677270632d74696d656f757403313053400a757365722d6167656e7430677270632d707974686f6e2f312e38352e3320677270632d632f35382e302e3020286c696e75783b2063687474703229000b7472616365706172656e743730302d35656564303030303030303030303030303030303030303030303030303030302d303066303637616130626139303262372d30310000040800000000010000000500000a000100000001000000000568656c6c6f00000408000000000000000005",
+    "0000080601000000000b9075c9a4bd4919",
+    "000008060000000000b7708d7dd5a0e709",
+    "00009501040000000340053a706174682c2f64656d6f2e4563686f2f543565656430303030303030303030303030303030303030303030303030303031c48386c3c2c1400c677270632d74696d656f75740631303130306dc0000b7472616365706172656e743730302d35656564303030303030303030303030303030303030303030303030303030312d303066303637616130626139303262372d30310000040800000000030000000500000a000100000003000000000568656c6c6f0000040800000000000000000a",
+    "00008101040000000540053a706174682c2f64656d6f2e4563686f2f543565656430303030303030303030303030303030303030303030303030303032c68386c5c4c3bfc1000b7472616365706172656e743730302d35656564303030303030303030303030303030303030303030303030303030322d303066303637616130626139303262372d30310000040800000000050000000500000a000100000005000000000568656c6c6f0000040800000000000000000a",
+];
+const GRPCIO_S2C: [&str; 7] = [
+    "000018040000000000000400400000000500400000000600050000fe0300000001000004080000000000003f0001000000040100000000",
+    "0000080600000000000b9075c9a4bd4919",
+    "00004e01040000000188400c636f6e74656e742d74797065106170706c69636174696f6e2f677270634014677270632d6163636570742d656e636f64696e67176964656e746974792c206465666c6174652c20677a697000000a000000000001000000000568656c6c6f00001e010500000001400b677270632d7374617475730130000c677270632d6d657373616765000000040800000000000000000a",
+    "000008060100000000b7708d7dd5a0e709",
+    "00000301040000000388c0bf00000a000000000003000000000568656c6c6f000010010500000003be000c677270632d6d657373616765000000040800000000000000000a",
+    "00000301040000000588c0bf00000a000000000005000000000568656c6c6f000010010500000005be000c677270632d6d657373616765000000040800000000000000000a",
+    "000008060000000000bea3d88452e807e2",
+];
+
+/// Per exchange: path, trace id, protocol, grpc-status, how the headers were known.
+type GrpcSummary = (String, Option<String>, Protocol, Option<u32>, HeadersKnown);
+
+fn grpc_summary(t: &T) -> Vec<GrpcSummary> {
+    t.exchanges()
+        .iter()
+        .map(|(_, r, resp)| {
+            (
+                r.path.clone(),
+                trace_of(r).map(|tp| tp[3..35].to_string()),
+                r.protocol,
+                resp.as_ref().and_then(|r| r.grpc_status),
+                r.headers_known,
+            )
+        })
+        .collect()
+}
+
+fn grpcio_call(i: u32) -> String {
+    format!(
+        "{:032x}",
+        0x5eed_0000_0000_0000_0000_0000_0000_0000u128 + u128::from(i)
+    )
+}
+
+#[test]
+fn recorded_grpcio_connection() {
+    let (c, s) = (recorded(&GRPCIO_C2S), recorded(&GRPCIO_S2C));
+    let mut t = T::new();
+    for w in &c {
+        t.send(C2S, w);
+    }
+    for w in &s {
+        t.send(S2C, w);
+    }
+    let expected: Vec<_> = (0..3)
+        .map(|i| {
+            let id = grpcio_call(i);
+            (
+                format!("/demo.Echo/T{id}"),
+                Some(id),
+                Protocol::Grpc,
+                Some(0),
+                HeadersKnown::Exact,
+            )
+        })
+        .collect();
+    assert_eq!(grpc_summary(&t), expected);
+    assert!(t.anomalies().is_empty(), "{:?}", t.anomalies());
+}
+
+#[test]
+fn recorded_grpcio_connection_joined_mid_way() {
+    // From the second call on: grpcio sends :path and traceparent as literals with their
+    // names, so both are exact; content-type and grpc-status index entries never seen, so the
+    // calls are not known to be gRPC and their status is not known (never guessed).
+    let (c, s) = (recorded(&GRPCIO_C2S), recorded(&GRPCIO_S2C));
+    let mut t = T::new();
+    for w in &c[4..] {
+        t.send(C2S, w);
+    }
+    for w in &s[4..] {
+        t.send(S2C, w);
+    }
+    let expected: Vec<_> = (1..3)
+        .map(|i| {
+            let id = grpcio_call(i);
+            let path = format!("/demo.Echo/T{id}");
+            (path, Some(id), Protocol::H2, None, HeadersKnown::Exact)
+        })
+        .collect();
+    assert_eq!(grpc_summary(&t), expected);
+    let statuses: Vec<_> = t
+        .exchanges()
+        .iter()
+        .map(|e| e.2.as_ref().unwrap().status)
+        .collect();
+    assert_eq!(statuses, [Some(200), Some(200)]);
+}
