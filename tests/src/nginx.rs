@@ -85,9 +85,25 @@ impl Nginx {
         Self::start_for_tests(port, &format!("listen 127.0.0.1:{port};"), extra)
     }
 
+    /// The tests' nginx speaking HTTP/2 without TLS (h2c, prior knowledge).
+    pub fn start_h2c() -> Nginx {
+        let port = free_port();
+        Self::start_for_tests(port, &format!("listen 127.0.0.1:{port} http2;"), "")
+    }
+
     /// The tests' nginx serving TLS on its port with a self-signed certificate made for the
     /// test.
     pub fn start_tls() -> Nginx {
+        Self::start_tls_listening("ssl")
+    }
+
+    /// [`Nginx::start_tls`] with HTTP/2 offered through ALPN.
+    pub fn start_tls_h2() -> Nginx {
+        Self::start_tls_listening("ssl http2")
+    }
+
+    /// `listen_flags` follow the address on the `listen` line.
+    fn start_tls_listening(listen_flags: &str) -> Nginx {
         let port = free_port();
         let dir = scratch_dir(port);
         std::fs::create_dir_all(&dir).unwrap();
@@ -115,7 +131,7 @@ impl Nginx {
         Self::start_for_tests(
             port,
             &format!(
-                "listen 127.0.0.1:{port} ssl;\n  ssl_certificate {};\n  ssl_certificate_key {};",
+                "listen 127.0.0.1:{port} {listen_flags};\n  ssl_certificate {};\n  ssl_certificate_key {};",
                 cert.display(),
                 key.display()
             ),

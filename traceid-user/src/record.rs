@@ -30,6 +30,57 @@ impl ConnKey {
     }
 }
 
+/// The application protocol of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// HTTP/1.0 and HTTP/1.1, plain or inside TLS.
+    Http1,
+    /// HTTP/2, plain (prior knowledge) or inside TLS.
+    H2,
+    /// gRPC: HTTP/2 whose request or response says `content-type: application/grpc` (or
+    /// carries `grpc-status`). Never sniffed: a connection is HTTP/2, a request is gRPC.
+    Grpc,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http1 => "http1",
+            Protocol::H2 => "h2",
+            Protocol::Grpc => "grpc",
+        }
+    }
+}
+
+/// How a request's trace context (or its absence) was known. HTTP/2 compresses headers against
+/// a table both ends build from the start of the connection (HPACK); on a connection opened
+/// before the agent, the fields that index older entries are unknown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HeadersKnown {
+    /// Trace-context headers were read by their names, or every field was known (always for
+    /// HTTP/1).
+    Exact,
+    /// A trace-context header was recognised by the shape of its value, its name being unknown
+    /// (a valid traceparent, grpc-trace-bin, uber-trace-id or b3 value); or, without one, the
+    /// fields of unknown name had values of no such shape.
+    ByValue,
+    /// No trace context was found and some fields were unknown, name and value: the request
+    /// may carry trace context that could not be read.
+    Unknown,
+}
+
+impl HeadersKnown {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HeadersKnown::Exact => "exact",
+            HeadersKnown::ByValue => "by_value",
+            HeadersKnown::Unknown => "unknown",
+        }
+    }
+}
+
 /// Inbound: the process accepted the connection (it serves the request). Outbound: the
 /// process connected (it makes the request).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, PartialOrd, Ord)]
@@ -151,9 +202,20 @@ pub struct RequestRecord {
     pub local: Option<String>,
     pub peer: Option<String>,
     pub tls: bool,
+    /// `http1`, `h2` or `grpc`.
+    pub protocol: Protocol,
+    /// The HTTP/2 stream id; null for HTTP/1.
+    pub stream_id: Option<u32>,
+    /// How the request's header fields were known (`exact` for HTTP/1).
+    pub headers_known: HeadersKnown,
+    /// Empty when not read (see `headers_known`); gRPC: `/package.Service/Method`.
     pub method: String,
     pub path: String,
+    /// HTTP status; null without a response, or when not read.
     pub status: Option<u16>,
+    /// gRPC status (`grpc-status` of the trailers or of a trailers-only response); null
+    /// otherwise.
+    pub grpc_status: Option<u32>,
     pub duration_ms: Option<f64>,
     pub trace_id: Option<String>,
     pub trace_format: Option<TraceFormat>,

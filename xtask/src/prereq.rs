@@ -49,6 +49,8 @@ pub const INTEGRATION_PACKAGES: &[&str] = &[
 pub const PIP_PACKAGES: &[&str] = &[
     // Validates deploy/kubernetes/*.yaml against bundled Kubernetes schemas, offline.
     "kubernetes-validate",
+    // gRPC server and clients (tests/h2.rs, tests/services/grpc).
+    "grpcio",
 ];
 
 /// `apt-get update` runs at most once per xtask run, and only when something is installed.

@@ -16,7 +16,8 @@ use std::sync::Arc;
 use crate::event::{self, Event, Role};
 use crate::mem;
 use crate::protocol::{
-    self, Chunk, Flow, Limits, Message, Parser, Protocol, ProtocolParser, RequestHead, ResponseHead,
+    self, Chunk, Flow, HeadersKnown, Limits, Message, Parser, Protocol, ProtocolParser,
+    RequestHead, ResponseHead,
 };
 use crate::record::{
     endpoint_string, rfc3339_ms, ConnKey, Direction, Finding, InboundRef, Record, RequestRecord,
@@ -335,7 +336,7 @@ pub const TRUNCATED_REASON: &str =
 fn not_decoded(p: Protocol) -> &'static str {
     match p {
         Protocol::Http1 => "http1_not_decoded",
-        Protocol::H2 => "h2_not_decoded",
+        Protocol::H2 | Protocol::Grpc => "h2_not_decoded",
     }
 }
 
@@ -477,9 +478,14 @@ impl Cx<'_> {
         } else {
             Direction::Outbound
         };
+        // HTTP/2 headers indexed before the agent attached may hold trace context: without
+        // one found, its absence is not claimed (no `missing`, no hop finding).
+        let unread = |head: &RequestHead, trace: Option<&TraceContext>| {
+            trace.is_none() && head.headers_known == HeadersKnown::Unknown
+        };
         let mut findings = Vec::new();
         let mut reasons = Vec::new();
-        if primary.is_none() {
+        if primary.is_none() && !unread(req, primary) {
             if req.truncated {
                 // Part of the head was not captured: its trace context may be there.
                 findings.push(Finding::Truncated);
@@ -506,8 +512,10 @@ impl Cx<'_> {
                 None if self.linker.is_server(key.pid) => findings.push(Finding::Unlinked),
                 None => {}
                 Some(l) => {
-                    let hop = hop_finding(l.inbound.trace.as_ref(), primary);
-                    findings.extend(hop);
+                    let inbound_trace = l.inbound.trace.as_ref();
+                    if !unread(req, primary) && !unread(&l.inbound.head, inbound_trace) {
+                        findings.extend(hop_finding(inbound_trace, primary));
+                    }
                     inbound = Some(InboundRef {
                         trace_id: l.inbound.trace.as_ref().map(|t| t.trace_id.clone()),
                         method: l.inbound.head.method.clone(),
@@ -528,9 +536,13 @@ impl Cx<'_> {
             local: conn.local.map(endpoint_string),
             peer: conn.peer.map(endpoint_string),
             tls,
+            protocol: req.protocol,
+            stream_id: req.stream_id,
+            headers_known: req.headers_known,
             method: req.method.clone(),
             path: req.path.clone(),
-            status: resp.map(|r| r.status),
+            status: resp.and_then(|r| r.status),
+            grpc_status: resp.and_then(|r| r.grpc_status),
             duration_ms: resp.map(|r| r.ts_ns.saturating_sub(req.ts_ns) as f64 / 1e6),
             trace_id: primary.map(|t| t.trace_id.clone()),
             trace_format: primary.map(|t| t.format),

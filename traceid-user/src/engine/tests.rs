@@ -456,3 +456,152 @@ fn pure_client_outbound_is_a_chain_start_not_unlinked() {
     assert!(recs[0].findings.is_empty(), "{:?}", recs[0].findings);
     assert!(recs[0].inbound.is_none());
 }
+
+// HTTP/2
+
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    f.extend([kind, flags]);
+    f.extend(stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// A HEADERS frame (END_HEADERS, and END_STREAM when `end`) with HPACK-encoded `fields`: the
+/// names `:method`, `:path`, `:status` by their static index, the others as literals.
+fn h2_headers(stream: u32, end: bool, fields: &[(&str, &str)]) -> Vec<u8> {
+    let mut block = Vec::new();
+    for (name, value) in fields {
+        match *name {
+            ":method" => block.push(2),
+            ":path" => block.push(4),
+            ":status" => block.push(8),
+            _ => {
+                block.extend([0, name.len() as u8]);
+                block.extend(name.bytes());
+            }
+        }
+        block.push(value.len() as u8);
+        block.extend(value.bytes());
+    }
+    h2_frame(1, 0x4 | u8::from(end), stream, &block)
+}
+
+const TP2: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+
+#[test]
+fn h2_streams_become_records_with_protocol_and_stream() {
+    let mut s = Stream::default();
+    s.open(MID_IN, [127, 0, 0, 1], 50051, [127, 0, 0, 1], 40000);
+    let mut c2s = protocol::H2_PREFACE.to_vec();
+    c2s.extend(h2_frame(4, 0, 0, &[]));
+    c2s.extend(h2_headers(
+        1,
+        true,
+        &[(":method", "GET"), (":path", "/a?q=1"), ("traceparent", TP)],
+    ));
+    c2s.extend(h2_headers(
+        3,
+        false,
+        &[
+            (":method", "POST"),
+            (":path", "/shop.Cart/Checkout"),
+            ("content-type", "application/grpc"),
+            ("traceparent", TP2),
+        ],
+    ));
+    s.data(MID_IN, 201, false, &c2s);
+    // Stream 3 answers first: headers, then trailers with grpc-status.
+    let mut s2c = h2_headers(3, false, &[(":status", "200")]);
+    s2c.extend(h2_headers(3, true, &[("grpc-status", "5")]));
+    s2c.extend(h2_headers(1, true, &[(":status", "404")]));
+    s.data(MID_IN, 202, true, &s2c);
+    s.close(MID_IN);
+    let recs = s.run();
+    let got: Vec<_> = recs
+        .iter()
+        .map(|r| {
+            (
+                r.protocol,
+                r.stream_id,
+                r.path.as_str(),
+                r.status,
+                r.grpc_status,
+                r.trace_id.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (
+                Protocol::Grpc,
+                Some(3),
+                "/shop.Cart/Checkout",
+                Some(200),
+                Some(5),
+                Some("0af7651916cd43dd8448eb211c80319c")
+            ),
+            (
+                Protocol::H2,
+                Some(1),
+                "/a",
+                Some(404),
+                None,
+                Some("4bf92f3577b34da6a3ce929d0e0e4736")
+            ),
+        ]
+    );
+    let json = serde_json::to_string(&recs[0]).unwrap();
+    assert!(
+        json.contains(r#""protocol":"grpc","stream_id":3,"headers_known":"exact","method":"POST""#),
+        "{json}"
+    );
+    assert!(json.contains(r#""status":200,"grpc_status":5,"#), "{json}");
+}
+
+#[test]
+fn h2_headers_that_could_not_be_read_claim_no_missing_context() {
+    // A connection the agent joined mid-way: the request's fields index table entries it
+    // never saw (index 68, 69), so its trace context, if any, is unknown.
+    let mut s = Stream::default();
+    s.open(MID_IN, [127, 0, 0, 1], 50051, [127, 0, 0, 1], 40000);
+    s.data(
+        MID_IN,
+        201,
+        false,
+        &h2_frame(1, 0x5, 5, &[0x83, 0xc4, 0xc5]),
+    );
+    s.data(
+        MID_IN,
+        201,
+        true,
+        &h2_headers(5, true, &[(":status", "200")]),
+    );
+    s.close(MID_IN);
+    let recs = s.run();
+    assert_eq!(recs.len(), 1);
+    let r = &recs[0];
+    assert_eq!(
+        (r.method.as_str(), r.path.as_str(), r.headers_known),
+        ("POST", "", HeadersKnown::Unknown)
+    );
+    assert!(r.findings.is_empty(), "{:?}", r.findings);
+    // The same request with every field known and no trace context: missing.
+    let mut s = Stream::default();
+    s.open(MID_IN, [127, 0, 0, 1], 50051, [127, 0, 0, 1], 40000);
+    s.data(
+        MID_IN,
+        201,
+        false,
+        &h2_headers(5, true, &[(":method", "POST"), (":path", "/p")]),
+    );
+    s.data(
+        MID_IN,
+        201,
+        true,
+        &h2_headers(5, true, &[(":status", "200")]),
+    );
+    s.close(MID_IN);
+    assert_eq!(s.run()[0].findings, vec![Finding::Missing]);
+}

@@ -10,7 +10,7 @@ use traceid_common::{
 
 use super::census::{Census, TimeWaitSocket};
 use super::config::NS;
-use crate::record::{Direction, RequestRecord};
+use crate::record::{Direction, HeadersKnown, Protocol, RequestRecord};
 
 const S: u64 = NS;
 const CLIENT_PID: u32 = 100;
@@ -126,9 +126,13 @@ fn request_record(conn: ConnKey) -> RequestRecord {
         local: None,
         peer: None,
         tls: false,
+        protocol: Protocol::Http1,
+        stream_id: None,
+        headers_known: HeadersKnown::Exact,
         method: "GET".into(),
         path: "/".into(),
         status: Some(200),
+        grpc_status: None,
         duration_ms: None,
         trace_id: None,
         trace_format: None,

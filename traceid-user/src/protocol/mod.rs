@@ -7,34 +7,19 @@
 //! [`Message`]s: request heads as soon as they are complete (for linking), request/response
 //! pairs (for findings) and counted [`Anomaly`]s. The engine never sees a protocol's framing.
 //!
-//! Adding a protocol: a module beside [`http1`], a [`Protocol`] variant, its case in [`sniff`]
-//! and in [`Parser`]. Heads keep only the headers the caller's `keep` accepts (trace context),
-//! so no other header value is ever stored.
+//! Adding a protocol: a module beside [`http1`] and [`h2`], a [`Protocol`] variant (it lives
+//! in [`crate::record`]: its name is part of the JSON contract), its case in [`sniff`] and in
+//! [`Parser`]. Heads keep only the headers the caller's `keep` accepts
+//! (trace context), so no other header value is ever stored.
 
+pub mod h2;
 pub mod http1;
 
 use std::sync::Arc;
 
 use crate::event::Role;
 
-/// The protocols the engine knows how to recognise.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    /// HTTP/1.0 and HTTP/1.1, plain or inside TLS.
-    Http1,
-    /// HTTP/2 (recognised by its connection preface; not decoded yet: counted and ignored).
-    H2,
-}
-
-impl Protocol {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Protocol::Http1 => "http1",
-            Protocol::H2 => "h2",
-        }
-    }
-}
+pub use crate::record::{HeadersKnown, Protocol};
 
 /// What the first bytes of a stream say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,9 +32,11 @@ pub struct Sniff {
 }
 
 /// The client connection preface of HTTP/2 (RFC 9113 §3.4).
-pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+pub const H2_PREFACE: &[u8] = h2::PREFACE;
 
-/// Recognises a protocol from the first bytes a process sent (`egress`) or received.
+/// Recognises a protocol from the first bytes a process sent (`egress`) or received: the
+/// HTTP/2 preface, an HTTP/1 request or status line, or else HTTP/2 frames (a connection
+/// opened before the agent; see [`h2::sniff_frames`]).
 pub fn sniff(egress: bool, payload: &[u8]) -> Sniff {
     let n = payload.len().min(H2_PREFACE.len());
     if n >= 3 && payload.get(..n) == H2_PREFACE.get(..n) {
@@ -69,9 +56,15 @@ pub fn sniff(egress: bool, payload: &[u8]) -> Sniff {
             protocol: Some(Protocol::Http1),
             role: if egress { Role::Server } else { Role::Client },
         },
-        None => Sniff {
-            protocol: None,
-            role: Role::Unknown,
+        None => match h2::sniff_frames(egress, payload) {
+            Some(role) => Sniff {
+                protocol: Some(Protocol::H2),
+                role,
+            },
+            None => Sniff {
+                protocol: None,
+                role: Role::Unknown,
+            },
         },
     }
 }
@@ -102,6 +95,8 @@ pub trait ProtocolParser {
 #[derive(Debug)]
 pub enum Parser {
     Http1(Box<http1::HttpConn>),
+    /// HTTP/2, and gRPC over it.
+    H2(Box<h2::H2Conn>),
 }
 
 impl Parser {
@@ -109,13 +104,14 @@ impl Parser {
     pub fn for_protocol(protocol: Protocol, limits: Limits) -> Option<Parser> {
         match protocol {
             Protocol::Http1 => Some(Parser::Http1(Box::new(http1::HttpConn::new(limits)))),
-            Protocol::H2 => None,
+            Protocol::H2 | Protocol::Grpc => Some(Parser::H2(Box::new(h2::H2Conn::new(limits)))),
         }
     }
 
     pub fn protocol(&self) -> Protocol {
         match self {
             Parser::Http1(_) => Protocol::Http1,
+            Parser::H2(_) => Protocol::H2,
         }
     }
 }
@@ -130,24 +126,28 @@ impl ProtocolParser for Parser {
     ) {
         match self {
             Parser::Http1(p) => p.on_data(flow, chunk, keep, out),
+            Parser::H2(p) => p.on_data(flow, chunk, keep, out),
         }
     }
 
     fn on_close(&mut self, ts_ns: u64, out: &mut Vec<Message>) {
         match self {
             Parser::Http1(p) => p.on_close(ts_ns, out),
+            Parser::H2(p) => p.on_close(ts_ns, out),
         }
     }
 
     fn flush(&mut self, out: &mut Vec<Message>) {
         match self {
             Parser::Http1(p) => p.flush(out),
+            Parser::H2(p) => p.flush(out),
         }
     }
 
     fn is_dead(&self) -> bool {
         match self {
             Parser::Http1(p) => p.is_dead(),
+            Parser::H2(p) => p.is_dead(),
         }
     }
 }
@@ -218,11 +218,13 @@ impl Default for Limits {
 /// lowercased, value lossily converted, at most [`MAX_HEADER_VALUE_BYTES`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestHead {
+    /// Empty when it was not read (HTTP/2: a table entry the agent never saw).
     pub method: String,
     /// Request target without the query string (everything from the first
-    /// `?` is stripped), capped at [`MAX_PATH_BYTES`].
+    /// `?` is stripped), capped at [`MAX_PATH_BYTES`]. gRPC: `/package.Service/Method`.
+    /// Empty when it was not read, as `method`.
     pub path: String,
-    /// Minor version: 0 for HTTP/1.0, 1 for HTTP/1.1.
+    /// HTTP/1 minor version: 0 for HTTP/1.0, 1 for HTTP/1.1; 0 for HTTP/2.
     pub version: u8,
     pub headers: Vec<(String, String)>,
     /// Timestamp of the chunk where the head's first byte arrived.
@@ -232,12 +234,21 @@ pub struct RequestHead {
     /// The head is incomplete: some of its bytes were not captured, or it
     /// exceeded `max_head_bytes`. Only its complete lines were parsed.
     pub truncated: bool,
+    /// `Http1`, `H2`, or `Grpc` (HTTP/2 whose request or response says `application/grpc`).
+    pub protocol: Protocol,
+    /// The HTTP/2 stream; None for HTTP/1.
+    pub stream_id: Option<u32>,
+    /// How the header fields were known (always exact for HTTP/1).
+    pub headers_known: HeadersKnown,
 }
 
 /// One response head as parsed (same header rules as [`RequestHead`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResponseHead {
-    pub status: u16,
+    /// None when it was not read (HTTP/2: a table entry the agent never saw).
+    pub status: Option<u16>,
+    /// gRPC: `grpc-status` of the trailers (or of a trailers-only response), when read.
+    pub grpc_status: Option<u32>,
     pub headers: Vec<(String, String)>,
     /// Timestamp of the chunk where the head's first byte arrived.
     pub ts_ns: u64,
@@ -282,8 +293,11 @@ pub enum Anomaly {
     /// emitted unanswered.
     TooManyPending,
     /// A gap made the stream position unknown; resync happens at a later
-    /// chunk that starts with a request/status line.
+    /// chunk that starts with a request/status line (HTTP/2: with frames).
     LostSync,
+    /// HTTP/2: a direction's HPACK table stopped being trusted (header-block bytes were lost
+    /// or could not be decoded); decoding goes on with the entries inserted from then on.
+    HeaderTableLost,
 }
 
 impl Anomaly {
@@ -305,6 +319,7 @@ impl Anomaly {
             Anomaly::ResponseWithoutRequest => "response_without_request",
             Anomaly::TooManyPending => "too_many_pending",
             Anomaly::LostSync => "lost_sync",
+            Anomaly::HeaderTableLost => "hpack_table_lost",
         }
     }
 }

@@ -5,7 +5,9 @@ pub mod time_wait;
 
 use std::io::Write;
 
-use crate::record::{BuildupRecord, Direction, Finding, Record, RequestRecord};
+use crate::record::{
+    BuildupRecord, Direction, Finding, HeadersKnown, Protocol, Record, RequestRecord,
+};
 
 /// One JSON line for a record (the contract of docs/json-lines.md).
 pub fn json_line(r: &Record) -> String {
@@ -78,6 +80,20 @@ fn human_request(q: &RequestRecord) -> String {
     let dur = q
         .duration_ms
         .map_or_else(String::new, |d| format!(" {d:.1}ms"));
+    // HTTP/2 and gRPC: the protocol and stream, the gRPC status, and how headers were known.
+    let mut h2 = match (q.protocol, q.stream_id) {
+        (Protocol::Http1, _) => String::new(),
+        (p, Some(id)) => format!(" {}#{id}", p.as_str()),
+        (p, None) => format!(" {}", p.as_str()),
+    };
+    if let Some(g) = q.grpc_status {
+        h2.push_str(&format!(" grpc-status={g}"));
+    }
+    if q.headers_known != HeadersKnown::Exact {
+        h2.push_str(&format!(" headers={}", q.headers_known.as_str()));
+    }
+    // Not read (a table entry the agent never saw): shown as such, never guessed.
+    let unread = |s: &str| if s.is_empty() { "?" } else { s }.to_string();
     let trace = match (&q.trace_format, &q.trace_id) {
         (Some(f), Some(id)) => format!("{}={}", f.as_str(), id),
         _ => "no-trace".to_string(),
@@ -114,7 +130,7 @@ fn human_request(q: &RequestRecord) -> String {
         .and_then(|i| i.short_name())
         .map_or_else(String::new, |n| format!(" {n}"));
     format!(
-        "{}  {:<8} {}[{}]{who} {} {} {}  {} {} {}{}{}  {}{}{}{}",
+        "{}  {:<8} {}[{}]{who} {} {} {}  {} {} {}{}{}{}  {}{}{}{}",
         time_of_day(&q.ts),
         q.direction.as_str(),
         q.comm,
@@ -122,10 +138,11 @@ fn human_request(q: &RequestRecord) -> String {
         q.local.as_deref().unwrap_or("?"),
         arrow,
         q.peer.as_deref().unwrap_or("?"),
-        q.method,
-        q.path,
+        unread(&q.method),
+        unread(&q.path),
         status,
         if q.tls { " tls" } else { "" },
+        h2,
         dur,
         trace,
         findings,
@@ -185,6 +202,42 @@ mod tests {
         assert!(line.contains("(serving GET /Users/ABC, strong)"), "{line}");
         assert!(
             line.contains("Api[7]") && line.contains("/Orders/X1"),
+            "{line}"
+        );
+        assert!(
+            line.contains("/Orders/X1 200 0.0ms"),
+            "HTTP/1 adds nothing: {line}"
+        );
+    }
+
+    #[test]
+    fn human_line_names_the_protocol_stream_and_grpc_status() {
+        let mut s = Stream::default();
+        let c = C {
+            pid: 7,
+            fd: 3,
+            ts: 1,
+            comm: "client",
+            role: traceid_common::ROLE_CLIENT,
+        };
+        s.data(c, 7, true, &get("/x", &[]));
+        s.data(c, 7, false, OK);
+        let mut q = s.run().remove(0);
+        q.protocol = Protocol::Grpc;
+        q.stream_id = Some(41);
+        q.grpc_status = Some(5);
+        q.method = "POST".into();
+        q.path = "/shop.Cart/Checkout".into();
+        let line = human_line(&Record::Request(Box::new(q.clone())));
+        assert!(
+            line.contains("POST /shop.Cart/Checkout 200 grpc#41 grpc-status=5"),
+            "{line}"
+        );
+        q.headers_known = HeadersKnown::Unknown;
+        q.path = String::new();
+        let line = human_line(&Record::Request(Box::new(q)));
+        assert!(
+            line.contains("POST ? 200 grpc#41 grpc-status=5 headers=unknown"),
             "{line}"
         );
     }

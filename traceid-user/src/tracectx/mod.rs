@@ -2,7 +2,7 @@
 //!
 //! Pure code: given the trace-related headers of one HTTP request (name, raw value) this module
 //! finds every trace context it carries (W3C Trace Context, B3 multi/single, Jaeger, AWS X-Ray,
-//! Datadog, SkyWalking sw8 and the opaque request-id family), validates each against its
+//! Datadog, gRPC's binary `grpc-trace-bin`, SkyWalking sw8 and the opaque request-id family), validates each against its
 //! specification and reports malformed headers with a short, stable reason.
 //!
 //! Design rules:
@@ -35,6 +35,7 @@ use std::fmt;
 mod aws;
 mod b3;
 mod datadog;
+mod grpc_bin;
 mod jaeger;
 mod request_id;
 mod sw8;
@@ -61,6 +62,9 @@ pub enum TraceFormat {
     Aws,
     #[serde(rename = "datadog")]
     Datadog,
+    /// `grpc-trace-bin`: the OpenCensus binary format gRPC carries in metadata.
+    #[serde(rename = "grpc_bin")]
+    GrpcBin,
     #[serde(rename = "sw8")]
     Sw8,
     #[serde(rename = "request_id")]
@@ -69,13 +73,14 @@ pub enum TraceFormat {
 
 impl TraceFormat {
     /// Every format, in priority order.
-    pub const ALL: [TraceFormat; 8] = [
+    pub const ALL: [TraceFormat; 9] = [
         TraceFormat::W3c,
         TraceFormat::B3,
         TraceFormat::B3Single,
         TraceFormat::Jaeger,
         TraceFormat::Aws,
         TraceFormat::Datadog,
+        TraceFormat::GrpcBin,
         TraceFormat::Sw8,
         TraceFormat::RequestId,
     ];
@@ -89,6 +94,7 @@ impl TraceFormat {
             TraceFormat::Jaeger => "jaeger",
             TraceFormat::Aws => "aws",
             TraceFormat::Datadog => "datadog",
+            TraceFormat::GrpcBin => "grpc_bin",
             TraceFormat::Sw8 => "sw8",
             TraceFormat::RequestId => "request_id",
         }
@@ -200,6 +206,11 @@ const FORMATS: &[FormatSpec] = &[
         extract: datadog::extract,
     },
     FormatSpec {
+        format: TraceFormat::GrpcBin,
+        headers: &[HeaderSpec::new(grpc_bin::GRPC_TRACE_BIN, Role::TraceId)],
+        extract: grpc_bin::extract,
+    },
+    FormatSpec {
         format: TraceFormat::Sw8,
         headers: &[HeaderSpec::new(sw8::SW8, Role::TraceId)],
         extract: sw8::extract,
@@ -309,7 +320,8 @@ impl HeaderNames {
 
     /// Case-insensitive. True for every header name any format reads (traceparent, tracestate,
     /// x-b3-traceid, x-b3-spanid, x-b3-parentspanid, x-b3-sampled, x-b3-flags, b3, uber-trace-id,
-    /// x-amzn-trace-id, x-datadog-trace-id, x-datadog-parent-id, x-datadog-sampling-priority, sw8,
+    /// x-amzn-trace-id, x-datadog-trace-id, x-datadog-parent-id, x-datadog-sampling-priority,
+    /// grpc-trace-bin, sw8,
     /// x-request-id, x-trace-id, trace-id, x-correlation-id, and the extras). The HTTP layer keeps
     /// only headers for which this is true; everything else (Authorization, Cookie...) is dropped.
     pub fn is_trace_header(&self, name: &str) -> bool {
@@ -452,7 +464,7 @@ pub struct Extraction {
 
 impl Extraction {
     /// The context reported for the request: by priority w3c > b3 > b3single > jaeger > aws >
-    /// datadog > sw8 > request_id (the first request-id header on the wire wins among those).
+    /// datadog > grpc_bin > sw8 > request_id (the first request-id header on the wire wins among those).
     pub fn primary(&self) -> Option<&TraceContext> {
         // min_by_key returns the first of equal minima.
         self.contexts.iter().min_by_key(|c| c.format)

@@ -89,8 +89,8 @@ fn b64_val(c: u8) -> Option<u32> {
 
 /// Standard base64 (RFC 4648 §4). Padding is optional but, when present, must complete the last
 /// quantum. Calls `sink` for every decoded byte; false when the input is not valid base64.
-/// (Hand-written to keep the module free of extra dependencies.)
-fn b64_decode(input: &[u8], mut sink: impl FnMut(u8)) -> bool {
+/// (Hand-written to keep the module free of extra dependencies; `grpc_bin` uses it too.)
+pub(super) fn b64_decode(input: &[u8], mut sink: impl FnMut(u8)) -> bool {
     let mut data = input;
     let mut pad = 0usize;
     while pad < 2 {

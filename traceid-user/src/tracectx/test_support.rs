@@ -12,6 +12,8 @@ pub(super) const B3_SINGLE: &str =
 pub(super) const XRAY: &str =
     "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1";
 pub(super) const SW8_EX: &str = "1-MWYyZDRiZjQ3YmY3MTFlYWI3OTRhY2RlNDgwMDExMjI=-MWU3YzIwNGE3YmY3MTFlYWI4NThhY2RlNDgwMDExMjI=-0-c2VydmljZQ==-aW5zdGFuY2U=-L2FwcA==-MTI3LjAuMC4xOjgwODA=";
+/// grpc-trace-bin: version 0, trace id 4bf92f35..4736, span id 00f067aa0ba902b7, sampled.
+pub(super) const GRPC_BIN: &str = "AABL+S81d7NNpqPOkp0ODkc2AQDwZ6oLqQK3AgE=";
 /// 0xa3ce929d0e0e4736 in decimal.
 pub(super) const DD_A3CE: &str = "11803532876627986230";
 

@@ -22,6 +22,7 @@ fn format_names_and_order() {
             "jaeger",
             "aws",
             "datadog",
+            "grpc_bin",
             "sw8",
             "request_id"
         ]
@@ -52,6 +53,7 @@ fn is_trace_header_true_for_every_read_name_any_case() {
         "x-datadog-trace-id",
         "x-datadog-parent-id",
         "x-datadog-sampling-priority",
+        "grpc-trace-bin",
         "sw8",
         "x-request-id",
         "x-trace-id",
@@ -116,7 +118,7 @@ fn header_names_extras_are_normalised_and_deduplicated() {
             "x-cloud-trace-context"
         ]
     );
-    assert_eq!(names.iter().count(), 14 + 6);
+    assert_eq!(names.iter().count(), 15 + 6);
     assert!(names.iter().all(|n| n == n.to_ascii_lowercase()));
     // "traceparent" as an extra does not turn traceparent into a request id.
     let e = ex_with(&names, &[("traceparent", TP)]);
@@ -395,6 +397,7 @@ fn header_names_are_case_insensitive() {
         ("UBER-TRACE-ID", "abc:def:0:1"),
         ("X-AMZN-TRACE-ID", XRAY),
         ("X-Datadog-Trace-Id", "12"),
+        ("GRPC-Trace-Bin", GRPC_BIN),
         ("SW8", SW8_EX),
         ("X-Request-ID", "r"),
     ]);
@@ -426,6 +429,7 @@ fn primary_follows_priority() {
         ("uber-trace-id", "abc:def:0:1".to_string()),
         ("x-amzn-trace-id", XRAY.to_string()),
         ("x-datadog-trace-id", "12".to_string()),
+        ("grpc-trace-bin", GRPC_BIN.to_string()),
         ("sw8", SW8_EX.to_string()),
         ("x-correlation-id", "second".to_string()),
         ("x-request-id", "first".to_string()),
@@ -556,6 +560,7 @@ fn valid_value_for(name: &str) -> &'static str {
         "x-datadog-trace-id" => DD_A3CE,
         "x-datadog-parent-id" => "5208512171318403364",
         "x-datadog-sampling-priority" => "2",
+        "grpc-trace-bin" => GRPC_BIN,
         "sw8" => SW8_EX,
         _ => "f81d4fae-7dec-11d0-a765-00a0c91e6bf6",
     }

@@ -22,8 +22,8 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use super::{
-    Anomaly, Chunk, Flow, Limits, Message, ProtocolParser, RequestHead, ResponseHead,
-    MAX_HEADER_VALUE_BYTES, MAX_PATH_BYTES, MIN_HEAD_BYTES,
+    Anomaly, Chunk, Flow, HeadersKnown, Limits, Message, Protocol, ProtocolParser, RequestHead,
+    ResponseHead, MAX_HEADER_VALUE_BYTES, MAX_PATH_BYTES, MIN_HEAD_BYTES,
 };
 
 mod parse;
@@ -449,6 +449,9 @@ impl HttpConn {
             ts_ns,
             tid,
             truncated,
+            protocol: Protocol::Http1,
+            stream_id: None,
+            headers_known: HeadersKnown::Exact,
         });
         let seq = self.next_seq;
         self.next_seq = self.next_seq.wrapping_add(1);
@@ -518,7 +521,8 @@ impl HttpConn {
         };
         let switching = status == 101 || (is_connect && (200..300).contains(&status));
         let response = ResponseHead {
-            status,
+            status: Some(status),
+            grpc_status: None,
             headers: p.headers,
             ts_ns,
             tid,

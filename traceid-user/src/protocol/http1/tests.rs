@@ -194,7 +194,7 @@ impl T {
                     *seq,
                     request.method.clone(),
                     request.path.clone(),
-                    response.as_ref().map(|r| r.status),
+                    response.as_ref().and_then(|r| r.status),
                 )),
                 _ => None,
             })
@@ -262,6 +262,9 @@ fn get_200_exchange() {
         ts_ns: 1,
         tid: 101,
         truncated: false,
+        protocol: Protocol::Http1,
+        stream_id: None,
+        headers_known: HeadersKnown::Exact,
     };
     assert_eq!(
         t.ev,
@@ -279,7 +282,8 @@ fn get_200_exchange() {
             seq: 0,
             request: Arc::new(expected),
             response: Some(ResponseHead {
-                status: 200,
+                status: Some(200),
+                grpc_status: None,
                 headers: vec![],
                 ts_ns: 2,
                 tid: 102,
@@ -1002,6 +1006,9 @@ fn gap_inside_head_gives_truncated_head() {
             ts_ns: 1,
             tid: 101,
             truncated: true,
+            protocol: Protocol::Http1,
+            stream_id: None,
+            headers_known: HeadersKnown::Exact,
         }
     );
     t.resp(NGINX_200);
