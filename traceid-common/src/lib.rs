@@ -111,7 +111,7 @@ pub const MAX_CAPTURE: usize = 16384;
 /// 8–16 KiB) without copying whole bodies.
 pub const DEFAULT_CAPTURE: u32 = 8192;
 /// iovecs inspected per vectored call; later ones are reported as an uncaptured gap.
-pub const MAX_IOVECS: u32 = 8;
+pub const MAX_IOVECS: u32 = 16;
 
 /// Length of a process name as the kernel keeps it (`TASK_COMM_LEN`).
 pub const COMM_LEN: usize = 16;
