@@ -143,26 +143,12 @@ pub fn run_checks() -> Vec<CheckLine> {
             },
         });
     }
-    let tracefs = crate::capture::tracefs::is_mounted();
-    let can_mount = caps & (1u64 << 21) != 0;
-    lines.push(CheckLine {
-        name: "tracefs".into(),
-        ok: tracefs || can_mount,
-        required: true,
-        detail: if tracefs {
-            "mounted".into()
-        } else if can_mount {
-            format!(
-                "not mounted: the agent mounts it at {} on start",
-                crate::capture::tracefs::TRACEFS
-            )
-        } else {
-            format!(
-                "not mounted and no CAP_SYS_ADMIN to mount it: `mount -t tracefs tracefs {}`",
-                crate::capture::tracefs::TRACEFS
-            )
-        },
-    });
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    lines.push(tracefs_line(
+        crate::capture::tracefs::is_mounted(),
+        tracefs_mount_point(&mounts),
+        caps & (1u64 << 21) != 0,
+    ));
     let built = crate::capture::object_built();
     lines.push(CheckLine {
         name: "kernel programs".into(),
@@ -200,6 +186,43 @@ pub fn run_checks() -> Vec<CheckLine> {
     lines
 }
 
+/// Where tracefs is mounted, from a mount table (`/proc/self/mounts`): it can be mounted and
+/// still unreadable by this user.
+fn tracefs_mount_point(mounts: &str) -> Option<&str> {
+    mounts.lines().find_map(|l| {
+        let mut fields = l.split_whitespace();
+        let (_source, at, fs_type) = (fields.next()?, fields.next()?, fields.next()?);
+        (fs_type == "tracefs").then_some(at)
+    })
+}
+
+/// The tracefs line: `usable` when its events directory can be read, `mounted_at` from the
+/// mount table, `can_mount` with CAP_SYS_ADMIN.
+fn tracefs_line(usable: bool, mounted_at: Option<&str>, can_mount: bool) -> CheckLine {
+    use crate::capture::tracefs::TRACEFS;
+    let (ok, detail) = match (usable, mounted_at) {
+        (true, _) => (true, "mounted".to_string()),
+        (false, Some(at)) => (
+            false,
+            format!("mounted at {at} but not readable by this user: run as root (the agent attaches its tracepoints through it)"),
+        ),
+        (false, None) if can_mount => (
+            true,
+            format!("not mounted: the agent mounts it at {TRACEFS} on start"),
+        ),
+        (false, None) => (
+            false,
+            format!("not mounted and no CAP_SYS_ADMIN to mount it: `mount -t tracefs tracefs {TRACEFS}`"),
+        ),
+    };
+    CheckLine {
+        name: "tracefs".into(),
+        ok,
+        required: true,
+        detail,
+    }
+}
+
 fn parse_release(r: &str) -> (u32, u32) {
     let mut it = r.split(|c: char| !c.is_ascii_digit());
     let major = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
@@ -216,6 +239,27 @@ mod tests {
         assert_eq!(parse_release("6.18.44-fc-v595"), (6, 18));
         assert_eq!(parse_release("5.4.0"), (5, 4));
         assert_eq!(parse_release("garbage"), (0, 0));
+    }
+
+    #[test]
+    fn tracefs_mounted_but_unreadable_is_not_called_unmounted() {
+        let mounts = "sysfs /sys sysfs rw 0 0\ntracefs /sys/kernel/tracing tracefs rw,nosuid 0 0\n";
+        assert_eq!(tracefs_mount_point(mounts), Some("/sys/kernel/tracing"));
+        assert_eq!(tracefs_mount_point("sysfs /sys sysfs rw 0 0\n"), None);
+
+        let line = tracefs_line(false, tracefs_mount_point(mounts), false);
+        assert!(!line.ok && line.required);
+        assert!(
+            line.detail
+                .starts_with("mounted at /sys/kernel/tracing but not readable by this user"),
+            "{}",
+            line.detail
+        );
+        assert_eq!(tracefs_line(true, Some("/x"), false).detail, "mounted");
+        assert!(tracefs_line(false, None, false)
+            .detail
+            .starts_with("not mounted and no CAP_SYS_ADMIN"));
+        assert!(tracefs_line(false, None, true).ok);
     }
 
     #[test]
