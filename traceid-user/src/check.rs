@@ -20,13 +20,13 @@ pub const CAPABILITIES: &[(u32, &str, bool, &str)] = &[
         38,
         "CAP_PERFMON",
         true,
-        "attaching tracepoints and reading process memory from eBPF",
+        "attaching tracepoints and uprobes and reading process memory from eBPF",
     ),
     (
         21,
         "CAP_SYS_ADMIN",
         false,
-        "mounting tracefs when missing (and loading on kernels older than 5.8)",
+        "mounting tracefs when missing, creating uprobes through perf on recent kernels (else through tracefs), loading on kernels older than 5.8",
     ),
     (
         12,
@@ -149,6 +149,12 @@ pub fn run_checks() -> Vec<CheckLine> {
         tracefs_mount_point(&mounts),
         caps & (1u64 << 21) != 0,
     ));
+    let uprobe_events =
+        std::path::Path::new(crate::capture::tracefs::TRACEFS).join("uprobe_events");
+    lines.push(uprobes_line(
+        caps & (1u64 << 21) != 0,
+        writable(&uprobe_events),
+    ));
     let built = crate::capture::object_built();
     lines.push(CheckLine {
         name: "kernel programs".into(),
@@ -223,6 +229,40 @@ fn tracefs_line(usable: bool, mounted_at: Option<&str>, can_mount: bool) -> Chec
     }
 }
 
+/// Whether this process may write `path` (effective ids and capabilities; a read-only mount
+/// says no).
+fn writable(path: &std::path::Path) -> bool {
+    use std::os::unix::ffi::OsStrExt as _;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: a valid NUL-terminated path; faccessat only reads it.
+    unsafe { libc::faccessat(libc::AT_FDCWD, c.as_ptr(), libc::W_OK, libc::AT_EACCESS) == 0 }
+}
+
+/// The TLS capture line: its uprobes are created through perf with CAP_SYS_ADMIN, else
+/// through tracefs's `uprobe_events` when this process may write it (Linux 6.14 and stable
+/// kernels with the same fix refuse perf uprobes to CAP_PERFMON alone).
+fn uprobes_line(sys_admin: bool, uprobe_events_writable: bool) -> CheckLine {
+    let (ok, detail) = match (sys_admin, uprobe_events_writable) {
+        (true, _) => (true, "created through perf (CAP_SYS_ADMIN): HTTPS via OpenSSL is seen".to_string()),
+        (false, true) => (
+            true,
+            "created through tracefs uprobe_events (perf creates uprobes only for CAP_SYS_ADMIN on recent kernels): HTTPS via OpenSSL is seen".to_string(),
+        ),
+        (false, false) => (
+            false,
+            format!("TLS capture is off, HTTPS is not seen: needs CAP_SYS_ADMIN, or uid 0 with a writable {}/uprobe_events", crate::capture::tracefs::TRACEFS),
+        ),
+    };
+    CheckLine {
+        name: "tls uprobes".into(),
+        ok,
+        required: false,
+        detail,
+    }
+}
+
 fn parse_release(r: &str) -> (u32, u32) {
     let mut it = r.split(|c: char| !c.is_ascii_digit());
     let major = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
@@ -260,6 +300,21 @@ mod tests {
             .detail
             .starts_with("not mounted and no CAP_SYS_ADMIN"));
         assert!(tracefs_line(false, None, true).ok);
+    }
+
+    #[test]
+    fn tls_capture_says_how_its_probes_are_made_or_why_it_is_off() {
+        assert!(uprobes_line(true, false).ok);
+        let tracefs = uprobes_line(false, true);
+        assert!(tracefs.ok && tracefs.detail.contains("uprobe_events"));
+        let off = uprobes_line(false, false);
+        assert!(!off.ok && !off.required);
+        assert!(
+            off.detail
+                .starts_with("TLS capture is off, HTTPS is not seen: needs CAP_SYS_ADMIN"),
+            "{}",
+            off.detail
+        );
     }
 
     #[test]
