@@ -50,37 +50,3 @@ pub fn frames(mut data: &[u8]) -> impl Iterator<Item = Frame<'_>> {
         })
     })
 }
-
-/// Encodes `bytes` of one direction as frames of at most 63 bytes (for seed corpora).
-pub fn encode_frames(from_client: bool, bytes: &[u8], out: &mut Vec<u8>) {
-    for piece in bytes.chunks(63) {
-        out.push(if from_client { 0x80 } else { 0 } | piece.len() as u8);
-        out.extend_from_slice(piece);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn records_and_frames_cover_any_input() {
-        let recs: Vec<&[u8]> = records(&[2, 0, b'a', b'b', 5, 0, b'c']).collect();
-        assert_eq!(recs, [&b"ab"[..], &b"c"[..]]);
-        let mut enc = Vec::new();
-        encode_frames(true, &[7; 70], &mut enc);
-        let fs: Vec<Frame> = frames(&enc).collect();
-        assert_eq!(fs.len(), 2);
-        assert!(fs.iter().all(|f| f.from_client && f.gap == 0));
-        assert_eq!(fs[0].data.len() + fs[1].data.len(), 70);
-        let gap: Vec<Frame> = frames(&[0x41, 2, b'x']).collect();
-        assert_eq!(
-            gap,
-            [Frame {
-                from_client: false,
-                data: b"x",
-                gap: 32
-            }]
-        );
-    }
-}
