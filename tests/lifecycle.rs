@@ -165,6 +165,7 @@ fn churn_reports_buildup(remote: SocketAddr) {
         "buildup must name this process"
     );
     assert_eq!(b["comm"], "churner");
+    assert_eq!(b["holder"], "client", "the churner closes first: {b}");
     assert_eq!(b["threshold"], THRESHOLD);
     let tw = b["time_wait"].as_u64().unwrap();
     assert!(tw >= THRESHOLD, "{b}");
@@ -178,7 +179,15 @@ fn churn_reports_buildup(remote: SocketAddr) {
         "a fresh connection per request: {b}"
     );
     assert!(b["connections_per_s"].as_f64().unwrap() > 0.0, "{b}");
-    for key in ["ts", "remote", "time_wait", "threshold", "pid", "comm"] {
+    for key in [
+        "ts",
+        "remote",
+        "holder",
+        "time_wait",
+        "threshold",
+        "pid",
+        "comm",
+    ] {
         assert!(!b[key].is_null(), "{key} missing in {b}");
     }
 }
@@ -338,4 +347,34 @@ fn keep_alive_client_shows_reuse_and_no_buildup() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&text.stdout).contains("--tw-threshold"));
+}
+
+/// nginx closes every connection first (`keepalive_timeout 0`): its TIME_WAIT sockets point
+/// to the clients' ephemeral ports, yet they are one service's, named by nginx's listening
+/// endpoint with the server as their holder, never one group per client port.
+#[test]
+fn server_closing_first_is_named_by_its_listening_endpoint() {
+    if !can_run() {
+        return;
+    }
+    const CONNECTIONS: usize = 300;
+    let nginx = Nginx::start_with("  keepalive_timeout 0;");
+    let service = SocketAddr::from(([127, 0, 0, 1], nginx.port));
+    let port = nginx.port.to_string();
+    let mut args = AGENT_ARGS.to_vec();
+    args.extend(["--tw-threshold", "200", "--port", &port]);
+    let agent = Agent::watch(&args);
+    churner(service, CONNECTIONS, false);
+    let want = service.to_string();
+    agent.wait_for(Duration::from_secs(30), |l| {
+        l.iter().any(|v| v["event"] == "buildup")
+    });
+    let lines = agent.stop();
+    let buildups: Vec<&Value> = lines.iter().filter(|v| v["event"] == "buildup").collect();
+    assert!(!buildups.is_empty(), "no buildup: {lines:#?}");
+    for b in &buildups {
+        assert_eq!(b["remote"], want.as_str(), "{b}");
+        assert_eq!(b["holder"], "server", "{b}");
+        assert_eq!(b["comm"], "nginx", "{b}");
+    }
 }

@@ -1,13 +1,14 @@
 //! HTTPS through the OpenSSL probes: nginx with TLS, curl, Python's ssl module, on 127.0.0.1.
 
+use std::io::Read as _;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use traceid_tests::*;
 // The harness library's dependency, not named by this test.
 use thiserror as _;
 // Used by the harness library (tests/src), not by name here.
-use {libc as _, serde_json as _};
+use libc as _;
 
 fn port_of(addr: &Value) -> Option<u16> {
     addr.as_str()?.rsplit_once(':')?.1.parse().ok()
@@ -130,4 +131,102 @@ fn tls_server_started_after_the_agent_is_seen() {
     assert_eq!(inb[0]["tls"], true);
     assert_eq!(inb[0]["trace_id"], "late-1");
     assert!(!requests(&lines, |r| r["pid"] == curl_pid).is_empty());
+}
+
+/// The capabilities the least-privilege DaemonSet adds (deploy/kubernetes/daemonset.yaml),
+/// lowercase as setpriv names them.
+fn daemonset_capabilities() -> Vec<String> {
+    let yaml = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy/kubernetes/daemonset.yaml"),
+    )
+    .unwrap();
+    let mut caps = Vec::new();
+    let mut in_add = false;
+    for line in yaml.lines().map(str::trim) {
+        if line == "add:" {
+            in_add = true;
+        } else if in_add {
+            match line.strip_prefix("- ") {
+                Some(c) => caps.push(c.trim().to_ascii_lowercase()),
+                None => in_add = false,
+            }
+        }
+    }
+    caps
+}
+
+/// HTTPS is seen when the agent has exactly the DaemonSet's capabilities (and root's file
+/// permissions, as its `runAsUser: 0`): recent kernels refuse to create uprobes through perf
+/// without CAP_SYS_ADMIN, and the agent then creates them through tracefs.
+#[test]
+fn https_is_seen_with_exactly_the_daemonsets_capabilities() {
+    if !can_run() {
+        return;
+    }
+    let caps = daemonset_capabilities();
+    assert!(caps.contains(&"perfmon".to_string()), "{caps:?}");
+    assert!(!caps.contains(&"sys_admin".to_string()), "{caps:?}");
+    let set = std::iter::once("-all".to_string())
+        .chain(caps.iter().map(|c| format!("+{c}")))
+        .collect::<Vec<_>>()
+        .join(",");
+    let nginx = Nginx::start_tls();
+    let port = nginx.port.to_string();
+    let mut child = Command::new("setpriv")
+        .arg(format!("--inh-caps={set}"))
+        .arg(format!("--ambient-caps={set}"))
+        .arg(format!("--bounding-set={set}"))
+        .arg("--")
+        .arg(traceid_bin())
+        .args(["watch", "--json", "--duration", "10s", "--port", &port])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("setpriv (util-linux)");
+    let stderr = collect_stderr(&mut child);
+    let started = Instant::now();
+    while !stderr.lock().unwrap().contains("watching:") {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "agent did not start: {}",
+            stderr.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !stderr
+            .lock()
+            .unwrap()
+            .contains("TLS probes on 0 OpenSSL files"),
+        "{}",
+        stderr.lock().unwrap()
+    );
+    let curl_pid = curl_tls(nginx.port, "/api/least", "X-Request-ID: least-1");
+    let mut stdout = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    assert!(
+        child.wait().unwrap().success(),
+        "{}",
+        stderr.lock().unwrap()
+    );
+    let lines: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let inb = inbound_on(&lines, nginx.port, "/api/least");
+    assert_eq!(inb.len(), 1, "{lines:#?}");
+    assert_eq!(inb[0]["tls"], true);
+    assert_eq!(inb[0]["trace_id"], "least-1");
+    let out = requests(&lines, |r| r["pid"] == curl_pid);
+    assert_eq!(out.len(), 1, "{lines:#?}");
+    assert_eq!(out[0]["tls"], true);
+    // Nothing of the agent's probes is left in tracefs.
+    let left = std::fs::read_to_string("/sys/kernel/tracing/uprobe_events").unwrap_or_default();
+    assert!(!left.contains("traceid/"), "{left}");
 }

@@ -20,13 +20,13 @@ pub const CAPABILITIES: &[(u32, &str, bool, &str)] = &[
         38,
         "CAP_PERFMON",
         true,
-        "attaching tracepoints and reading process memory from eBPF",
+        "attaching tracepoints and uprobes and reading process memory from eBPF",
     ),
     (
         21,
         "CAP_SYS_ADMIN",
         false,
-        "mounting tracefs when missing (and loading on kernels older than 5.8)",
+        "mounting tracefs when missing, creating uprobes through perf on recent kernels (else through tracefs), loading on kernels older than 5.8",
     ),
     (
         12,
@@ -143,26 +143,18 @@ pub fn run_checks() -> Vec<CheckLine> {
             },
         });
     }
-    let tracefs = crate::capture::tracefs::is_mounted();
-    let can_mount = caps & (1u64 << 21) != 0;
-    lines.push(CheckLine {
-        name: "tracefs".into(),
-        ok: tracefs || can_mount,
-        required: true,
-        detail: if tracefs {
-            "mounted".into()
-        } else if can_mount {
-            format!(
-                "not mounted: the agent mounts it at {} on start",
-                crate::capture::tracefs::TRACEFS
-            )
-        } else {
-            format!(
-                "not mounted and no CAP_SYS_ADMIN to mount it: `mount -t tracefs tracefs {}`",
-                crate::capture::tracefs::TRACEFS
-            )
-        },
-    });
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    lines.push(tracefs_line(
+        crate::capture::tracefs::is_mounted(),
+        tracefs_mount_point(&mounts),
+        caps & (1u64 << 21) != 0,
+    ));
+    let uprobe_events =
+        std::path::Path::new(crate::capture::tracefs::TRACEFS).join("uprobe_events");
+    lines.push(uprobes_line(
+        caps & (1u64 << 21) != 0,
+        writable(&uprobe_events),
+    ));
     let built = crate::capture::object_built();
     lines.push(CheckLine {
         name: "kernel programs".into(),
@@ -200,6 +192,77 @@ pub fn run_checks() -> Vec<CheckLine> {
     lines
 }
 
+/// Where tracefs is mounted, from a mount table (`/proc/self/mounts`): it can be mounted and
+/// still unreadable by this user.
+fn tracefs_mount_point(mounts: &str) -> Option<&str> {
+    mounts.lines().find_map(|l| {
+        let mut fields = l.split_whitespace();
+        let (_source, at, fs_type) = (fields.next()?, fields.next()?, fields.next()?);
+        (fs_type == "tracefs").then_some(at)
+    })
+}
+
+/// The tracefs line: `usable` when its events directory can be read, `mounted_at` from the
+/// mount table, `can_mount` with CAP_SYS_ADMIN.
+fn tracefs_line(usable: bool, mounted_at: Option<&str>, can_mount: bool) -> CheckLine {
+    use crate::capture::tracefs::TRACEFS;
+    let (ok, detail) = match (usable, mounted_at) {
+        (true, _) => (true, "mounted".to_string()),
+        (false, Some(at)) => (
+            false,
+            format!("mounted at {at} but not readable by this user: run as root (the agent attaches its tracepoints through it)"),
+        ),
+        (false, None) if can_mount => (
+            true,
+            format!("not mounted: the agent mounts it at {TRACEFS} on start"),
+        ),
+        (false, None) => (
+            false,
+            format!("not mounted and no CAP_SYS_ADMIN to mount it: `mount -t tracefs tracefs {TRACEFS}`"),
+        ),
+    };
+    CheckLine {
+        name: "tracefs".into(),
+        ok,
+        required: true,
+        detail,
+    }
+}
+
+/// Whether this process may write `path` (effective ids and capabilities; a read-only mount
+/// says no).
+fn writable(path: &std::path::Path) -> bool {
+    use std::os::unix::ffi::OsStrExt as _;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: a valid NUL-terminated path; faccessat only reads it.
+    unsafe { libc::faccessat(libc::AT_FDCWD, c.as_ptr(), libc::W_OK, libc::AT_EACCESS) == 0 }
+}
+
+/// The TLS capture line: its uprobes are created through perf with CAP_SYS_ADMIN, else
+/// through tracefs's `uprobe_events` when this process may write it (Linux 6.14 and stable
+/// kernels with the same fix refuse perf uprobes to CAP_PERFMON alone).
+fn uprobes_line(sys_admin: bool, uprobe_events_writable: bool) -> CheckLine {
+    let (ok, detail) = match (sys_admin, uprobe_events_writable) {
+        (true, _) => (true, "created through perf (CAP_SYS_ADMIN): HTTPS via OpenSSL is seen".to_string()),
+        (false, true) => (
+            true,
+            "created through tracefs uprobe_events (perf creates uprobes only for CAP_SYS_ADMIN on recent kernels): HTTPS via OpenSSL is seen".to_string(),
+        ),
+        (false, false) => (
+            false,
+            format!("TLS capture is off, HTTPS is not seen: needs CAP_SYS_ADMIN, or uid 0 with a writable {}/uprobe_events", crate::capture::tracefs::TRACEFS),
+        ),
+    };
+    CheckLine {
+        name: "tls uprobes".into(),
+        ok,
+        required: false,
+        detail,
+    }
+}
+
 fn parse_release(r: &str) -> (u32, u32) {
     let mut it = r.split(|c: char| !c.is_ascii_digit());
     let major = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
@@ -216,6 +279,42 @@ mod tests {
         assert_eq!(parse_release("6.18.44-fc-v595"), (6, 18));
         assert_eq!(parse_release("5.4.0"), (5, 4));
         assert_eq!(parse_release("garbage"), (0, 0));
+    }
+
+    #[test]
+    fn tracefs_mounted_but_unreadable_is_not_called_unmounted() {
+        let mounts = "sysfs /sys sysfs rw 0 0\ntracefs /sys/kernel/tracing tracefs rw,nosuid 0 0\n";
+        assert_eq!(tracefs_mount_point(mounts), Some("/sys/kernel/tracing"));
+        assert_eq!(tracefs_mount_point("sysfs /sys sysfs rw 0 0\n"), None);
+
+        let line = tracefs_line(false, tracefs_mount_point(mounts), false);
+        assert!(!line.ok && line.required);
+        assert!(
+            line.detail
+                .starts_with("mounted at /sys/kernel/tracing but not readable by this user"),
+            "{}",
+            line.detail
+        );
+        assert_eq!(tracefs_line(true, Some("/x"), false).detail, "mounted");
+        assert!(tracefs_line(false, None, false)
+            .detail
+            .starts_with("not mounted and no CAP_SYS_ADMIN"));
+        assert!(tracefs_line(false, None, true).ok);
+    }
+
+    #[test]
+    fn tls_capture_says_how_its_probes_are_made_or_why_it_is_off() {
+        assert!(uprobes_line(true, false).ok);
+        let tracefs = uprobes_line(false, true);
+        assert!(tracefs.ok && tracefs.detail.contains("uprobe_events"));
+        let off = uprobes_line(false, false);
+        assert!(!off.ok && !off.required);
+        assert!(
+            off.detail
+                .starts_with("TLS capture is off, HTTPS is not seen: needs CAP_SYS_ADMIN"),
+            "{}",
+            off.detail
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -78,7 +78,8 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
-    /// Write the raw captured events to FILE (secret header values redacted) for `replay`.
+    /// Write the raw captured events to FILE for `replay` (secret header values and query
+    /// strings masked).
     Record {
         /// Output file.
         #[arg(short = 'o', long = "output")]
@@ -373,9 +374,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             diagnose,
             common,
         } => {
-            let f = File::open(&file).with_context(|| format!("opening {}", file.display()))?;
+            let f = open_recording(&file)?;
             let mut rd = recording::Reader::new(BufReader::new(f))
-                .with_context(|| format!("reading {}", file.display()))?;
+                .with_context(|| file.display().to_string())?;
+            let unmasked = rd.redaction_missing();
+            if !unmasked.is_empty() {
+                eprintln!(
+                    "traceid: {} was written by an older traceid (format version {}): {} were not masked in it",
+                    file.display(),
+                    rd.version,
+                    unmasked.join(" and ")
+                );
+            }
             let mut pipeline = Pipeline::new(common.pipeline_config(rd.realtime_offset_ns));
             let mut agg = Aggregator::default();
             let mut lines = LineSink::new(std::io::stdout().lock(), json);
@@ -389,11 +399,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                 }
             };
+            let mut records = 0u64;
             while let Some(rec) = rd
                 .next_record()
-                .with_context(|| format!("reading {}", file.display()))?
+                .with_context(|| file.display().to_string())?
             {
+                records += 1;
                 pipeline.process(&rec, &mut sink);
+            }
+            if records == 0 {
+                eprintln!(
+                    "traceid: {}: no records (the recording holds only its header)",
+                    file.display()
+                );
             }
             pipeline.finish(&mut sink);
             if let Some(e) = write_err {
@@ -561,6 +579,39 @@ fn print_diagnosis(d: &report::diagnose::Diagnosis, json: bool) -> anyhow::Resul
         write!(out, "{}", report::diagnose::render(d))?;
     }
     Ok(())
+}
+
+/// Opens a recording for replay. Only a regular file is one: a directory would fail at the
+/// first read, and a FIFO without a writer would block forever (so the open does not wait for
+/// one, and the check refuses it).
+fn open_recording(path: &Path) -> anyhow::Result<File> {
+    use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let kind = file
+        .metadata()
+        .with_context(|| format!("reading the metadata of {}", path.display()))?
+        .file_type();
+    let what = if kind.is_file() {
+        return Ok(file);
+    } else if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_char_device() || kind.is_block_device() {
+        "a device"
+    } else {
+        "not a regular file"
+    };
+    bail!(
+        "{} is {what}: replay reads a recording file written by `traceid record`",
+        path.display()
+    )
 }
 
 /// Fails early with the names of what is missing, instead of a loader error.

@@ -389,15 +389,43 @@ pub struct LostRecord {
     pub count: u64,
 }
 
-/// TIME_WAIT toward one remote passed the threshold and is growing (from the lifecycle).
+/// Which end of a service's connections holds their TIME_WAIT sockets: the end that closed
+/// first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Holder {
+    /// The connecting side: the service endpoint is the sockets' remote end.
+    Client,
+    /// The listening side: the service endpoint is the sockets' own (local) end.
+    Server,
+    /// Neither a connection seen closing nor the ports tell.
+    Unknown,
+}
+
+impl Holder {
+    /// The metric label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Holder::Client => "client",
+            Holder::Server => "server",
+            Holder::Unknown => "unknown",
+        }
+    }
+}
+
+/// TIME_WAIT of one service endpoint passed the threshold and is growing (from the lifecycle).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BuildupRecord {
     /// Always "buildup".
     pub event: &'static str,
     pub ts: String,
-    /// The endpoint the TIME_WAIT sockets point to, "ip:port".
+    /// The service endpoint of the connections, "ip:port": the listening side, whichever end
+    /// closed first (so clients' ephemeral ports never name a series).
     pub remote: String,
-    /// TIME_WAIT sockets toward `remote` at the census.
+    /// Which end holds the sockets: `client` (they point to `remote`) or `server` (`remote` is
+    /// this host's own listening address).
+    pub holder: Holder,
+    /// TIME_WAIT sockets of `remote` held by `holder` at the census.
     pub time_wait: u64,
     pub threshold: u64,
     /// The process that owned most of them (matched by 4-tuple with connections it closed);

@@ -1,31 +1,46 @@
 //! `traceid record` / `traceid replay`: raw ring-buffer records on disk.
 //!
-//! Format (version 1), little-endian:
-//! - magic `TRACEID\0`, u32 version, u32 reserved, i64 CLOCK_REALTIME - CLOCK_MONOTONIC (ns);
-//! - then records: u32 length, then that many bytes (exactly what the kernel wrote).
+//! Format (version 2), little-endian:
+//! - magic `TRACEID\0`, u32 version, u32 redaction flags ([`redaction`]), i64
+//!   CLOCK_REALTIME - CLOCK_MONOTONIC (ns);
+//! - then records: u32 length, then that many bytes (what the kernel wrote, secrets masked).
+//!
+//! Version 1 is the same with the flags field reserved (zero): its writer masked a secret
+//! header's value only when the whole header line came in one write, and kept query strings.
+//! Both versions are read.
 //!
 //! Secrets never reach the disk: the values of `Authorization`, `Proxy-Authorization`,
-//! `Cookie` and `Set-Cookie` header lines in captured payloads are overwritten with `*`
-//! (same length, so every length the engine relies on is unchanged) before writing.
+//! `Cookie` and `Set-Cookie` and the query strings of request lines are overwritten with `*`
+//! wherever their bytes fall in the stream ([`redact`]), with the same length, so every
+//! length the engine relies on is unchanged.
+
+mod redact;
 
 use std::io::{self, BufRead, Write};
 
-use traceid_common::DataEvent;
+pub use redact::{Redactor, SENSITIVE_HEADERS};
 
 pub const MAGIC: &[u8; 8] = b"TRACEID\0";
-pub const VERSION: u32 = 1;
+/// The version this build writes.
+pub const VERSION: u32 = 2;
+/// The oldest version this build reads.
+pub const OLDEST_VERSION: u32 = 1;
 /// Largest record accepted when reading: the kernel's records are at most 16 KiB plus a
 /// header, the agent's census records up to 36 bytes per TIME_WAIT socket (1,000,000 by
 /// default: 36 MB).
 pub const MAX_RECORD: u32 = 1 << 26;
 
-/// Header names whose values are redacted (lowercase).
-pub const REDACTED: &[&[u8]] = &[
-    b"authorization",
-    b"proxy-authorization",
-    b"cookie",
-    b"set-cookie",
-];
+/// The file header's flags: which redaction rules the writer applied.
+pub mod redaction {
+    /// Values of [`super::SENSITIVE_HEADERS`] are masked wherever their bytes fall: split
+    /// across writes, across records, cut by the capture window.
+    pub const HEADER_VALUES_IN_STREAM: u32 = 1 << 0;
+    /// Query strings of request lines are masked (from after `?` to the space before the
+    /// version).
+    pub const QUERY_STRINGS: u32 = 1 << 1;
+    /// What this build's writer applies.
+    pub const ALL: u32 = HEADER_VALUES_IN_STREAM | QUERY_STRINGS;
+}
 
 /// What went wrong with a recording; offsets are byte offsets into the file.
 #[derive(thiserror::Error, Debug)]
@@ -33,7 +48,7 @@ pub enum RecordingError {
     #[error("not a traceid recording (bad magic at offset 0)")]
     BadMagic,
     #[error(
-        "recording version {0} (offset 8) is not supported (this traceid reads version {VERSION})"
+        "recording version {0} (offset 8) is not supported (this traceid reads versions {OLDEST_VERSION} to {VERSION})"
     )]
     Version(u32),
     #[error("recording is truncated at offset {offset}: {what}")]
@@ -48,31 +63,36 @@ pub enum RecordingError {
     Write { offset: u64, source: io::Error },
 }
 
-/// Writes a recording: the file header, then records as they come.
+/// Writes a recording: the file header, then records as they come, secrets masked.
 pub struct Writer<W: Write> {
     out: W,
     /// Bytes written so far: where the next write lands.
     offset: u64,
+    redactor: Redactor,
 }
 
 impl<W: Write> Writer<W> {
     pub fn new(out: W, realtime_offset_ns: i128) -> Result<Self, RecordingError> {
-        let mut w = Writer { out, offset: 0 };
+        let mut w = Writer {
+            out,
+            offset: 0,
+            redactor: Redactor::default(),
+        };
         w.put(MAGIC)?;
         w.put(&VERSION.to_le_bytes())?;
-        w.put(&0u32.to_le_bytes())?;
+        w.put(&redaction::ALL.to_le_bytes())?;
         w.put(&(realtime_offset_ns as i64).to_le_bytes())?;
         Ok(w)
     }
 
-    /// Appends one raw ring-buffer record, secrets redacted.
+    /// Appends one raw ring-buffer record, secrets masked.
     pub fn write(&mut self, raw: &[u8]) -> Result<(), RecordingError> {
         let len = u32::try_from(raw.len())
             .ok()
             .filter(|&n| n <= MAX_RECORD)
             .ok_or(RecordingError::RecordTooLarge { len: raw.len() })?;
         let mut rec = raw.to_vec();
-        redact_record(&mut rec);
+        self.redactor.redact(&mut rec);
         self.put(&len.to_le_bytes())?;
         self.put(&rec)
     }
@@ -96,43 +116,6 @@ impl<W: Write> Writer<W> {
     }
 }
 
-/// Redacts secret header values inside a data record's payload, in place.
-pub fn redact_record(rec: &mut [u8]) {
-    let start = std::mem::size_of::<DataEvent>();
-    if let Ok(crate::event::Event::Data(..)) = crate::event::decode(rec) {
-        if let Some(payload) = rec.get_mut(start..) {
-            redact_payload(payload);
-        }
-    }
-}
-
-/// Overwrites the values of secret header lines with '*'. A line is a header line when it
-/// starts the payload or follows "\n".
-pub fn redact_payload(p: &mut [u8]) {
-    let mut line_start = 0;
-    while line_start < p.len() {
-        let end = p[line_start..]
-            .iter()
-            .position(|&b| b == b'\n')
-            .map_or(p.len(), |i| line_start + i);
-        let line = &p[line_start..end];
-        if let Some(colon) = line.iter().position(|&b| b == b':') {
-            let name = &line[..colon];
-            if REDACTED
-                .iter()
-                .any(|r| name.trim_ascii().eq_ignore_ascii_case(r))
-            {
-                for b in &mut p[line_start + colon + 1..end] {
-                    if *b != b'\r' && *b != b' ' {
-                        *b = b'*';
-                    }
-                }
-            }
-        }
-        line_start = end + 1;
-    }
-}
-
 /// Reads a recording back, record by record. Buffered input, so a clean end of file (between
 /// records) can be told from a truncated record.
 pub struct Reader<R: BufRead> {
@@ -141,6 +124,10 @@ pub struct Reader<R: BufRead> {
     offset: u64,
     /// CLOCK_REALTIME - CLOCK_MONOTONIC (ns) on the recording host.
     pub realtime_offset_ns: i128,
+    /// The file's format version.
+    pub version: u32,
+    /// The [`redaction`] rules its writer applied.
+    pub redaction: u32,
 }
 
 impl<R: BufRead> Reader<R> {
@@ -150,17 +137,36 @@ impl<R: BufRead> Reader<R> {
             input,
             offset: 0,
             realtime_offset_ns: 0,
+            version: 0,
+            redaction: 0,
         };
         if &rd.take::<8>("file header")? != MAGIC {
             return Err(RecordingError::BadMagic);
         }
-        let version = u32::from_le_bytes(rd.take("file header")?);
-        if version != VERSION {
-            return Err(RecordingError::Version(version));
+        rd.version = u32::from_le_bytes(rd.take("file header")?);
+        if !(OLDEST_VERSION..=VERSION).contains(&rd.version) {
+            return Err(RecordingError::Version(rd.version));
         }
-        let _reserved: [u8; 4] = rd.take("file header")?;
+        // Version 1 reserved this field (zero): none of today's rules applied.
+        rd.redaction = u32::from_le_bytes(rd.take("file header")?);
         rd.realtime_offset_ns = i64::from_le_bytes(rd.take("file header")?).into();
         Ok(rd)
+    }
+
+    /// Redaction rules this build applies that the recording's writer did not: secrets of
+    /// these kinds may be in the file.
+    pub fn redaction_missing(&self) -> Vec<&'static str> {
+        [
+            (
+                redaction::HEADER_VALUES_IN_STREAM,
+                "secret header values split across writes",
+            ),
+            (redaction::QUERY_STRINGS, "query strings"),
+        ]
+        .into_iter()
+        .filter(|(flag, _)| self.redaction & flag == 0)
+        .map(|(_, what)| what)
+        .collect()
     }
 
     /// The next record, None at a clean end of file.
@@ -216,18 +222,6 @@ impl<R: BufRead> Reader<R> {
 mod tests {
     use super::*;
     use crate::test_util::events::{get, Stream, C, OK, TP};
-
-    #[test]
-    fn redacts_secret_values_keeping_lengths() {
-        let mut p = b"GET / HTTP/1.1\r\nAuthorization: Bearer abc\r\ncookie: a=b\r\nTraceparent: 00-x\r\n\r\n".to_vec();
-        let before = p.len();
-        redact_payload(&mut p);
-        let s = String::from_utf8(p).unwrap();
-        assert_eq!(s.len(), before);
-        assert!(!s.contains("abc") && !s.contains("a=b"), "{s}");
-        assert!(s.contains("Authorization: ****** ***\r\n"), "{s}");
-        assert!(s.contains("Traceparent: 00-x"));
-    }
 
     #[test]
     fn replay_equals_live_and_errors_name_offsets() {
@@ -340,9 +334,30 @@ mod tests {
         );
 
         let mut newer = file.clone();
-        newer[8..12].copy_from_slice(&2u32.to_le_bytes());
+        newer[8..12].copy_from_slice(&(VERSION + 1).to_le_bytes());
         let err = Reader::new(&newer[..]).err().unwrap();
-        assert!(matches!(err, RecordingError::Version(2)), "{err}");
+        assert!(
+            matches!(err, RecordingError::Version(v) if v == VERSION + 1),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_header_says_which_rules_applied_and_version_1_still_reads() {
+        let file = recording_of(1, 10);
+        let rd = Reader::new(&file[..]).unwrap();
+        assert_eq!((rd.version, rd.redaction), (VERSION, redaction::ALL));
+        assert!(rd.redaction_missing().is_empty());
+
+        let mut v1 = file.clone();
+        v1[8..12].copy_from_slice(&1u32.to_le_bytes());
+        v1[12..16].copy_from_slice(&0u32.to_le_bytes());
+        let mut rd = Reader::new(&v1[..]).unwrap();
+        assert_eq!(
+            rd.redaction_missing(),
+            ["secret header values split across writes", "query strings"]
+        );
+        assert_eq!(rd.next_record().unwrap(), Some(vec![0; 10]));
     }
 
     /// Accepts `room` bytes, then fails every write.

@@ -3,6 +3,7 @@
 //! See `cargo xtask --help`. `.ci/run` calls `cargo xtask test`.
 
 mod bench;
+mod fuzz;
 mod prereq;
 mod tasks;
 mod util;
@@ -66,11 +67,23 @@ enum Task {
     },
     /// Everything CI checks, in order, stopping at the first failure.
     ///
-    /// [1/5] cargo fmt --check (workspace and kernel crate), [2/5] clippy -D warnings
-    /// (workspace, all targets, and the kernel crate with nightly), [3/5] build-ebpf,
-    /// [4/5] unit tests (workspace without traceid-tests, then a smoke run of the pipeline
-    /// benchmark: `cargo test -p traceid-user --bench pipeline`), [5/5] integration-test.
+    /// [1/6] cargo fmt --check (workspace, fuzz crate and kernel crate), [2/6] clippy -D
+    /// warnings (workspace, all targets, and the kernel crate with nightly), [3/6] build-ebpf,
+    /// [4/6] unit tests (workspace without traceid-tests, then a smoke run of the pipeline
+    /// benchmark: `cargo test -p traceid-user --bench pipeline`), [5/6] fuzz, 10 s per
+    /// target, [6/6] integration-test.
     Test,
+    /// Run every fuzz target (fuzz/, cargo-fuzz with libFuzzer) for SECONDS each.
+    ///
+    /// Targets: HTTP/1 reassembly over arbitrarily split input, the trace-context parsers,
+    /// the record file reader (with redaction), the raw event decoder and the whole
+    /// pipeline, seeded with real captures (fuzz/seeds). Installs cargo-fuzz when missing.
+    /// Fails at the first crash, naming the input; prints the executions per target.
+    Fuzz {
+        /// How long each target runs.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
     /// Build the kernel programs and the agent, then run the integration tests as root.
     ///
     /// Installs the Debian packages the tests drive (nginx, curl, Flask, Go, ...) when
@@ -107,6 +120,7 @@ fn main() -> ExitCode {
         Task::Build { release } => tasks::build(release),
         Task::Run { release, args } => tasks::run_agent(release, &args),
         Task::Test => tasks::test(),
+        Task::Fuzz { seconds } => fuzz::fuzz(seconds).map(drop),
         Task::IntegrationTest { args } => tasks::integration_test(&args),
         Task::Bench(args) => bench::bench(&args),
         Task::BenchHelper(args) => bench::helper(&args),

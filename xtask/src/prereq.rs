@@ -70,6 +70,19 @@ pub fn ensure_build() -> Result<()> {
     Ok(())
 }
 
+/// `cargo fuzz` (cargo-fuzz), which builds the fuzz targets with sanitizers on nightly and runs
+/// them with libFuzzer; installed with `cargo install` when missing.
+pub fn ensure_cargo_fuzz() -> Result<()> {
+    ensure_cargo_bin_on_path()?;
+    ensure_nightly()?;
+    if probe(Command::new("cargo").args(["fuzz", "--version"])).is_some() {
+        return Ok(());
+    }
+    step("installing cargo-fuzz (builds and runs the fuzz targets with libFuzzer) — a few minutes, once");
+    run(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))
+        .context("installing cargo-fuzz (`cargo install cargo-fuzz --locked`)")
+}
+
 /// Puts `$CARGO_HOME/bin` (rustup's proxies, cargo-installed tools) first on PATH, so that
 /// `cargo +nightly` reaches the rustup proxy and a bpf-linker installed there is found.
 pub fn ensure_cargo_bin_on_path() -> Result<()> {

@@ -179,6 +179,9 @@ fn fmt_check() -> Result<()> {
     step("cargo fmt --check (workspace)");
     run(cargo(&repo_root()).args(["fmt", "--all", "--", "--check"]))
         .context("formatting of the workspace differs from rustfmt's (run `cargo fmt --all`)")?;
+    step("cargo fmt --check (fuzz)");
+    run(cargo(&repo_root()).args(["fmt", "--manifest-path", "fuzz/Cargo.toml", "--", "--check"]))
+        .context("formatting of fuzz/ differs from rustfmt's (run `cargo fmt --manifest-path fuzz/Cargo.toml`)")?;
 
     step(format!("cargo fmt --check ({EBPF_CRATE})"));
     let manifest = ebpf_dir().join("Cargo.toml");
@@ -249,14 +252,21 @@ fn unit_tests() -> Result<()> {
         .context("the pipeline benchmark no longer builds or runs")
 }
 
+/// Seconds each fuzz target runs in `test`: enough to exercise the seeds and their near
+/// mutations on every run, short enough for CI.
+const TEST_FUZZ_SECONDS: u64 = 10;
+
 /// `test`: everything CI checks, stopping at the first failure.
 pub fn test() -> Result<()> {
     type Step = (&'static str, fn() -> Result<()>);
-    let steps: [Step; 5] = [
+    let steps: [Step; 6] = [
         ("formatting (cargo fmt --check)", fmt_check),
         ("clippy (-D warnings)", clippy),
         ("kernel programs (build-ebpf)", || build_ebpf(false)),
         ("unit tests", unit_tests),
+        ("fuzzing (each target briefly)", || {
+            crate::fuzz::fuzz(TEST_FUZZ_SECONDS).map(drop)
+        }),
         ("integration tests (as root)", || integration_test(&[])),
     ];
     let n = steps.len();
@@ -407,5 +417,6 @@ mod tests {
     fn step_names() {
         assert_eq!(short("clippy (-D warnings)"), "clippy");
         assert_eq!(short("unit tests"), "unit tests");
+        assert_eq!(short("fuzzing (each target briefly)"), "fuzzing");
     }
 }

@@ -10,6 +10,7 @@ pub mod btf;
 pub mod seed;
 pub mod tls;
 pub mod tracefs;
+mod tracefs_uprobe;
 
 use std::{
     os::fd::{AsFd, AsRawFd},

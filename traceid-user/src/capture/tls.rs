@@ -5,15 +5,22 @@
 //! processes in containers are covered, and each file is attached once, keyed by
 //! (device, inode). Processes started later are found through `sched_process_exec`: the agent
 //! looks at a new process shortly after exec, once its loader has mapped its libraries.
+//!
+//! Probes are created through perf's uprobe PMU; where the kernel refuses that without
+//! CAP_SYS_ADMIN (Linux 6.14 and stable kernels with the same fix), through tracefs instead
+//! ([`super::tracefs_uprobe`]), which the DaemonSet's capabilities allow.
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
+use std::os::fd::AsFd as _;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use aya::programs::{uprobe::UProbeScope, UProbe};
 use aya::Ebpf;
+
+use super::tracefs_uprobe::TracefsUprobes;
 
 /// (program, symbol): entry and return probes for each OpenSSL call.
 pub const PROBES: &[(&str, &str)] = &[
@@ -55,6 +62,8 @@ pub struct TlsAttacher {
     pub attached: Vec<TlsTarget>,
     /// Files whose attachment failed, with the reason (reported, never fatal).
     pub failed: HashMap<String, String>,
+    /// Set once perf refused to create a uprobe: every later probe goes through tracefs.
+    via_tracefs: Option<TracefsUprobes>,
 }
 
 impl TlsAttacher {
@@ -149,14 +158,43 @@ impl TlsAttacher {
         }
         let mut symbols = Vec::new();
         let mut errors = Vec::new();
+        // Symbol offsets in the file, read only when probes go through tracefs.
+        let mut offsets: Option<HashMap<&'static str, u64>> = None;
         for (name, symbol) in PROBES {
             let Some(prog) = ebpf.program_mut(name) else {
                 continue;
             };
             let prog: Result<&mut UProbe, _> = prog.try_into();
             let Ok(prog) = prog else { continue };
-            match prog.attach(*symbol, path, UProbeScope::AllProcesses) {
-                Ok(_) => {
+            let via_perf = match self.via_tracefs {
+                Some(_) => None,
+                None => Some(prog.attach(*symbol, path, UProbeScope::AllProcesses)),
+            };
+            let attached = match via_perf {
+                Some(Ok(_)) => Ok(()),
+                Some(Err(e)) if !permission_denied(&e) => Err(error_chain(&e)),
+                refused => {
+                    if let Some(Err(e)) = refused {
+                        tracing::info!(
+                            "perf refuses to create uprobes ({}): creating the TLS probes through tracefs",
+                            error_chain(&e)
+                        );
+                    }
+                    let tracefs = self
+                        .via_tracefs
+                        .get_or_insert_with(|| TracefsUprobes::new(tracefs_root()));
+                    let offsets = offsets.get_or_insert_with(|| symbol_offsets(path));
+                    match (offsets.get(symbol), prog.fd()) {
+                        (Some(&offset), Ok(fd)) => tracefs
+                            .attach(fd.as_fd(), name.ends_with("_exit"), path, offset)
+                            .map_err(|e| e.to_string()),
+                        (None, _) => Err("symbol not found".to_string()),
+                        (_, Err(e)) => Err(error_chain(&e)),
+                    }
+                }
+            };
+            match attached {
+                Ok(()) => {
                     if !symbols.contains(symbol) {
                         symbols.push(*symbol);
                     }
@@ -175,9 +213,81 @@ impl TlsAttacher {
                 symbols,
             });
         } else {
-            self.failed.insert(shown.to_string(), errors.join("; "));
+            let reason = errors.join("; ");
+            tracing::warn!(
+                "TLS probes could not be attached to {shown} (pid {pid}): HTTPS through it is not seen: {reason}"
+            );
+            self.failed.insert(shown.to_string(), reason);
         }
     }
+}
+
+/// Where tracefs is: its own mount, or debugfs's tracing directory on older systems.
+fn tracefs_root() -> &'static Path {
+    let own = Path::new(super::tracefs::TRACEFS);
+    if own.join("uprobe_events").exists() {
+        own
+    } else {
+        Path::new("/sys/kernel/debug/tracing")
+    }
+}
+
+/// Whether an attach error comes from the kernel refusing a permission.
+fn permission_denied(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied)
+        {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
+/// An error with its causes, `: `-separated.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
+/// File offsets of the probed symbols defined in the ELF file at `path` (what a uprobe
+/// definition names): the symbol's address, moved from its segment's address to the
+/// segment's place in the file.
+fn symbol_offsets(path: &Path) -> HashMap<&'static str, u64> {
+    use object::{Object, ObjectSegment, ObjectSymbol};
+    let mut out = HashMap::new();
+    let Ok(data) = fs::read(path) else {
+        return out;
+    };
+    let Ok(file) = object::File::parse(&*data) else {
+        return out;
+    };
+    for (_, symbol) in PROBES {
+        let address = file
+            .dynamic_symbols()
+            .chain(file.symbols())
+            .find(|s| s.is_definition() && s.name() == Ok(symbol))
+            .map(|s| s.address());
+        let Some(address) = address else { continue };
+        let offset = file.segments().find_map(|seg| {
+            let (file_start, file_len) = seg.file_range();
+            (seg.address()..seg.address() + file_len)
+                .contains(&address)
+                .then(|| address - seg.address() + file_start)
+        });
+        if let Some(offset) = offset {
+            out.insert(*symbol, offset);
+        }
+    }
+    out
 }
 
 fn is_libssl(path: &str) -> bool {
@@ -231,5 +341,14 @@ mod tests {
         };
         assert!(exports_ssl_write(lib));
         assert!(!exports_ssl_write(Path::new("/bin/true")));
+        // Every probed symbol has a file offset inside the file.
+        let offsets = symbol_offsets(lib);
+        let len = fs::metadata(lib).unwrap().len();
+        for (_, symbol) in PROBES {
+            assert!(
+                offsets.get(symbol).is_some_and(|&o| o > 0 && o < len),
+                "{symbol}"
+            );
+        }
     }
 }

@@ -5,6 +5,7 @@ use serde::Serialize;
 
 use super::census;
 use crate::event::Role;
+use crate::record::Holder;
 
 pub(crate) const NS: u64 = 1_000_000_000;
 
@@ -42,8 +43,8 @@ pub trait LifecycleObserver: Send + Sync {
     fn connection_opened(&self, comm: &str, endpoint: &str, role: &'static str);
     /// A connection closed after carrying `requests` requests.
     fn connection_closed(&self, comm: &str, endpoint: &str, requests: u64);
-    /// A census: TIME_WAIT sockets per remote (the largest remotes).
-    fn time_wait(&self, by_remote: &[(String, u64)]);
+    /// A census: TIME_WAIT sockets per service endpoint and holder (the largest ones).
+    fn time_wait(&self, by_service: &[(String, Holder, u64)]);
 }
 
 /// A shared [`LifecycleObserver`].

@@ -54,8 +54,8 @@ pub struct Lifecycle {
     peers: HashMap<PeerKey, PeerStats>,
     last: Option<LastCensus>,
     limiter: RateLimiter,
-    /// Remotes over the threshold without an owner at the last census.
-    pending: Vec<SocketAddr>,
+    /// Services over the threshold without an owner at the last census.
+    pending: Vec<attribution::ServiceKey>,
     buildups: VecDeque<BuildupRecord>,
     census_error: Option<String>,
     first_ns: Option<u64>,

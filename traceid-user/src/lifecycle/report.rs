@@ -2,22 +2,26 @@
 //! the last census and its owners. (Its text form is in `crate::report`.)
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 
 use serde::Serialize;
 
+use super::attribution::{holder_peer, ServiceKey};
 use super::config::{reuse_ratio, Sysctls, NS};
 use super::track::{PeerKey, PeerStats};
 use super::{Lifecycle, TOP};
 use crate::event::Role;
-use crate::record::BuildupRecord;
+use crate::record::{BuildupRecord, Holder};
 
-/// TIME_WAIT toward one remote, for the report.
+/// TIME_WAIT of one service endpoint, for the report.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct RemoteTimeWait {
+    /// The service endpoint: the listening side of the connections, whichever end closed
+    /// first.
     pub remote: String,
+    /// Which end holds the sockets (closed first): `client`, `server` or `unknown`.
+    pub holder: Holder,
     pub time_wait: u64,
-    /// Share of the ephemeral port range these sockets hold (toward this one remote).
+    /// Share of the ephemeral port range these sockets hold (toward this one endpoint).
     pub share_of_port_range: Option<f64>,
     pub growth_per_s: f64,
     /// The process that owned most of the attributed sockets.
@@ -61,7 +65,7 @@ pub struct TimeWaitReport {
     pub growth_per_s: f64,
     pub threshold: u64,
     pub sysctls: Sysctls,
-    /// Top remotes by TIME_WAIT count.
+    /// Top service endpoints by TIME_WAIT count.
     pub remotes: Vec<RemoteTimeWait>,
     /// TIME_WAIT per local address: the IP for client sides, ip:port for servers that closed
     /// first (attributed to a server connection).
@@ -133,26 +137,22 @@ impl Lifecycle {
         out.growth_per_s = round2(last.growth_per_s);
         out.threshold = self.threshold(&last.sysctls);
         out.sysctls = last.sysctls;
-        let mut remotes: Vec<(&SocketAddr, &u64)> = last.by_remote.iter().collect();
+        let mut remotes: Vec<(&ServiceKey, &u64)> = last.by_service.iter().collect();
         remotes.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
         out.remotes = remotes
             .into_iter()
             .take(TOP)
-            .map(|(remote, &n)| {
-                let owners = last.owners.get(remote);
+            .map(|(&key, &n)| {
+                let owners = last.owners.get(&key);
                 let owner = owners.and_then(top_owner);
-                let stats = owner.and_then(|pid| {
-                    self.peers.get(&PeerKey {
-                        pid,
-                        role: Role::Client,
-                        endpoint: *remote,
-                    })
-                });
+                let stats = owner.and_then(|pid| self.peers.get(&holder_peer(pid, key)));
+                let (remote, holder) = key;
                 RemoteTimeWait {
                     remote: remote.to_string(),
+                    holder,
                     time_wait: n,
                     share_of_port_range: range.map(|r| round2(n as f64 * 100.0 / r as f64)),
-                    growth_per_s: last.growth.get(remote).copied().unwrap_or(0.0),
+                    growth_per_s: last.growth.get(&key).copied().unwrap_or(0.0),
                     pid: owner,
                     comm: stats.map(|s| s.comm.clone()),
                     attributed: owners.map_or(0, |o| o.values().sum()),

@@ -10,7 +10,7 @@ use traceid_common::{
 
 use super::census::{Census, TimeWaitSocket};
 use super::config::NS;
-use crate::record::{Direction, HeadersKnown, Protocol, RequestRecord};
+use crate::record::{Direction, HeadersKnown, Holder, Protocol, RequestRecord};
 
 const S: u64 = NS;
 const CLIENT_PID: u32 = 100;
@@ -287,6 +287,7 @@ fn churn_is_attributed_and_reported_as_buildup_once_per_10s() {
             "comm",
             "connections_per_s",
             "event",
+            "holder",
             "pid",
             "remote",
             "requests_per_connection",
@@ -571,8 +572,8 @@ impl LifecycleObserver for Seen {
             .unwrap()
             .push(format!("close {comm} {endpoint} {requests}"));
     }
-    fn time_wait(&self, by_remote: &[(String, u64)]) {
-        self.0.lock().unwrap().push(format!("tw {by_remote:?}"));
+    fn time_wait(&self, by_service: &[(String, Holder, u64)]) {
+        self.0.lock().unwrap().push(format!("tw {by_service:?}"));
     }
 }
 
@@ -594,7 +595,7 @@ fn observer_gets_opens_requests_per_connection_and_census() {
             "close grpc-client 10.0.0.7:9000 1",
             "open grpc-client 10.0.0.7:9000 client",
             "close grpc-client 10.0.0.7:9000 1",
-            "tw [(\"10.0.0.7:9000\", 2)]",
+            "tw [(\"10.0.0.7:9000\", Client, 2)]",
         ]
     );
 }
@@ -605,12 +606,12 @@ fn metrics_export_the_lifecycle_series() {
     let obs: &dyn LifecycleObserver = &m;
     obs.connection_opened("grpc-client", "10.0.0.7:9000", "client");
     obs.connection_closed("grpc-client", "10.0.0.7:9000", 1);
-    obs.time_wait(&[("10.0.0.7:9000".to_string(), 1200)]);
+    obs.time_wait(&[("10.0.0.7:9000".to_string(), Holder::Client, 1200)]);
     let text = m.encode_prometheus();
     for want in [
         "traceid_tcp_connections_opened_total{",
         "traceid_tcp_connection_requests_count{",
-        "traceid_tcp_time_wait_sockets{remote=\"10.0.0.7:9000\"} 1200",
+        "traceid_tcp_time_wait_sockets{remote=\"10.0.0.7:9000\",holder=\"client\"} 1200",
     ] {
         assert!(text.contains(want), "{want} missing in\n{text}");
     }
@@ -656,4 +657,95 @@ fn unattributed_buildup_waits_one_census_for_late_connection_events() {
     lc.on_census(2 * S, &census(tw), sys(), 0, &mut out);
     let b = buildups(&out);
     assert_eq!((b.len(), b[0].pid, b[0].time_wait), (1, None, 3));
+}
+
+#[test]
+fn server_closing_first_is_labelled_by_its_listening_endpoint_not_client_ports() {
+    let seen = std::sync::Arc::new(Seen::default());
+    let mut lc = Lifecycle::new(LifecycleConfig {
+        tw_threshold: Some(3),
+        observer: Some(Observer(seen.clone())),
+        ..LifecycleConfig::default()
+    });
+    let mut out = Vec::new();
+    lc.on_census(S, &census(vec![]), sys(), 0, &mut out);
+    let listen = addr([10, 0, 0, 7], 8080);
+    let mut sockets = Vec::new();
+    // nginx (pid 50) accepts 4 connections from ephemeral ports and closes each first.
+    for i in 0..4u16 {
+        let sock = 0xffff_0000_0000_9000 + u64::from(i);
+        let fd = 10 + i32::from(i);
+        let ev = ConnEvent {
+            header: header(kind::CONN_OPEN, 50, fd, S, S, "nginx"),
+            role: ROLE_SERVER,
+            flags: 0,
+            family: 2,
+            local_port: 8080,
+            remote_port: 40000 + i,
+            local_addr: v4([10, 0, 0, 7]),
+            remote_addr: v4([10, 0, 0, 1]),
+            sock,
+        };
+        lc.on_event(&Event::ConnOpen(ev));
+        let h = header(kind::CONN_CLOSE, 50, fd, S, 2 * S, "nginx");
+        lc.on_event(&Event::ConnClose(h));
+        sockets.push(TimeWaitSocket {
+            local: listen,
+            remote: addr([10, 0, 0, 1], 40000 + i),
+        });
+    }
+    // A server this run never saw accepting: its port is outside the ephemeral range, its
+    // clients' ports inside, so it holds them too.
+    for i in 0..5u16 {
+        sockets.push(TimeWaitSocket {
+            local: addr([10, 0, 0, 9], 443),
+            remote: addr([10, 0, 0, 1], 50000 + i),
+        });
+    }
+    lc.on_census(2 * S, &census(sockets), sys(), 0, &mut out);
+
+    let series = seen.0.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(
+        series,
+        "tw [(\"10.0.0.9:443\", Server, 5), (\"10.0.0.7:8080\", Server, 4)]"
+    );
+    let b = buildups(&out);
+    let nginx = b
+        .iter()
+        .find(|b| b.pid == Some(50))
+        .expect("nginx's buildup");
+    assert_eq!(
+        (nginx.remote.as_str(), nginx.holder, nginx.time_wait),
+        ("10.0.0.7:8080", Holder::Server, 4)
+    );
+    let line = crate::report::human_line(&Record::Buildup(Box::new((*nginx).clone())));
+    assert!(
+        line.contains("nginx[50] accepts") && line.contains("on the server side"),
+        "{line}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&crate::report::json_line(
+        &Record::Buildup(Box::new((*nginx).clone())),
+    ))
+    .unwrap();
+    assert_eq!(json["holder"], "server");
+
+    let r = lc.report(2 * S);
+    let holders: Vec<(&str, Holder, u64)> = r
+        .remotes
+        .iter()
+        .map(|t| (t.remote.as_str(), t.holder, t.time_wait))
+        .collect();
+    assert_eq!(
+        holders,
+        [
+            ("10.0.0.9:443", Holder::Server, 5),
+            ("10.0.0.7:8080", Holder::Server, 4)
+        ]
+    );
+    assert_eq!(r.remotes[1].pid, Some(50));
+    let text = crate::report::time_wait::render(&r);
+    assert!(
+        text.contains("10.0.0.7:8080") && text.contains("held by the server"),
+        "{text}"
+    );
 }

@@ -33,7 +33,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::lifecycle::LifecycleObserver;
-use crate::record::{Record, RequestRecord};
+use crate::record::{Holder, Record, RequestRecord};
 use lru::TraceLru;
 
 /// Content type of the Prometheus text format 0.0.4.
@@ -155,9 +155,11 @@ struct ConnLabels {
     remote: String,
 }
 
+/// A service endpoint (the listening side) and which end holds the TIME_WAIT sockets.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RemoteLabels {
+struct TimeWaitLabels {
     remote: String,
+    holder: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -262,24 +264,25 @@ impl Collector for TraceSeriesCollector {
     }
 }
 
-/// `traceid_tcp_time_wait_sockets{remote}`: the latest census, replaced as a whole.
+/// `traceid_tcp_time_wait_sockets{remote,holder}`: the latest census, replaced as a whole.
 #[derive(Debug, Default)]
 struct TimeWaitCollector {
-    by_remote: Mutex<Vec<(String, i64)>>,
+    by_service: Mutex<Vec<(String, &'static str, i64)>>,
 }
 
 impl Collector for TimeWaitCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let by_remote = lock(&self.by_remote);
+        let by_service = lock(&self.by_service);
         let mut enc = encoder.encode_descriptor(
             "traceid_tcp_time_wait_sockets",
-            "Sockets in TIME_WAIT toward each remote endpoint (latest census).",
+            "Sockets in TIME_WAIT per service endpoint (the listening side) and the end that holds them (latest census).",
             None,
             MetricType::Gauge,
         )?;
-        for (remote, n) in by_remote.iter() {
-            let labels = RemoteLabels {
+        for (remote, holder, n) in by_service.iter() {
+            let labels = TimeWaitLabels {
                 remote: remote.clone(),
+                holder,
             };
             ConstGauge::new(*n).encode(enc.encode_family(&labels)?)?;
         }
@@ -485,23 +488,30 @@ impl Metrics {
             .observe(requests as f64);
     }
 
-    /// Hook for the TIME_WAIT census: replaces `traceid_tcp_time_wait_sockets{remote}` with
-    /// this census (remotes past the cap are summed under `other`).
-    pub fn set_time_wait_sockets<'a>(&self, census: impl IntoIterator<Item = (&'a str, u64)>) {
-        let mut merged: Vec<(String, i64)> = Vec::new();
+    /// Hook for the TIME_WAIT census: replaces `traceid_tcp_time_wait_sockets{remote,holder}`
+    /// with this census of (service endpoint, holder, sockets); endpoints past the cap are
+    /// summed under `other`.
+    pub fn set_time_wait_sockets<'a>(
+        &self,
+        census: impl IntoIterator<Item = (&'a str, Holder, u64)>,
+    ) {
+        let mut merged: Vec<(String, &'static str, i64)> = Vec::new();
         {
             let mut remotes = lock(&self.remotes);
-            for (remote, n) in census {
-                let label = remotes.label(remote);
+            for (remote, holder, n) in census {
+                let (label, holder) = (remotes.label(remote), holder.label());
                 let n = i64::try_from(n).unwrap_or(i64::MAX);
-                match merged.iter_mut().find(|(r, _)| *r == label) {
-                    Some((_, v)) => *v = v.saturating_add(n),
-                    None => merged.push((label, n)),
+                match merged
+                    .iter_mut()
+                    .find(|(r, h, _)| *r == label && *h == holder)
+                {
+                    Some((_, _, v)) => *v = v.saturating_add(n),
+                    None => merged.push((label, holder, n)),
                 }
             }
         }
         merged.sort();
-        *lock(&self.time_wait.by_remote) = merged;
+        *lock(&self.time_wait.by_service) = merged;
     }
 
     /// Live per-trace series.
@@ -548,8 +558,8 @@ impl LifecycleObserver for Metrics {
         self.tcp_connection_requests(comm, endpoint, requests);
     }
 
-    fn time_wait(&self, by_remote: &[(String, u64)]) {
-        self.set_time_wait_sockets(by_remote.iter().map(|(r, n)| (r.as_str(), *n)));
+    fn time_wait(&self, by_service: &[(String, Holder, u64)]) {
+        self.set_time_wait_sockets(by_service.iter().map(|(r, h, n)| (r.as_str(), *h, *n)));
     }
 }
 

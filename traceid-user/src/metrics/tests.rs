@@ -82,7 +82,10 @@ fn small_registry() -> Metrics {
         now,
         wall(),
     );
-    m.set_time_wait_sockets([("127.0.0.1:8080", 40), ("127.0.0.1:9090", 2)]);
+    m.set_time_wait_sockets([
+        ("127.0.0.1:8080", Holder::Client, 40),
+        ("127.0.0.1:9090", Holder::Server, 2),
+    ]);
     m
 }
 
@@ -206,10 +209,10 @@ fn expected(openmetrics: bool) -> String {
     );
     // Then the collectors, in registration order.
     s += &trace_series_block(openmetrics);
-    s += "# HELP traceid_tcp_time_wait_sockets Sockets in TIME_WAIT toward each remote endpoint (latest census).\n\
+    s += "# HELP traceid_tcp_time_wait_sockets Sockets in TIME_WAIT per service endpoint (the listening side) and the end that holds them (latest census).\n\
           # TYPE traceid_tcp_time_wait_sockets gauge\n\
-          traceid_tcp_time_wait_sockets{remote=\"127.0.0.1:8080\"} 40\n\
-          traceid_tcp_time_wait_sockets{remote=\"other\"} 2\n";
+          traceid_tcp_time_wait_sockets{remote=\"127.0.0.1:8080\",holder=\"client\"} 40\n\
+          traceid_tcp_time_wait_sockets{remote=\"other\",holder=\"server\"} 2\n";
     if openmetrics {
         s += "# EOF\n";
     }

@@ -6,7 +6,7 @@ pub mod time_wait;
 use std::io::Write;
 
 use crate::record::{
-    BuildupRecord, Direction, Finding, HeadersKnown, Protocol, Record, RequestRecord,
+    BuildupRecord, Direction, Finding, HeadersKnown, Holder, Protocol, Record, RequestRecord,
 };
 
 /// One JSON line for a record (the contract of docs/json-lines.md).
@@ -59,10 +59,16 @@ pub fn buildup_text(b: &BuildupRecord) -> String {
         b.port_range
             .map_or_else(|| "?".to_string(), |(lo, hi)| format!("{lo}-{hi}"))
     );
-    format!(
-        "{who} opens {:.1} connections/s to {} at {reuse} requests per connection; {} sockets in TIME_WAIT toward it{share} (threshold {}){sysctls}",
-        b.connections_per_s, b.remote, b.time_wait, b.threshold
-    )
+    match b.holder {
+        Holder::Server => format!(
+            "{who} accepts {:.1} connections/s at {} at {reuse} requests per connection and closes them first: {} sockets in TIME_WAIT on the server side (threshold {}){sysctls}",
+            b.connections_per_s, b.remote, b.time_wait, b.threshold
+        ),
+        Holder::Client | Holder::Unknown => format!(
+            "{who} opens {:.1} connections/s to {} at {reuse} requests per connection; {} sockets in TIME_WAIT toward it{share} (threshold {}){sysctls}",
+            b.connections_per_s, b.remote, b.time_wait, b.threshold
+        ),
+    }
 }
 
 fn time_of_day(ts: &str) -> &str {

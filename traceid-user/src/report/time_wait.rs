@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 
 use crate::event::Role;
 use crate::lifecycle::{PeerReport, Sysctls, TimeWaitReport};
+use crate::record::Holder;
 
 /// Processes listed in the connection section.
 const TOP: usize = 10;
@@ -43,8 +44,10 @@ pub fn render(tw: &TimeWaitReport) -> String {
             .map_or_else(String::new, |q| format!(", {q:.2} requests/connection"));
         let _ = writeln!(
             s,
-            "  {:<28} {:>7} TIME_WAIT{share}  {owner}{rate}{reuse}",
-            r.remote, r.time_wait
+            "  {:<28} {:>7} TIME_WAIT {}{share}  {owner}{rate}{reuse}",
+            r.remote,
+            r.time_wait,
+            held_by(r.holder)
         );
     }
     if !tw.locals.is_empty() {
@@ -145,6 +148,15 @@ fn clients_by_name(peers: &[PeerReport]) -> Vec<ClientLine<'_>> {
     // Stable: equal counts keep the lifecycle's (total) order.
     lines.sort_by_key(|l| std::cmp::Reverse(l.opened));
     lines
+}
+
+/// Which end holds a service's TIME_WAIT sockets, in words.
+fn held_by(holder: Holder) -> &'static str {
+    match holder {
+        Holder::Client => "held by clients",
+        Holder::Server => "held by the server (it closes first)",
+        Holder::Unknown => "holder unknown",
+    }
 }
 
 /// The sysctls in words.

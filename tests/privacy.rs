@@ -1,0 +1,263 @@
+//! Secrets never leave the agent: real clients (curl in one write, a Python client in pieces
+//! that split its `Authorization` and `Cookie` headers from their values and a cookie value in
+//! two) send secrets and a query string to nginx on 127.0.0.1, and none of them is in the
+//! bytes of `traceid record`'s file, nor in any output of `watch --json`, `diagnose --json`,
+//! `run` (its findings log and `/metrics`), `replay --json` or `replay --diagnose --json`.
+//!
+//! Run by `cargo xtask integration-test`.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use traceid_tests::*;
+// The harness crate's dependency, not named by this test.
+use thiserror as _;
+
+/// Every secret the clients send, and both halves of the cookie value the Python client
+/// splits inside: none may appear anywhere.
+const SECRETS: &[&str] = &[
+    "SECRETTOKEN",
+    "SECRETCOOKIE456",
+    "SECRETQUERY789",
+    "SECRETSETCOOKIE321",
+    "SPLITCOO",
+    "KIEVALUE",
+];
+
+/// The Python client: one request in pieces, each its own write (a pause between), the
+/// header names apart from their values and one value cut in two.
+const PIECES_CLIENT: &str = r#"
+import socket, sys, time
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+for piece in [
+    b"GET /login?password=SECRETQUERY789 HTTP/1.1\r\nHost: x\r\nAuthorization:",
+    b" Bearer SECRETTOKEN\r\nCookie",
+    b": a=SECRETCOOKIE456; b=SECRETCOOKIE456\r\nX-Note: n\r\nCookie: c=SPLITCOO",
+    b"KIEVALUE\r\nConnection: close\r\n\r\n",
+]:
+    s.sendall(piece)
+    time.sleep(0.05)
+response = b""
+while True:
+    chunk = s.recv(65536)
+    if not chunk:
+        break
+    response += chunk
+assert response.startswith(b"HTTP/1.1 200"), response
+"#;
+
+/// Each secret found in `text`, with how often.
+fn secrets_in(text: &[u8]) -> Vec<(&'static str, usize)> {
+    let text = String::from_utf8_lossy(text);
+    SECRETS
+        .iter()
+        .map(|s| (*s, text.matches(s).count()))
+        .filter(|(_, n)| *n > 0)
+        .collect()
+}
+
+/// A `traceid` child with its stdout collected.
+struct Running {
+    child: Child,
+    stdout: Arc<Mutex<Vec<u8>>>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Running {
+    fn spawn(args: &[&str]) -> Running {
+        let mut child = Command::new(traceid_bin())
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning traceid");
+        let stderr = collect_stderr(&mut child);
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let mut out = child.stdout.take().unwrap();
+        let o2 = Arc::clone(&stdout);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = out.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                o2.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        let started = Instant::now();
+        while !stderr.lock().unwrap().contains("watching:") {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "traceid {args:?} did not start: {}",
+                stderr.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Running {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Waits for the child's own end (its --duration) and returns its stdout.
+    fn wait(mut self) -> Vec<u8> {
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "{}", self.stderr.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(200));
+        self.stdout.lock().unwrap().clone()
+    }
+
+    /// Stops the child with SIGINT and returns its stdout.
+    fn stop(mut self) -> Vec<u8> {
+        stop_child(&mut self.child, libc::SIGINT, &self.stderr);
+        self.stdout.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One GET over a plain socket; the whole response.
+fn http_get(port: u16, path: &str, accept: &str) -> Vec<u8> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connecting to /metrics");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("reading /metrics");
+    raw
+}
+
+fn replay(args: &[&str]) -> Output {
+    let out = Command::new(traceid_bin())
+        .arg("replay")
+        .args(args)
+        .output()
+        .expect("running traceid replay");
+    assert!(
+        out.status.success(),
+        "replay {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+#[test]
+fn secrets_split_across_writes_reach_no_file_and_no_output() {
+    if !can_run() {
+        return;
+    }
+    let nginx = Nginx::start_with(
+        "location /login { add_header Set-Cookie \"sid=SECRETSETCOOKIE321\"; return 200 \"ok\\n\"; }",
+    );
+    let port = nginx.port.to_string();
+    let dir = std::env::temp_dir().join(format!("traceid-privacy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("run.traceid");
+    let file_arg = file.to_str().unwrap();
+    let metrics_port = free_port();
+    let metrics_addr = format!("--metrics-addr=127.0.0.1:{metrics_port}");
+
+    // Every live output at once, each agent filtered to nginx's port.
+    let recorder = Running::spawn(&[
+        "diagnose",
+        "--duration",
+        "12s",
+        "--json",
+        "--record",
+        file_arg,
+        "--port",
+        &port,
+    ]);
+    let runner = Running::spawn(&["run", &metrics_addr, "--log-findings", "--port", &port]);
+    let watcher = Agent::watch(&["--port", &port]);
+
+    let curl = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+        .args(["-H", "Authorization: Bearer SECRETTOKEN"])
+        .args(["-H", "Cookie: a=SECRETCOOKIE456"])
+        .arg(format!(
+            "http://127.0.0.1:{port}/login?password=SECRETQUERY789"
+        ))
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&curl.stdout), "200");
+    let python = Command::new("python3")
+        .args(["-c", PIECES_CLIENT, &port])
+        .output()
+        .expect("python3");
+    assert!(
+        python.status.success(),
+        "{}",
+        String::from_utf8_lossy(&python.stderr)
+    );
+
+    // Both requests seen by nginx and by their clients.
+    let watched = watcher.wait_for(Duration::from_secs(20), |l| {
+        requests(l, |r| r["path"] == "/login").len() >= 4
+    });
+    assert!(
+        requests(&watched, |r| r["path"] == "/login").len() >= 4,
+        "{watched:?}"
+    );
+    let metrics_text = http_get(metrics_port, "/metrics", "text/plain");
+    let metrics_open = http_get(metrics_port, "/metrics", "application/openmetrics-text");
+    let watched = watcher.stop();
+    let logged = runner.stop();
+    let diagnosed = recorder.wait();
+
+    let recording = std::fs::read(&file).unwrap();
+    let replayed = replay(&[file_arg, "--json"]);
+    let replay_diagnosis = replay(&[file_arg, "--diagnose", "--json"]);
+
+    // The heads are in the file (only values are masked) and replay finds both requests.
+    let text = String::from_utf8_lossy(&recording);
+    assert!(text.contains("GET /login?") && text.contains("Authorization:"));
+    let lines: Vec<Value> = String::from_utf8_lossy(&replayed.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        requests(&lines, |r| r["path"] == "/login"
+            && r["direction"] == "inbound")
+        .len()
+            >= 2,
+        "{lines:?}"
+    );
+
+    let watched: Vec<u8> = watched
+        .iter()
+        .flat_map(|v| format!("{v}\n").into_bytes())
+        .collect();
+    let outputs: [(&str, &[u8]); 8] = [
+        ("record file", &recording),
+        ("watch --json", &watched),
+        ("diagnose --json", &diagnosed),
+        ("run --log-findings", &logged),
+        ("/metrics (Prometheus text)", &metrics_text),
+        ("/metrics (OpenMetrics)", &metrics_open),
+        ("replay --json", &replayed.stdout),
+        ("replay --diagnose --json", &replay_diagnosis.stdout),
+    ];
+    let leaks: Vec<String> = outputs
+        .iter()
+        .filter_map(|(what, bytes)| {
+            let found = secrets_in(bytes);
+            (!found.is_empty()).then(|| format!("{what}: {found:?}"))
+        })
+        .collect();
+    eprintln!("secrets found: {leaks:?}");
+    assert!(leaks.is_empty(), "secrets leaked: {leaks:#?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
