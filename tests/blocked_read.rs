@@ -8,9 +8,7 @@ use std::time::Duration;
 
 use traceid_tests::*;
 // The harness library's dependencies, not named by this test.
-use {serde_json as _, thiserror as _};
-
-const PYTHON: &str = "/usr/bin/python3";
+use {libc as _, serde_json as _, thiserror as _};
 
 /// A thread-per-connection HTTP/1.1 (keep-alive) server answering 200 to every GET.
 const SERVER: &str = r#"
@@ -88,20 +86,9 @@ fn first_request_on_a_connection_blocked_before_the_agent_started_is_reported() 
     if !can_run() {
         return;
     }
-    if !std::path::Path::new(PYTHON).exists() {
-        skip(&format!("{PYTHON} missing"));
+    let Some((server, port)) = python_server(SERVER) else {
         return;
-    }
-    let port = free_port();
-    // A peer of its own process group: its forked children go with it.
-    let mut server = Peer::spawn(
-        Command::new(PYTHON).args(["-c", SERVER, &port.to_string()]),
-        libc::SIGTERM,
-    )
-    .expect("python3 server");
-    server
-        .wait_listening("python3 server", port, Duration::from_secs(20))
-        .expect("python3 server listening");
+    };
     let mut client = Killed(
         Command::new(PYTHON)
             .args(["-c", CLIENT, &port.to_string(), TRACEPARENT])

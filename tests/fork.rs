@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use traceid_tests::*;
 // The harness library's dependencies, not named by this test.
-use {serde_json as _, thiserror as _};
-
-const PYTHON: &str = "/usr/bin/python3";
+use {libc as _, serde_json as _, thiserror as _};
 
 /// `socketserver.ForkingMixIn` + `http.server.HTTPServer`; the body is the serving pid.
 const SERVER: &str = r#"
@@ -33,20 +31,9 @@ fn request_on_a_connection_accepted_by_the_parent_is_reported_on_the_forked_chil
     if !can_run() {
         return;
     }
-    if !std::path::Path::new(PYTHON).exists() {
-        skip(&format!("{PYTHON} missing"));
+    let Some((server, port)) = python_server(SERVER) else {
         return;
-    }
-    let port = free_port();
-    // A peer of its own process group: its forked children go with it.
-    let mut server = Peer::spawn(
-        Command::new(PYTHON).args(["-c", SERVER, &port.to_string()]),
-        libc::SIGTERM,
-    )
-    .expect("python3 server");
-    server
-        .wait_listening("python3 server", port, Duration::from_secs(20))
-        .expect("python3 server listening");
+    };
     let agent = Agent::watch(&[]);
     let out = Command::new("curl")
         .args(["-s", "-H", &format!("traceparent: {TRACEPARENT}")])

@@ -129,6 +129,29 @@ pub fn run_with_stdin(cmd: &mut Command, input: &str) -> std::process::Output {
     child.wait_with_output().unwrap()
 }
 
+/// Debian's Python, which the tests' small servers and clients run on.
+pub const PYTHON: &str = "/usr/bin/python3";
+
+/// Starts `python3 -c script PORT` on a free port as a [`Peer`] (its own process group, so
+/// the children a forking server makes go with it) and waits until it listens on
+/// 127.0.0.1. None, with the reason said, when python3 is missing (a failure under CI=true).
+pub fn python_server(script: &str) -> Option<(Peer, u16)> {
+    if !std::path::Path::new(PYTHON).exists() {
+        skip(&format!("{PYTHON} missing"));
+        return None;
+    }
+    let port = free_port();
+    let mut server = Peer::spawn(
+        Command::new(PYTHON).args(["-c", script, &port.to_string()]),
+        libc::SIGTERM,
+    )
+    .expect("starting a python3 server");
+    server
+        .wait_listening("python3 server", port, Duration::from_secs(20))
+        .expect("python3 server listening");
+    Some((server, port))
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
