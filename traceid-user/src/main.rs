@@ -454,6 +454,7 @@ fn run_agent(args: &RunArgs, common: &Common) -> anyhow::Result<ExitCode> {
         "decode",
         "connections_evicted",
         "uninspected_bytes",
+        "requests_uninspected_estimate",
         "requests_unseen",
     ]));
     let listener = metrics_server::bind(&args.metrics_addr)?;

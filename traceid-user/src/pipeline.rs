@@ -139,8 +139,11 @@ impl Pipeline {
             // Bytes of streams no parser could read (cut by the capture window, or skipped
             // until the stream resynchronised)...
             ("uninspected_bytes", e.uninspected_bytes),
-            // ...and the requests they held, as far as the answers tell: every response that
-            // came without a request answered one that was never seen.
+            // ...the requests they held, by the mean request size of their connection (an
+            // estimate: the bytes were not seen)...
+            ("requests_uninspected_estimate", e.requests_uninspected),
+            // ...and the requests never seen as far as the answers tell: every response that
+            // came without a request answered one.
             (
                 "requests_unseen",
                 e.anomalies

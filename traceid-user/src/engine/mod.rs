@@ -116,6 +116,8 @@ pub struct EngineStats {
     pub parse_errors: HashMap<&'static str, u64>,
     /// Stream bytes no parser could inspect (see [`Message::Uninspected`]).
     pub uninspected_bytes: u64,
+    /// Requests those bytes held, estimated by each connection's mean request size.
+    pub requests_uninspected: u64,
     pub requests: u64,
 }
 
@@ -377,7 +379,10 @@ impl Cx<'_> {
                     };
                     self.finish_request(key, conn, tls, seq, &request, response, ex, out);
                 }
-                Message::Uninspected(n) => self.stats.uninspected_bytes += n,
+                Message::Uninspected { bytes, requests } => {
+                    self.stats.uninspected_bytes += bytes;
+                    self.stats.requests_uninspected += requests;
+                }
                 Message::Anomaly(a) => {
                     *self.stats.anomalies.entry(a.as_str()).or_default() += 1;
                     if let Some(reason) = a.reason() {

@@ -272,8 +272,10 @@ pub enum Message {
     /// Something that must be counted.
     Anomaly(Anomaly),
     /// Bytes of the stream the parser could not inspect (not captured, or skipped while the
-    /// stream position was unknown): the requests they held are not reported.
-    Uninspected(u64),
+    /// stream position was unknown): the requests they held are not reported. `requests` is
+    /// how many requests they held by the connection's mean request size so far (0 on the
+    /// response side, or before any request was seen): an estimate, said as one.
+    Uninspected { bytes: u64, requests: u64 },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -30,6 +30,9 @@ mod parse;
 #[cfg(test)]
 mod tests;
 
+/// The smallest request an estimate assumes (`GET / HTTP/1.1` and an empty line).
+const MIN_REQUEST_BYTES: u64 = 18;
+
 use parse::{ChunkStep, Chunked, ContentLength, ParsedHead, Sig, TransferEncoding};
 
 /// What a message's first bytes are, when they are enough to tell.
@@ -178,6 +181,9 @@ pub struct HttpConn {
     /// Requests awaiting a response, oldest first.
     pending: VecDeque<(u64, Arc<RequestHead>)>,
     next_seq: u64,
+    /// Request-side bytes seen while in step with the stream: with `next_seq`, the mean size
+    /// of a request, to tell how many requests an uninspected stretch may hold.
+    request_bytes: u64,
 }
 
 impl HttpConn {
@@ -191,6 +197,7 @@ impl HttpConn {
             resp: Dir::new(Flow::ServerToClient),
             pending: VecDeque::new(),
             next_seq: 0,
+            request_bytes: 0,
         }
     }
 
@@ -202,6 +209,19 @@ impl HttpConn {
     /// Head bytes currently buffered (both directions).
     pub fn buffered_bytes(&self) -> usize {
         self.req.buf.len() + self.resp.buf.len()
+    }
+
+    /// `bytes` of `flow` could not be inspected; on the request side, with the number of
+    /// requests they may hold (by the mean request size seen on this connection).
+    fn uninspected(&self, flow: Flow, bytes: u64) -> Message {
+        let requests = match flow {
+            Flow::ClientToServer if self.next_seq > 0 => {
+                let mean = (self.request_bytes / self.next_seq).max(MIN_REQUEST_BYTES);
+                bytes.div_ceil(mean)
+            }
+            _ => 0,
+        };
+        Message::Uninspected { bytes, requests }
     }
 
     fn dir(&self, flow: Flow) -> &Dir {
@@ -245,7 +265,7 @@ impl HttpConn {
                         d.state = State::Head;
                         0
                     } else {
-                        out.push(Message::Uninspected(rest.len() as u64));
+                        out.push(self.uninspected(cx.flow, rest.len() as u64));
                         rest.len()
                     }
                 }
@@ -602,7 +622,7 @@ impl HttpConn {
             match self.dir(cx.flow).state {
                 State::Ignored | State::Body(Body::UntilClose) => return,
                 State::Lost => {
-                    out.push(Message::Uninspected(len));
+                    out.push(self.uninspected(cx.flow, len));
                     return;
                 }
                 State::Suspended { seq, .. } => {
@@ -625,7 +645,7 @@ impl HttpConn {
                         self.dir_mut(cx.flow).state = State::Body(Body::Chunked(c));
                     } else {
                         out.push(Message::Anomaly(Anomaly::LostSync));
-                        out.push(Message::Uninspected(len));
+                        out.push(self.uninspected(cx.flow, len));
                         self.dir_mut(cx.flow).state = State::Lost;
                     }
                     return;
@@ -639,7 +659,7 @@ impl HttpConn {
                         self.salvage(cx.flow, &buf, cx.keep, out);
                     }
                     out.push(Message::Anomaly(Anomaly::LostSync));
-                    out.push(Message::Uninspected(len));
+                    out.push(self.uninspected(cx.flow, len));
                     let d = self.dir_mut(cx.flow);
                     d.reset_head();
                     d.state = State::Lost;
@@ -665,6 +685,9 @@ impl ProtocolParser for HttpConn {
             tid: chunk.tid,
             keep,
         };
+        if flow == Flow::ClientToServer && matches!(self.req.state, State::Head | State::Body(_)) {
+            self.request_bytes = self.request_bytes.saturating_add(chunk.data.len() as u64);
+        }
         self.feed(&cx, chunk.data, out);
         let gap = chunk.real_len.saturating_sub(chunk.data.len() as u64);
         if gap > 0 {
