@@ -379,9 +379,11 @@ impl Cx<'_> {
                     };
                     self.finish_request(key, conn, tls, seq, &request, response, ex, out);
                 }
+                // Lengths come from the record (a replayed file can say anything): saturate.
                 Message::Uninspected { bytes, requests } => {
-                    self.stats.uninspected_bytes += bytes;
-                    self.stats.requests_uninspected += requests;
+                    let st = &mut *self.stats;
+                    st.uninspected_bytes = st.uninspected_bytes.saturating_add(bytes);
+                    st.requests_uninspected = st.requests_uninspected.saturating_add(requests);
                 }
                 Message::Anomaly(a) => {
                     *self.stats.anomalies.entry(a.as_str()).or_default() += 1;

@@ -463,3 +463,18 @@ fn a_recording_keeps_identities_and_broken_identity_records_are_decode_errors() 
     let (_, p) = run(PipelineConfig::default(), &[broken]);
     assert_eq!(p.stats().decode_errors, 1);
 }
+
+#[test]
+fn gaps_of_any_length_are_counted_without_overflow() {
+    // A replayed file can claim any real length: two gaps of 2^64-1 bytes on one stream.
+    let mut s = Stream::default();
+    for _ in 0..2 {
+        s.data(NGINX, 900, false, &get("/a", &[]));
+        let mut cut = s.records.pop().unwrap();
+        let real_len = std::mem::offset_of!(traceid_common::DataEvent, real_len);
+        cut[real_len..real_len + 8].copy_from_slice(&u64::MAX.to_ne_bytes());
+        s.records.push(cut);
+    }
+    let (out, _) = run(PipelineConfig::default(), &s.records);
+    assert_eq!(lost(&out, "uninspected_bytes"), u64::MAX);
+}
