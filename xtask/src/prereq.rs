@@ -51,6 +51,11 @@ pub const PIP_PACKAGES: &[&str] = &[
     "kubernetes-validate",
     // gRPC server and clients (tests/h2.rs, tests/services/grpc).
     "grpcio",
+    // The gRPC chain (tests/grpc_chain.rs): W3C context through the OpenTelemetry
+    // instrumentation, as services really propagate it.
+    "opentelemetry-api",
+    "opentelemetry-sdk",
+    "opentelemetry-instrumentation-grpc",
 ];
 
 /// `apt-get update` runs at most once per xtask run, and only when something is installed.
