@@ -51,6 +51,11 @@ pub const PIP_PACKAGES: &[&str] = &[
     "kubernetes-validate",
     // gRPC server and clients (tests/h2.rs, tests/services/grpc).
     "grpcio",
+    // The gRPC chain (tests/grpc_chain.rs): W3C context through the OpenTelemetry
+    // instrumentation, as services really propagate it.
+    "opentelemetry-api",
+    "opentelemetry-sdk",
+    "opentelemetry-instrumentation-grpc",
 ];
 
 /// `apt-get update` runs at most once per xtask run, and only when something is installed.
@@ -225,7 +230,30 @@ pub fn ensure_integration() -> Result<()> {
         "peers the integration tests run against",
     )?;
     ensure_pip(PIP_PACKAGES)?;
+    ensure_node_modules()?;
     Ok(())
+}
+
+/// The npm project of the Node gRPC client (tests/grpc_node.rs), relative to the repository.
+const GRPC_NODE_DIR: &str = "tests/services/grpc-node";
+
+/// Node and npm (Debian's, when neither is on PATH), then the Node gRPC client's packages
+/// (`npm ci`, from its lock file) when its `node_modules` is missing.
+fn ensure_node_modules() -> Result<()> {
+    if !util::on_path("node") || !util::on_path("npm") {
+        ensure_debs(&["nodejs", "npm"], "Node, for the @grpc/grpc-js client")?;
+    }
+    let dir = util::repo_root().join(GRPC_NODE_DIR);
+    if dir.join("node_modules").is_dir() {
+        return Ok(());
+    }
+    step(format!(
+        "installing @grpc/grpc-js in {GRPC_NODE_DIR} (npm ci: the Node gRPC client of the integration tests) — once"
+    ));
+    let mut cmd = Command::new("npm");
+    cmd.current_dir(&dir)
+        .args(["ci", "--no-audit", "--no-fund", "--ignore-scripts"]);
+    run(&mut cmd).with_context(|| format!("installing the npm packages of {GRPC_NODE_DIR}"))
 }
 
 fn deb_installed(package: &str) -> bool {

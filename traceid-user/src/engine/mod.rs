@@ -230,8 +230,31 @@ impl Engine {
                 let names = &cfg.names;
                 let keep = |n: &str| names.is_trace_header(n);
                 parser.on_data(flow, chunk, &keep, messages);
-                if parser.is_dead() {
-                    conn.streams[idx] = StreamState::Off;
+                if let Some(Message::Switched { to, request, rest }) =
+                    messages.pop_if(|m| matches!(m, Message::Switched { .. }))
+                {
+                    // Same connection, another protocol: its parser takes the rest of the chunk.
+                    conn.streams[idx] = match Parser::after_upgrade(to, cfg.limits, request) {
+                        Some(mut next) => {
+                            let uncaptured = d.real_len.saturating_sub(payload.len() as u64);
+                            let chunk = Chunk {
+                                data: &rest,
+                                real_len: (rest.len() as u64).saturating_add(uncaptured),
+                                ..chunk
+                            };
+                            next.on_data(flow, chunk, &keep, messages);
+                            StreamState::Parsing(next)
+                        }
+                        None => {
+                            *stats.anomalies.entry(not_decoded(to)).or_default() += 1;
+                            StreamState::Off
+                        }
+                    };
+                }
+                if let StreamState::Parsing(parser) = &conn.streams[idx] {
+                    if parser.is_dead() {
+                        conn.streams[idx] = StreamState::Off;
+                    }
                 }
                 let mut cx = Cx { cfg, linker, stats };
                 cx.handle_messages(key, conn, tls, messages, out);
@@ -385,6 +408,8 @@ impl Cx<'_> {
                     st.uninspected_bytes = st.uninspected_bytes.saturating_add(bytes);
                     st.requests_uninspected = st.requests_uninspected.saturating_add(requests);
                 }
+                // Engine::process_event replaces the parser before messages get here.
+                Message::Switched { .. } => {}
                 Message::Anomaly(a) => {
                     *self.stats.anomalies.entry(a.as_str()).or_default() += 1;
                     if let Some(reason) = a.reason() {

@@ -749,3 +749,142 @@ fn server_closing_first_is_labelled_by_its_listening_endpoint_not_client_ports()
         "{text}"
     );
 }
+
+/// gRPC over h2 bytes, as grpc clients write them: the preface and one call per stream.
+mod grpc_channels {
+    use std::net::SocketAddr;
+
+    use crate::lifecycle::census::TimeWaitSocket;
+    use crate::pipeline::{Pipeline, PipelineConfig};
+    use crate::record::{Protocol, Record};
+    use crate::test_util::events::{Stream, C};
+    use traceid_common::{tcp_state, ROLE_CLIENT};
+
+    const SERVER: ([u8; 4], u16) = ([10, 0, 0, 9], 50051);
+    const PID: u32 = 700;
+
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len() as u32;
+        let mut f = len.to_be_bytes()[1..].to_vec();
+        f.extend([kind, flags]);
+        f.extend(stream.to_be_bytes());
+        f.extend(payload);
+        f
+    }
+
+    /// HEADERS with END_HEADERS (and END_STREAM when `end`).
+    fn headers(stream: u32, end: bool, block: &[u8]) -> Vec<u8> {
+        frame(1, 0x4 | if end { 0x1 } else { 0 }, stream, block)
+    }
+
+    /// A literal field without indexing, its name from the static table (index < 15).
+    fn literal(index: u8, value: &str) -> Vec<u8> {
+        let mut b = vec![index, value.len() as u8];
+        b.extend(value.as_bytes());
+        b
+    }
+
+    /// One unary call on `stream`: the request head and the response with its trailers.
+    fn call(stream: u32) -> (Vec<u8>, Vec<u8>) {
+        // :method POST, :scheme http, :path, content-type: application/grpc.
+        let mut req = vec![0x83, 0x86];
+        req.extend(literal(4, "/demo.Echo/Call"));
+        req.extend([0x0f, 0x10, 16]);
+        req.extend(b"application/grpc");
+        let mut trailers = vec![0x00, 11];
+        trailers.extend(b"grpc-status");
+        trailers.extend([1, b'0']);
+        let mut resp = headers(stream, false, &[0x88]);
+        resp.extend(headers(stream, true, &trailers));
+        (headers(stream, true, &req), resp)
+    }
+
+    /// `channels` client connections to SERVER, each carrying `calls` calls on streams 1, 3,
+    /// 5...; every connection closed by the client (its TIME_WAIT). Returns every record the
+    /// pipeline emits, a census taken before and one after, and the pipeline.
+    fn run(channels: u16, calls: u32) -> (Vec<Record>, Pipeline) {
+        let mut s = Stream::default();
+        let sys = super::sys();
+        s.census(&[], &sys);
+        s.advance(super::S);
+        let mut tw = Vec::new();
+        for i in 0..channels {
+            let c = C {
+                pid: PID,
+                fd: 20 + i32::from(i),
+                ts: 1_000 + u64::from(i),
+                comm: "grpc-client",
+                role: ROLE_CLIENT,
+            };
+            let local = ([10, 0, 0, 1], 30_000 + i);
+            s.open(c, local.0, local.1, SERVER.0, SERVER.1);
+            s.data(c, PID, true, crate::protocol::H2_PREFACE);
+            for k in 0..calls {
+                let (req, resp) = call(2 * k + 1);
+                s.data(c, PID, true, &req);
+                s.data(c, PID, false, &resp);
+            }
+            s.state(c, local, SERVER, tcp_state::FIN_WAIT1);
+            s.close(c);
+            tw.push(TimeWaitSocket {
+                local: SocketAddr::from(local),
+                remote: SocketAddr::from(SERVER),
+            });
+        }
+        s.advance(super::S);
+        s.census(&tw, &sys);
+        let mut cfg = PipelineConfig::default();
+        cfg.lifecycle.tw_threshold = Some(1000);
+        let mut p = Pipeline::new(cfg);
+        let mut out = Vec::new();
+        for r in &s.records {
+            p.process(r, &mut |r: &Record| out.push(r.clone()));
+        }
+        (out, p)
+    }
+
+    fn grpc_calls(out: &[Record]) -> usize {
+        out.iter()
+            .filter(|r| matches!(r, Record::Request(q) if q.protocol == Protocol::Grpc))
+            .count()
+    }
+
+    #[test]
+    fn a_channel_per_call_is_named_by_buildup_with_one_stream_per_connection() {
+        let (out, _) = run(1200, 1);
+        assert_eq!(grpc_calls(&out), 1200);
+        let b: Vec<_> = out
+            .iter()
+            .filter_map(|r| match r {
+                Record::Buildup(b) => Some(b),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(b.len(), 1, "{b:?}");
+        assert_eq!(
+            (b[0].pid, b[0].comm.as_deref()),
+            (Some(PID), Some("grpc-client"))
+        );
+        assert_eq!(b[0].remote, "10.0.0.9:50051");
+        assert_eq!(b[0].time_wait, 1200);
+        assert_eq!(b[0].requests_per_connection, Some(1.0));
+        let human = crate::report::human_line(&Record::Buildup(b[0].clone()));
+        assert!(human.contains("at 1.00 requests per connection"), "{human}");
+    }
+
+    #[test]
+    fn streams_of_one_channel_count_as_requests_of_its_connection() {
+        // A channel reused for its calls: 2 connections (under the threshold), 600 streams each.
+        let (out, p) = run(2, 600);
+        assert_eq!(grpc_calls(&out), 1200);
+        assert!(!out.iter().any(|r| matches!(r, Record::Buildup(_))));
+        let report = p.time_wait_report();
+        let peer = report
+            .peers
+            .iter()
+            .find(|p| p.pid == PID)
+            .expect("the client");
+        assert_eq!((peer.opened, peer.requests), (2, 1200));
+        assert_eq!(peer.requests_per_connection, Some(600.0));
+    }
+}

@@ -108,6 +108,21 @@ impl Parser {
         }
     }
 
+    /// The parser that goes on after [`Message::Switched`] to `to`: `request` awaits its
+    /// response in the new protocol. None when `to` is not decoded after an upgrade.
+    pub fn after_upgrade(
+        to: Protocol,
+        limits: Limits,
+        request: (u64, Arc<RequestHead>),
+    ) -> Option<Parser> {
+        match to {
+            Protocol::H2 | Protocol::Grpc => Some(Parser::H2(Box::new(h2::H2Conn::after_upgrade(
+                limits, request,
+            )))),
+            Protocol::Http1 => None,
+        }
+    }
+
     pub fn protocol(&self) -> Protocol {
         match self {
             Parser::Http1(_) => Protocol::Http1,
@@ -276,6 +291,16 @@ pub enum Message {
     /// how many requests they held by the connection's mean request size so far (0 on the
     /// response side, or before any request was seen): an estimate, said as one.
     Uninspected { bytes: u64, requests: u64 },
+    /// The stream switched protocol (HTTP/1.1 `101 Switching Protocols` to h2c); always the
+    /// last message of its `on_data` call. The caller goes on with
+    /// [`Parser::after_upgrade`]`(to, request)`, fed first with `rest`: the bytes of the same
+    /// chunk after the switch. `request` (already announced by
+    /// [`Message::RequestStarted`]) is answered in the new protocol.
+    Switched {
+        to: Protocol,
+        request: (u64, Arc<RequestHead>),
+        rest: Vec<u8>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -320,6 +320,29 @@ impl H2Conn {
         }
     }
 
+    /// The connection after an HTTP/1.1 upgrade to h2c (RFC 7540 §3.2): decoded from its
+    /// start (the client preface comes next), and the upgrade request `(seq, head)` is stream
+    /// 1, awaiting the server's response on it.
+    pub fn after_upgrade(limits: Limits, (seq, head): (u64, Arc<RequestHead>)) -> H2Conn {
+        let mut conn = H2Conn::new(limits);
+        let request = RequestHead {
+            protocol: Protocol::H2,
+            stream_id: Some(1),
+            ..(*head).clone()
+        };
+        let session = &mut conn.session;
+        session.preface_seen = true;
+        session.streams.push(Stream {
+            id: 1,
+            seq,
+            request: Arc::new(request),
+            response: None,
+            grpc_response: false,
+        });
+        session.next_seq = seq.saturating_add(1);
+        conn
+    }
+
     /// Streams awaiting their end.
     pub fn pending(&self) -> usize {
         self.session.streams.len()

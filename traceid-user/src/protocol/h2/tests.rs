@@ -1401,3 +1401,73 @@ fn recorded_grpcio_connection_joined_mid_way() {
         .collect();
     assert_eq!(statuses, [Some(200), Some(200)]);
 }
+
+// ---------------------------------------------------------------------------------------------
+// h2c: HTTP/2 after an HTTP/1.1 upgrade, through the engine
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn h2c_upgrade_switches_the_connection_to_http2() {
+    use crate::test_util::events::{Stream, C};
+    use traceid_common::ROLE_CLIENT;
+
+    let c = C {
+        pid: 31,
+        fd: 5,
+        ts: 1,
+        comm: "curl",
+        role: ROLE_CLIENT,
+    };
+    let mut s = Stream::default();
+    s.open(c, [127, 0, 0, 1], 40_000, [127, 0, 0, 1], 8000);
+    let upgrade = format!(
+        "GET /first HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+         Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\ntraceparent: {TP}\r\n\r\n"
+    );
+    s.data(c, 31, true, upgrade.as_bytes());
+    // The 101 and the server's first frames in one read: its SETTINGS, then the response to
+    // the upgrade request on stream 1.
+    let mut switched =
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n".to_vec();
+    switched.extend_from_slice(SETTINGS);
+    switched.extend(headers(1, true, &status("200")));
+    s.data(c, 31, false, &switched);
+    let mut preface = PREFACE.to_vec();
+    preface.extend_from_slice(SETTINGS);
+    s.data(c, 31, true, &preface);
+    s.data(c, 31, true, &headers(3, true, &get("/second", TP2)));
+    s.data(c, 31, false, &headers(3, true, &status("404")));
+    s.close(c);
+    let records = s.run();
+    let seen: Vec<_> = records
+        .iter()
+        .map(|r| {
+            (
+                r.path.as_str(),
+                r.protocol,
+                r.stream_id,
+                r.status,
+                r.trace_id.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (
+                "/first",
+                Protocol::H2,
+                Some(1),
+                Some(200),
+                Some("4bf92f3577b34da6a3ce929d0e0e4736")
+            ),
+            (
+                "/second",
+                Protocol::H2,
+                Some(3),
+                Some(404),
+                Some("0af7651916cd43dd8448eb211c80319c")
+            ),
+        ]
+    );
+}

@@ -184,6 +184,9 @@ pub struct HttpConn {
     /// Request-side bytes seen while in step with the stream: with `next_seq`, the mean size
     /// of a request, to tell how many requests an uninspected stretch may hold.
     request_bytes: u64,
+    /// A `101 Switching Protocols` to h2c was just parsed: the request it answered (its
+    /// response comes on HTTP/2 stream 1), until [`Message::Switched`] hands it on.
+    switched_to_h2: Option<(u64, Arc<RequestHead>)>,
 }
 
 impl HttpConn {
@@ -198,6 +201,7 @@ impl HttpConn {
             pending: VecDeque::new(),
             next_seq: 0,
             request_bytes: 0,
+            switched_to_h2: None,
         }
     }
 
@@ -273,6 +277,15 @@ impl HttpConn {
                 State::Head => self.step_head(cx, rest, out),
             };
             pos = pos.saturating_add(used.min(rest.len()));
+            if let Some(request) = self.switched_to_h2.take() {
+                // The bytes after the 101 are HTTP/2 frames already: the next parser's.
+                out.push(Message::Switched {
+                    to: Protocol::H2,
+                    request,
+                    rest: data.get(pos..).unwrap_or_default().to_vec(),
+                });
+                return;
+            }
         }
     }
 
@@ -549,6 +562,10 @@ impl HttpConn {
             truncated,
         };
         match paired {
+            Some((seq, request)) if status == 101 && p.upgrade_h2c => {
+                // HTTP/2 from here on, both ways; the request's response comes on stream 1.
+                self.switched_to_h2 = Some((seq, request));
+            }
             Some((seq, request)) => {
                 out.push(Message::Exchange {
                     seq,

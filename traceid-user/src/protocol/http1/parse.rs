@@ -121,6 +121,8 @@ pub(super) struct ParsedHead {
     pub transfer_encoding: TransferEncoding,
     /// An `Upgrade` header is present.
     pub upgrade: bool,
+    /// An `Upgrade` header names `h2c`: HTTP/2 over cleartext (RFC 7540 §3.2).
+    pub upgrade_h2c: bool,
 }
 
 fn request_config() -> httparse::ParserConfig {
@@ -235,6 +237,7 @@ fn scan_headers(headers: &[httparse::Header<'_>], keep: &dyn Fn(&str) -> bool) -
         content_length: ContentLength::Absent,
         transfer_encoding: TransferEncoding::Absent,
         upgrade: false,
+        upgrade_h2c: false,
     };
     for h in headers {
         let name = h.name;
@@ -244,6 +247,10 @@ fn scan_headers(headers: &[httparse::Header<'_>], keep: &dyn Fn(&str) -> bool) -
             out.transfer_encoding = transfer_encoding(h.value, out.transfer_encoding);
         } else if name.eq_ignore_ascii_case("upgrade") {
             out.upgrade = true;
+            out.upgrade_h2c |= h
+                .value
+                .split(|&b| b == b',')
+                .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"h2c"));
         }
         // Lowercased on the stack: this runs for every header of every head, and most are
         // not kept.

@@ -1568,3 +1568,31 @@ fn fuzz_valid_exchanges_with_random_chunking_stay_in_sync() {
         assert!(t.anomalies().is_empty());
     }
 }
+
+#[test]
+fn accepted_h2c_upgrade_hands_the_request_and_the_rest_to_http2() {
+    let mut t = T::new();
+    t.req(b"GET /up HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n");
+    t.resp(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00");
+    // Answered on HTTP/2 stream 1, not here: no exchange, the switch and the frames after it.
+    assert!(t.exchanges().is_empty());
+    let switched: Vec<_> =
+        t.ev.iter()
+            .filter_map(|m| match m {
+                Message::Switched { to, request, rest } => {
+                    Some((*to, request.0, request.1.path.clone(), rest.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+    assert_eq!(
+        switched,
+        [(
+            Protocol::H2,
+            0,
+            "/up".to_string(),
+            b"\x00\x00\x00\x04\x00\x00\x00\x00\x00".to_vec()
+        )]
+    );
+    assert!(matches!(t.ev.last(), Some(Message::Switched { .. })));
+}
