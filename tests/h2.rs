@@ -336,31 +336,23 @@ fn connection_opened_before_the_agent_keeps_being_decoded() {
         return;
     }
     let server = GrpcServer::start();
-    let mut client = Command::new(PYTHON)
-        .arg(echo_py())
-        .args(["client", &server.port.to_string(), "preexisting", "20"])
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("grpc client");
-    let pid = client.id();
-    let mut out = BufReader::new(client.stdout.take().unwrap());
-    let mut line = String::new();
-    // Five calls before the agent, then `ready`.
-    while line.trim() != "ready" {
-        line.clear();
-        assert!(out.read_line(&mut line).unwrap() > 0, "client ended early");
-    }
-    let agent = Agent::watch(&[]);
-    client.stdin.take().unwrap().write_all(b"go\n").unwrap();
-    let rest: Vec<String> = out.lines().map_while(Result::ok).collect();
-    assert!(client.wait().unwrap().success());
-    assert_eq!(rest.len(), 20, "{rest:?}");
-    agent.wait_for(WAIT, |l| {
-        sides(l, &server, pid).iter().all(|s| s.len() >= 20)
-    });
-    let lines = agent.stop();
+    // A round that lost kernel events (another load on this host filled the ring buffer)
+    // proves nothing about decoding: it is run again, at most three times.
+    let mut attempt = 1;
+    let (lines, pid) = loop {
+        let (lines, pid) = preexisting_round(&server);
+        let lost: u64 = lines
+            .iter()
+            .filter(|l| l["event"] == "lost")
+            .filter_map(|l| l["count"].as_u64())
+            .sum();
+        if lost == 0 || attempt == 3 {
+            break (lines, pid);
+        }
+        eprintln!("pre-existing connection: the agent lost {lost} events in attempt {attempt}");
+        attempt += 1;
+        std::thread::sleep(Duration::from_secs(5));
+    };
     let [inbound, outbound] = sides(&lines, &server, pid);
     assert_eq!((inbound.len(), outbound.len()), (20, 20), "{lines:#?}");
     // grpcio sends :path and traceparent as literals with their names on every call, so the
@@ -384,4 +376,35 @@ fn connection_opened_before_the_agent_keeps_being_decoded() {
         assert!(r["status"] == 200, "{r:#}");
         assert!(r["grpc_status"].is_null() || r["grpc_status"] == 0, "{r:#}");
     }
+}
+
+/// Five calls on a connection made before the agent starts, then 20 more while it watches;
+/// every line the agent printed and the client's pid.
+fn preexisting_round(server: &GrpcServer) -> (Vec<Value>, u32) {
+    let mut client = Command::new(PYTHON)
+        .arg(echo_py())
+        .args(["client", &server.port.to_string(), "preexisting", "20"])
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("grpc client");
+    let pid = client.id();
+    let mut out = BufReader::new(client.stdout.take().unwrap());
+    let mut line = String::new();
+    // Five calls before the agent, then `ready`.
+    while line.trim() != "ready" {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "client ended early");
+    }
+    let agent = Agent::watch(&[]);
+    client.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let rest: Vec<String> = out.lines().map_while(Result::ok).collect();
+    assert!(client.wait().unwrap().success());
+    assert_eq!(rest.len(), 20, "{rest:?}");
+    agent.wait_for(WAIT, |l| {
+        sides(l, server, pid).iter().all(|s| s.len() >= 20)
+    });
+    let lines = agent.stop();
+    (lines, pid)
 }
