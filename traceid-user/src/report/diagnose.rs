@@ -508,8 +508,9 @@ pub fn render(d: &Diagnosis) -> String {
     if d.requests == 0 {
         let _ = writeln!(
             s,
-            "\nNo HTTP/1.x requests were seen. Plaintext HTTP on any TCP port and HTTPS through \
-             OpenSSL are watched; HTTP/2, gRPC and other TLS libraries are not decoded yet."
+            "\nNo HTTP requests were seen. HTTP/1.x, HTTP/2 and gRPC on any TCP port, plaintext \
+             or through OpenSSL, are watched; other TLS libraries (Go's crypto/tls, BoringSSL, \
+             Java, rustls) are not decoded yet."
         );
     }
     if !d.services.is_empty() {
