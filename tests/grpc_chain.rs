@@ -16,15 +16,14 @@
 //! Run by `cargo xtask integration-test` (as root, one test at a time).
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+
+use std::time::Duration;
 
 use traceid_tests::*;
 // Used by the harness library (tests/src), not by name here.
-use {libc as _, thiserror as _};
+use {libc as _, serde_json as _, thiserror as _};
 
 const PYTHON: &str = "/usr/bin/python3";
 const METHODS: [&str; 3] = ["Propagate", "Drop", "Restart"];
@@ -305,62 +304,6 @@ fn grpc_chain_every_call_with_method_status_and_trace_id_and_each_middle_call_li
         CALLS,
         "{outcomes:?}"
     );
-}
-
-/// Runs `traceid diagnose --duration D --json` while `traffic` runs; returns the diagnosis.
-fn diagnose_during(duration_s: u32, traffic: impl FnOnce()) -> Value {
-    let mut child = Command::new(traceid_bin())
-        .args([
-            "diagnose",
-            "--duration",
-            &format!("{duration_s}s"),
-            "--json",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawning traceid diagnose");
-    let err = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    let stderr = std::thread::spawn(move || {
-        let mut all = String::new();
-        for line in BufReader::new(err).lines().map_while(Result::ok) {
-            eprintln!("[diagnose] {line}");
-            if line.contains("watching:") {
-                let _ = tx.send(());
-            }
-            all.push_str(&line);
-            all.push('\n');
-        }
-        all
-    });
-    if rx.recv_timeout(Duration::from_secs(60)).is_err() {
-        let _ = child.kill();
-        panic!("diagnose did not start: {}", stderr.join().unwrap());
-    }
-    let t0 = Instant::now();
-    traffic();
-    assert!(
-        t0.elapsed() < Duration::from_secs(u64::from(duration_s)),
-        "traffic outlasted the diagnosis"
-    );
-    let deadline = Instant::now() + Duration::from_secs(u64::from(duration_s) + 30);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            panic!("diagnose did not end");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let out = child.wait_with_output().unwrap();
-    let err = stderr.join().unwrap();
-    assert!(out.status.success(), "diagnose failed: {err}");
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "diagnosis is not JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
 }
 
 fn outcome(hop: &Value, finding: &str) -> u64 {

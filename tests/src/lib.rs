@@ -12,7 +12,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 mod nginx;
@@ -319,3 +319,62 @@ pub fn send_in_pieces(s: &mut TcpStream, pieces: &[&[u8]]) {
 
 pub const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 pub const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+
+/// Runs `traceid diagnose --duration D --json` while `traffic` runs; returns the diagnosis.
+pub fn diagnose_during(duration_s: u32, traffic: impl FnOnce()) -> Value {
+    let mut child = Command::new(traceid_bin())
+        .args([
+            "diagnose",
+            "--duration",
+            &format!("{duration_s}s"),
+            "--json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning traceid diagnose");
+    let err = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    let stderr = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            eprintln!("[diagnose] {line}");
+            if line.contains("watching:") {
+                let _ = tx.send(());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    if rx.recv_timeout(Duration::from_secs(60)).is_err() {
+        let _ = child.kill();
+        panic!("diagnose did not start: {}", stderr.join().unwrap());
+    }
+    let t0 = Instant::now();
+    traffic();
+    assert!(
+        t0.elapsed() < Duration::from_secs(u64::from(duration_s)),
+        "traffic outlasted the diagnosis"
+    );
+    let deadline = Instant::now() + Duration::from_secs(u64::from(duration_s) + 30);
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("diagnose did not end");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = stderr.join().unwrap();
+    assert!(out.status.success(), "diagnose failed: {err}");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "diagnosis is not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
