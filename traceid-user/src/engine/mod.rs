@@ -575,7 +575,10 @@ impl Cx<'_> {
             path: req.path.clone(),
             status: resp.and_then(|r| r.status),
             grpc_status: resp.and_then(|r| r.grpc_status),
-            duration_ms: resp.map(|r| r.ts_ns.saturating_sub(req.ts_ns) as f64 / 1e6),
+            // An inferred request's time is its response's: no duration was measured.
+            duration_ms: resp
+                .filter(|_| !req.inferred)
+                .map(|r| r.ts_ns.saturating_sub(req.ts_ns) as f64 / 1e6),
             trace_id: primary.map(|t| t.trace_id.clone()),
             trace_format: primary.map(|t| t.format),
             findings,

@@ -605,3 +605,43 @@ fn h2_headers_that_could_not_be_read_claim_no_missing_context() {
     s.close(MID_IN);
     assert_eq!(s.run()[0].findings, vec![Finding::Missing]);
 }
+
+#[test]
+fn h2_call_known_from_its_response_alone_has_no_duration() {
+    // The client's write is captured up to the end of stream 1's HEADERS: stream 3's request
+    // is lost, its answer read.
+    let mut s = Stream::default();
+    s.open(MID_OUT, [127, 0, 0, 1], 40000, [127, 0, 0, 1], 50051);
+    let mut c2s = protocol::H2_PREFACE.to_vec();
+    c2s.extend(h2_frame(4, 0, 0, &[]));
+    c2s.extend(h2_headers(1, true, &[(":method", "GET"), (":path", "/a")]));
+    let captured = c2s.len();
+    c2s.extend(h2_headers(3, true, &[(":method", "GET"), (":path", "/b")]));
+    s.data_captured(MID_OUT, 201, true, &c2s, captured);
+    s.advance(2_000_000);
+    let mut s2c = h2_headers(1, true, &[(":status", "200")]);
+    s2c.extend(h2_headers(3, true, &[(":status", "503")]));
+    s.data(MID_OUT, 201, false, &s2c);
+    s.close(MID_OUT);
+    let recs = s.run();
+    let got: Vec<_> = recs
+        .iter()
+        .map(|r| {
+            (
+                r.stream_id,
+                r.path.as_str(),
+                r.status,
+                r.duration_ms.is_some(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (Some(1), "/a", Some(200), true),
+            (Some(3), "", Some(503), false)
+        ]
+    );
+    assert_eq!(recs[1].headers_known, HeadersKnown::Unknown);
+    assert!(recs[1].findings.is_empty(), "{:?}", recs[1].findings);
+}

@@ -255,6 +255,10 @@ pub struct RequestHead {
     pub stream_id: Option<u32>,
     /// How the header fields were known (always exact for HTTP/1).
     pub headers_known: HeadersKnown,
+    /// No byte of the head was captured: the request is known from its response alone
+    /// (HTTP/2: the server answered a stream the client opened in lost bytes). Its fields are
+    /// unknown, `ts_ns` and `tid` are the response's, and no duration is measured.
+    pub inferred: bool,
 }
 
 /// One response head as parsed (same header rules as [`RequestHead`]).

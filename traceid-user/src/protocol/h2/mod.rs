@@ -33,6 +33,7 @@ mod huffman;
 #[cfg(test)]
 mod tests;
 
+use std::collections::VecDeque;
 use std::sync::{Arc, LazyLock};
 
 use super::{
@@ -293,9 +294,19 @@ struct Session {
     blocks: [Option<Block>; 2],
     /// Streams awaiting their end, oldest first (at most `limits.max_pending`).
     streams: Vec<Stream>,
+    /// The last streams that ended, newest last (at most [`ENDED_KEPT`]): a response block
+    /// for one of them is late, not a call whose request went unseen.
+    ended: VecDeque<u32>,
+    /// Frames of the client's were lost: a response on a stream never opened in what was
+    /// read answers a request that went unseen. (Streams opened before the agent saw the
+    /// connection are not reported: their calls started before it.)
+    requests_may_be_unseen: bool,
     next_seq: u64,
     closed: bool,
 }
+
+/// Streams remembered as ended, per connection.
+const ENDED_KEPT: usize = 16;
 
 impl H2Conn {
     pub fn new(limits: Limits) -> H2Conn {
@@ -314,6 +325,8 @@ impl H2Conn {
                 decoders: [None, None],
                 blocks: [None, None],
                 streams: Vec::new(),
+                ended: VecDeque::new(),
+                requests_may_be_unseen: false,
                 next_seq: 0,
                 closed: false,
             },
@@ -374,6 +387,9 @@ impl Session {
             ReadEvent::Preface => self.preface_seen = true,
             ReadEvent::LostSync => {
                 out.push(Message::Anomaly(Anomaly::LostSync));
+                if flow == Flow::ClientToServer {
+                    self.requests_may_be_unseen = true;
+                }
                 if let Some(mut block) = self.blocks[i].take() {
                     block.spoiled = Some(Spoiled::Lost);
                     self.complete_block(flow, block, keep, out);
@@ -571,8 +587,7 @@ impl Session {
         }
         while self.streams.len() >= self.limits.max_pending {
             out.push(Message::Anomaly(Anomaly::TooManyPending));
-            let oldest = self.streams.remove(0);
-            emit(oldest, out);
+            self.end_oldest(out);
         }
         let head = Arc::new(RequestHead {
             headers_known: c.headers_known(),
@@ -585,24 +600,73 @@ impl Session {
             truncated: c.truncated,
             protocol: if c.grpc { Protocol::Grpc } else { Protocol::H2 },
             stream_id: Some(block.stream),
+            inferred: false,
         });
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        self.streams.push(Stream {
-            id: block.stream,
-            seq,
-            request: Arc::clone(&head),
-            response: None,
-            grpc_response: false,
-        });
+        let seq = self.open(block.stream, Arc::clone(&head));
         out.push(Message::RequestStarted { seq, head });
     }
 
+    /// Tracks a new stream whose request is `request`; its sequence number.
+    fn open(&mut self, id: u32, request: Arc<RequestHead>) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.streams.push(Stream {
+            id,
+            seq,
+            request,
+            response: None,
+            grpc_response: false,
+        });
+        seq
+    }
+
+    /// Emits the oldest stream still open, as it is.
+    fn end_oldest(&mut self, out: &mut Vec<Message>) {
+        if let Some(oldest) = self.streams.first().map(|s| s.id) {
+            self.end_stream(oldest, out);
+        }
+    }
+
+    /// A response block on a stream not open: whether it answers a request the agent did not
+    /// see. Only a client-initiated stream (odd) that did not end lately can, and only when
+    /// frames of the client's were lost.
+    fn answers_unseen_request(&self, block: &Block, c: &Collected) -> bool {
+        self.requests_may_be_unseen
+            && block.stream % 2 == 1
+            && !self.ended.contains(&block.stream)
+            && c.status.is_some_and(|s| s >= 200)
+    }
+
     fn on_response_block(&mut self, block: &Block, c: Collected, out: &mut Vec<Message>) {
-        let Some(stream) = self.streams.iter_mut().find(|s| s.id == block.stream) else {
-            if c.status.is_some() {
-                out.push(Message::Anomaly(Anomaly::ResponseWithoutRequest));
+        if !self.streams.iter().any(|s| s.id == block.stream) {
+            if !self.answers_unseen_request(block, &c) {
+                if c.status.is_some() {
+                    out.push(Message::Anomaly(Anomaly::ResponseWithoutRequest));
+                }
+                return;
             }
+            // The call happened (the server answers only streams the client opened), its
+            // request head is unknown: it is reported with the response, fields unknown.
+            while self.streams.len() >= self.limits.max_pending {
+                out.push(Message::Anomaly(Anomaly::TooManyPending));
+                self.end_oldest(out);
+            }
+            let request = RequestHead {
+                method: String::new(),
+                path: String::new(),
+                version: 0,
+                headers: Vec::new(),
+                ts_ns: block.ts_ns,
+                tid: block.tid,
+                truncated: true,
+                protocol: if c.grpc { Protocol::Grpc } else { Protocol::H2 },
+                stream_id: Some(block.stream),
+                headers_known: HeadersKnown::Unknown,
+                inferred: true,
+            };
+            self.open(block.stream, Arc::new(request));
+        }
+        let Some(stream) = self.streams.iter_mut().find(|s| s.id == block.stream) else {
             return;
         };
         stream.grpc_response |= c.grpc || c.grpc_status.is_some();
@@ -639,6 +703,10 @@ impl Session {
     fn end_stream(&mut self, id: u32, out: &mut Vec<Message>) {
         if let Some(pos) = self.streams.iter().position(|s| s.id == id) {
             emit(self.streams.remove(pos), out);
+            if self.ended.len() >= ENDED_KEPT {
+                self.ended.pop_front();
+            }
+            self.ended.push_back(id);
         }
     }
 }

@@ -638,6 +638,7 @@ fn request_and_response_on_a_fresh_connection() {
             protocol: Protocol::H2,
             stream_id: Some(1),
             headers_known: HeadersKnown::Exact,
+            inferred: false,
         }
     );
     let mut resp = headers(1, false, &status("200"));
@@ -1129,6 +1130,72 @@ fn gap_across_a_frame_boundary_loses_sync_until_frames_start_a_chunk() {
         .map(|e| (e.1.stream_id, e.2.as_ref().and_then(|r| r.status)))
         .collect();
     assert!(statuses.contains(&(Some(3), Some(204))), "{statuses:?}");
+}
+
+#[test]
+fn responses_to_requests_lost_in_a_client_gap_are_reported_with_unknown_heads() {
+    // gRPC C-core writes many calls' frames in one vectored write, and the kernel hands over
+    // only its first iovecs: the HEADERS of streams 3 and 5 are in the part not captured.
+    let mut t = T::started();
+    let mut write = headers(1, false, &grpc_call("/demo.Echo/A"));
+    write.extend(data(1, true, 8));
+    let captured = write.len();
+    for id in [3, 5] {
+        write.extend(headers(id, false, &grpc_call("/demo.Echo/B")));
+        write.extend(data(id, true, 8));
+    }
+    t.send_real(C2S, &write[..captured], write.len() as u64);
+    assert_eq!(
+        t.anomalies(),
+        vec![Anomaly::LostSync, Anomaly::HeaderTableLost]
+    );
+    // The server answers all three: each answer is one call, reported once when it ends.
+    for id in [1, 3, 5] {
+        let mut resp = headers(id, false, &status("200"));
+        resp.extend(data(id, false, 8));
+        resp.extend(headers(id, true, &grpc_trailers("0")));
+        t.send(S2C, &resp);
+    }
+    let ex = t.exchanges();
+    let got: Vec<_> = ex
+        .iter()
+        .map(|(_, req, resp)| {
+            let resp = resp.as_ref().unwrap();
+            (
+                req.stream_id,
+                req.path.as_str(),
+                req.inferred,
+                resp.status,
+                resp.grpc_status,
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (Some(1), "/demo.Echo/A", false, Some(200), Some(0)),
+            (Some(3), "", true, Some(200), Some(0)),
+            (Some(5), "", true, Some(200), Some(0)),
+        ]
+    );
+    for (_, req, resp) in &ex[1..] {
+        assert_eq!(req.headers_known, HeadersKnown::Unknown);
+        assert_eq!(req.protocol, Protocol::Grpc);
+        // The time is the response's: no duration is claimed.
+        assert_eq!(req.ts_ns, resp.as_ref().unwrap().ts_ns);
+    }
+    assert!(!t.anomalies().contains(&Anomaly::ResponseWithoutRequest));
+    // A late block on a stream that ended is not another call.
+    t.send(S2C, &headers(5, true, &grpc_trailers("0")));
+    assert_eq!(t.exchanges().len(), 3);
+}
+
+#[test]
+fn response_on_a_stream_never_opened_is_an_anomaly_when_nothing_was_lost() {
+    let mut t = T::started();
+    t.send(S2C, &headers(7, true, &status("200")));
+    assert!(t.exchanges().is_empty());
+    assert_eq!(t.anomalies(), vec![Anomaly::ResponseWithoutRequest]);
 }
 
 #[test]

@@ -485,6 +485,7 @@ impl HttpConn {
             protocol: Protocol::Http1,
             stream_id: None,
             headers_known: HeadersKnown::Exact,
+            inferred: false,
         });
         let seq = self.next_seq;
         self.next_seq = self.next_seq.wrapping_add(1);

@@ -265,6 +265,7 @@ fn get_200_exchange() {
         protocol: Protocol::Http1,
         stream_id: None,
         headers_known: HeadersKnown::Exact,
+        inferred: false,
     };
     assert_eq!(
         t.ev,
@@ -1009,6 +1010,7 @@ fn gap_inside_head_gives_truncated_head() {
             protocol: Protocol::Http1,
             stream_id: None,
             headers_known: HeadersKnown::Exact,
+            inferred: false,
         }
     );
     t.resp(NGINX_200);
