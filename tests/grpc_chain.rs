@@ -8,11 +8,11 @@
 //! exactly; of a vectored write the kernel inspects the first 16 iovecs only, and gRPC C-core
 //! writes every literal name and value of a header block as an iovec of its own. The first
 //! call on a connection (about 30 iovecs: every field is a new literal) is cut, so the entries
-//! it inserted into the writer's HPACK table are never seen; later calls index them. A
-//! written call that carries a traceparent is still read exactly (the traceparent is a literal
-//! on every call); one without (the drop route) indexes those unseen entries, so its headers
-//! are `unknown` and no hop finding is claimed for it — never a wrong one. The reader of the
-//! same call (back) reports it `missing`, exactly.
+//! it inserted into the writer's HPACK table are never seen, and later calls index them. Alone,
+//! the middle would know those calls' headers as `unknown`. But back runs on this host too
+//! and reads every call whole: the agent gives the middle's record of each call the head back
+//! decoded on the same connection and stream (traceid-user/src/engine/peer.rs), so every call,
+//! the drop route's included, is known exactly and carries its finding.
 //! Run by `cargo xtask integration-test` (as root, one test at a time).
 
 use std::collections::BTreeMap;
@@ -247,8 +247,8 @@ fn grpc_chain_every_call_with_method_status_and_trace_id_and_each_middle_call_li
         }
     }
 
-    // The middle's calls: each linked to the very inbound call it serves, each finding right
-    // when claimed; a call whose headers could not be read claims none.
+    // The middle's calls: each linked to the very inbound call it serves, each known exactly
+    // (what back read of it) with its finding.
     let outbound = chain.middle_outbound(&lines);
     assert_eq!(outbound.len(), want, "{outbound:#?}");
     let mut outcomes = Tally::new();
@@ -257,14 +257,7 @@ fn grpc_chain_every_call_with_method_status_and_trace_id_and_each_middle_call_li
         let inb = &r["inbound"];
         assert!(inb.is_object(), "unlinked: {r:#}");
         assert!(["certain", "strong", "weak"].contains(&inb["confidence"].as_str().unwrap()));
-        let f = findings(r);
-        if path.is_empty() {
-            // The connection's first call: its header block was cut.
-            assert_eq!(r["headers_known"], "unknown", "{r:#}");
-            assert!(f.is_empty(), "{r:#}");
-            tally(&mut outcomes, "first call", "unknown");
-            continue;
-        }
+        assert_eq!(r["headers_known"], "exact", "{r:#}");
         let (method, served) = served_by(path).unwrap_or_else(|| panic!("{r:#}"));
         assert_eq!(
             inb["path"],
@@ -273,37 +266,31 @@ fn grpc_chain_every_call_with_method_status_and_trace_id_and_each_middle_call_li
         );
         assert_eq!(inb["trace_id"], served, "wrong link: {r:#}");
         assert_eq!(r["grpc_status"], 0, "{r:#}");
-        if r["headers_known"] == "unknown" {
-            assert!(r["trace_id"].is_null() && f.is_empty(), "{r:#}");
-            tally(&mut outcomes, method, "unknown");
-            continue;
-        }
         let want_finding = match method {
             "Propagate" => "propagated",
             "Drop" => "dropped",
             _ => "restarted",
         };
-        assert_eq!(f, [want_finding], "{r:#}");
-        if inb["confidence"] == "certain" {
-            assert_eq!(r["trace_id"], inb["trace_id"], "certain but not: {r:#}");
+        if method == "Drop" {
+            assert_eq!(findings(r), ["missing", "dropped"], "{r:#}");
         } else {
-            assert_ne!(r["trace_id"], inb["trace_id"], "{r:#}");
+            assert_eq!(findings(r), [want_finding], "{r:#}");
+        }
+        match method {
+            "Propagate" => assert_eq!(inb["confidence"], "certain", "{r:#}"),
+            "Drop" => assert!(r["trace_id"].is_null(), "{r:#}"),
+            _ => assert_ne!(r["trace_id"], inb["trace_id"], "{r:#}"),
         }
         tally(&mut outcomes, method, want_finding);
     }
     eprintln!("middle inbound responses: {read:?}; middle -> back calls: {outcomes:?}");
-    // Only the connection's first call is cut: every later call that carries a traceparent is
-    // read, so its finding is there.
-    assert_eq!(count(&outcomes, "first call", "unknown"), 1, "{outcomes:?}");
-    assert!(
-        count(&outcomes, "Propagate", "propagated") >= CALLS - 1,
-        "{outcomes:?}"
-    );
-    assert_eq!(
-        count(&outcomes, "Restart", "restarted"),
-        CALLS,
-        "{outcomes:?}"
-    );
+    for (method, finding) in [
+        ("Propagate", "propagated"),
+        ("Drop", "dropped"),
+        ("Restart", "restarted"),
+    ] {
+        assert_eq!(count(&outcomes, method, finding), CALLS, "{outcomes:?}");
+    }
 }
 
 fn outcome(hop: &Value, finding: &str) -> u64 {
@@ -340,15 +327,20 @@ fn grpc_chain_diagnose_names_the_middle_to_back_hop_as_broken() {
         METHODS.len() as u64 * CALLS,
         "{mid_hop:#}"
     );
-    assert_eq!(outcome(mid_hop, "restarted"), CALLS, "{mid_hop:#}");
-    assert!(outcome(mid_hop, "propagated") >= CALLS - 1, "{mid_hop:#}");
-    let example = &mid_hop["outcomes"]["restarted"]["example"];
-    assert!(
-        example["path"]
-            .as_str()
-            .is_some_and(|p| p.starts_with("/chain.Back/RestartFor")),
-        "{mid_hop:#}"
-    );
+    for (finding, method) in [
+        ("restarted", "Restart"),
+        ("dropped", "Drop"),
+        ("propagated", "Propagate"),
+    ] {
+        assert_eq!(outcome(mid_hop, finding), CALLS, "{finding}: {mid_hop:#}");
+        let example = &mid_hop["outcomes"][finding]["example"];
+        assert!(
+            example["path"]
+                .as_str()
+                .is_some_and(|p| p.starts_with(&format!("/chain.Back/{method}For"))),
+            "{mid_hop:#}"
+        );
+    }
     eprintln!(
         "middle -> back: restarted {}, dropped {}, propagated {} of {}",
         outcome(mid_hop, "restarted"),

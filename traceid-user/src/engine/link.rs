@@ -146,24 +146,27 @@ impl Linker {
         self.by_pid.get(&pid).map_or(0, VecDeque::len)
     }
 
+    /// The inbound request in flight in `pid` whose trace `outbound` continues: certain.
+    pub fn link_by_trace(&self, pid: u32, outbound: &TraceContext) -> Option<Link> {
+        // Newest first: a nested call is most likely to serve the latest request.
+        let e = self.by_pid.get(&pid)?.iter().rev().find(|e| {
+            e.trace
+                .as_ref()
+                .is_some_and(|t| t.same_trace(outbound) == Some(true))
+        })?;
+        Some(Link {
+            inbound: e.clone(),
+            confidence: Confidence::Certain,
+        })
+    }
+
     /// Chooses the inbound request an outbound request made by (pid, tid) serves.
     pub fn link(&mut self, pid: u32, tid: u32, outbound: Option<&TraceContext>) -> Option<Link> {
-        let q = self.by_pid.get(&pid)?;
-        if let Some(out) = outbound {
-            // Newest first: a nested call is most likely to serve the latest request.
-            if let Some(e) = q.iter().rev().find(|e| {
-                e.trace
-                    .as_ref()
-                    .is_some_and(|t| t.same_trace(out) == Some(true))
-            }) {
-                let link = Link {
-                    inbound: e.clone(),
-                    confidence: Confidence::Certain,
-                };
-                self.observe_thread(pid, link.inbound.head.tid, tid);
-                return Some(link);
-            }
+        if let Some(link) = outbound.and_then(|out| self.link_by_trace(pid, out)) {
+            self.observe_thread(pid, link.inbound.head.tid, tid);
+            return Some(link);
         }
+        let q = self.by_pid.get(&pid)?;
         // An event-loop server reads every request on one thread: a thread that has several
         // requests in flight says nothing about which one a call serves. Neither does a thread
         // of a process that hands requests from thread to thread (Go, async servlets).

@@ -8,6 +8,7 @@
 //! flight, head buffers).
 
 pub mod link;
+mod peer;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -25,6 +26,7 @@ use crate::record::{
 use crate::tracectx::{self, Extraction, HeaderNames, TraceContext};
 
 use link::{Inflight, Linker};
+use peer::PeerHeads;
 
 /// Which processes and ports to report (empty = all).
 #[derive(Debug, Clone, Default)]
@@ -125,6 +127,7 @@ pub struct Engine {
     cfg: EngineConfig,
     conns: mem::FastMap<ConnKey, Conn>,
     linker: Linker,
+    peer_heads: PeerHeads,
     pub stats: EngineStats,
     /// Reused buffer of parser messages.
     messages: Vec<Message>,
@@ -136,6 +139,7 @@ impl Engine {
             cfg,
             conns: mem::FastMap::default(),
             linker: Linker::default(),
+            peer_heads: PeerHeads::default(),
             stats: EngineStats::default(),
             messages: Vec::new(),
         }
@@ -180,6 +184,7 @@ impl Engine {
                     cfg,
                     conns,
                     linker,
+                    peer_heads,
                     stats,
                     messages,
                 } = self;
@@ -256,7 +261,12 @@ impl Engine {
                         conn.streams[idx] = StreamState::Off;
                     }
                 }
-                let mut cx = Cx { cfg, linker, stats };
+                let mut cx = Cx {
+                    cfg,
+                    linker,
+                    peer_heads,
+                    stats,
+                };
                 cx.handle_messages(key, conn, tls, messages, out);
             }
         }
@@ -294,6 +304,7 @@ impl Engine {
             let mut cx = Cx {
                 cfg: &self.cfg,
                 linker: &mut self.linker,
+                peer_heads: &mut self.peer_heads,
                 stats: &mut self.stats,
             };
             cx.handle_messages(key, conn, tls, &mut self.messages, out);
@@ -369,6 +380,7 @@ fn not_decoded(p: Protocol) -> &'static str {
 struct Cx<'a> {
     cfg: &'a EngineConfig,
     linker: &'a mut Linker,
+    peer_heads: &'a mut PeerHeads,
     stats: &'a mut EngineStats,
 }
 
@@ -393,13 +405,26 @@ impl Cx<'_> {
                 }
                 Message::Exchange {
                     seq,
-                    request,
+                    mut request,
                     response,
                 } => {
-                    let ex = match conn.contexts.iter().position(|(s, _)| *s == seq) {
+                    let mut ex = match conn.contexts.iter().position(|(s, _)| *s == seq) {
                         Some(i) => conn.contexts.swap_remove(i).1,
                         None => self.extract(&request.headers),
                     };
+                    if let Some(read) = self.read_by_peer(key, conn, &request) {
+                        request = Arc::new(peer::completed(&request, &read));
+                        ex = self.extract(&request.headers);
+                        // Linked when it started without its trace: with it now, the link
+                        // may be certain.
+                        if let Some(trace) = ex.primary() {
+                            if let Some(certain) = self.linker.link_by_trace(key.pid, trace) {
+                                if let Some(i) = conn.links.iter().position(|(s, _)| *s == seq) {
+                                    conn.links[i].1 = Some(certain);
+                                }
+                            }
+                        }
+                    }
                     self.finish_request(key, conn, tls, seq, &request, response, ex, out);
                 }
                 // Lengths come from the record (a replayed file can say anything): saturate.
@@ -420,6 +445,25 @@ impl Cx<'_> {
         }
     }
 
+    /// What the server end of this connection read of an outbound request whose own head
+    /// was not fully known (see [`peer`]), when both ends are followed here.
+    fn read_by_peer(
+        &mut self,
+        key: ConnKey,
+        conn: &Conn,
+        request: &RequestHead,
+    ) -> Option<Arc<RequestHead>> {
+        if conn.role != Role::Client {
+            return None;
+        }
+        let (local, peer, stream) = (conn.local?, conn.peer?, request.stream_id?);
+        // Taken even when not needed: the server's copy has served its purpose.
+        let read = self
+            .peer_heads
+            .take_for_client(local, peer, stream, key.conn_ts_ns);
+        read.filter(|_| request.headers_known != HeadersKnown::Exact)
+    }
+
     /// A request head is complete: an inbound one is in flight for linking, an outbound one
     /// is linked now (while the request it serves is still in flight).
     fn start_request(
@@ -430,6 +474,9 @@ impl Cx<'_> {
         head: Arc<RequestHead>,
         ex: &Extraction,
     ) {
+        if let (Role::Server, Some(local), Some(peer)) = (conn.role, conn.local, conn.peer) {
+            self.peer_heads.server_read(local, peer, &head);
+        }
         match conn.role {
             Role::Server => self.linker.start(
                 key.pid,

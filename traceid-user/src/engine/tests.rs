@@ -645,3 +645,70 @@ fn h2_call_known_from_its_response_alone_has_no_duration() {
     assert_eq!(recs[1].headers_known, HeadersKnown::Unknown);
     assert!(recs[1].findings.is_empty(), "{:?}", recs[1].findings);
 }
+
+const BACK: C = C {
+    pid: 300,
+    fd: 6,
+    ts: 4,
+    comm: "back",
+    role: ROLE_SERVER,
+};
+
+/// middle writes an HTTP/2 request on a connection to back (both followed here) of which the
+/// kernel hands over only `captured` bytes; back reads it whole, answers, middle reads that.
+fn h2_call_both_ends(back_port: u16, captured: impl Fn(usize) -> usize) -> Vec<RequestRecord> {
+    let mut s = Stream::default();
+    s.open(MID_OUT, [127, 0, 0, 1], 40000, [127, 0, 0, 1], 50051);
+    s.open(BACK, [127, 0, 0, 1], back_port, [127, 0, 0, 1], 40000);
+    let mut c2s = protocol::H2_PREFACE.to_vec();
+    c2s.extend(h2_frame(4, 0, 0, &[]));
+    c2s.extend(h2_headers(
+        1,
+        true,
+        &[
+            (":method", "POST"),
+            (":path", "/shop.Cart/Pay"),
+            ("traceparent", TP2),
+        ],
+    ));
+    s.data_captured(MID_OUT, 201, true, &c2s, captured(c2s.len()));
+    s.data(BACK, 301, false, &c2s);
+    let s2c = h2_headers(1, true, &[(":status", "200")]);
+    s.data(BACK, 301, true, &s2c);
+    s.data(MID_OUT, 201, false, &s2c);
+    s.close(MID_OUT);
+    s.close(BACK);
+    s.run()
+}
+
+#[test]
+fn h2_writer_short_of_its_own_bytes_takes_the_head_its_server_read() {
+    // The writer's capture stops 20 bytes into its HEADERS: alone it knows nothing of it.
+    let recs = h2_call_both_ends(50051, |len| len - 20);
+    let out = recs.iter().find(|r| r.comm == "middle").unwrap();
+    assert_eq!(
+        (
+            out.headers_known,
+            out.method.as_str(),
+            out.path.as_str(),
+            out.trace_id.as_deref()
+        ),
+        (
+            HeadersKnown::Exact,
+            "POST",
+            "/shop.Cart/Pay",
+            Some("0af7651916cd43dd8448eb211c80319c")
+        )
+    );
+    assert!(out.duration_ms.is_some());
+    let back = recs.iter().find(|r| r.comm == "back").unwrap();
+    assert_eq!(back.trace_id, out.trace_id);
+    // A server on another port read another connection: the writer keeps its own unknown.
+    let recs = h2_call_both_ends(50052, |len| len - 20);
+    let out = recs.iter().find(|r| r.comm == "middle").unwrap();
+    assert_eq!(
+        (out.headers_known, out.trace_id.as_deref()),
+        (HeadersKnown::Unknown, None)
+    );
+    assert!(out.findings.is_empty(), "{:?}", out.findings);
+}
