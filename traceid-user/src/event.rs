@@ -161,8 +161,36 @@ pub fn pod_bytes<T: Pod>(v: &T) -> Vec<u8> {
 
 /// The process name in a header.
 pub fn comm(h: &EventHeader) -> String {
-    let end = h.comm.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
-    String::from_utf8_lossy(&h.comm[..end]).into_owned()
+    comm_str(&h.comm).into_owned()
+}
+
+fn comm_str(raw: &[u8; COMM_LEN]) -> std::borrow::Cow<'_, str> {
+    let end = raw.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
+    String::from_utf8_lossy(&raw[..end])
+}
+
+/// Process names shared: every connection and request record of a process holds the same
+/// one instead of a copy (a host runs few distinct names, and connections by the 100,000).
+#[derive(Debug, Default)]
+pub struct Comms {
+    names: crate::mem::FastMap<[u8; COMM_LEN], std::sync::Arc<str>>,
+}
+
+impl Comms {
+    /// Distinct names kept; beyond it the table starts over (names still in use live on).
+    const MAX: usize = 4096;
+
+    pub fn intern(&mut self, raw: &[u8; COMM_LEN]) -> std::sync::Arc<str> {
+        if let Some(name) = self.names.get(raw) {
+            return std::sync::Arc::clone(name);
+        }
+        if self.names.len() >= Self::MAX {
+            self.names = crate::mem::FastMap::default();
+        }
+        let name: std::sync::Arc<str> = comm_str(raw).into();
+        self.names.insert(*raw, std::sync::Arc::clone(&name));
+        name
+    }
 }
 
 /// Local and remote endpoints of a connection event; None when the kernel could not read them.

@@ -93,3 +93,62 @@ mod tests {
         assert_eq!(m.capacity(), cap);
     }
 }
+
+/// An IP endpoint in 18 bytes, where a `SocketAddr` takes 32: per-connection tables hold
+/// several per connection, for hundreds of thousands of connections. IPv4 is kept as
+/// IPv4-mapped IPv6 and comes back as IPv4, as [`crate::event::endpoints`] reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    ip: [u8; 16],
+    port: u16,
+}
+
+impl From<std::net::SocketAddr> for Endpoint {
+    fn from(a: std::net::SocketAddr) -> Endpoint {
+        let ip = match a.ip() {
+            std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+            std::net::IpAddr::V6(v6) => v6.octets(),
+        };
+        Endpoint { ip, port: a.port() }
+    }
+}
+
+impl Endpoint {
+    pub fn addr(self) -> std::net::SocketAddr {
+        let v6 = std::net::Ipv6Addr::from(self.ip);
+        let ip = match v6.to_ipv4_mapped() {
+            Some(v4) => std::net::IpAddr::V4(v4),
+            None => std::net::IpAddr::V6(v6),
+        };
+        std::net::SocketAddr::new(ip, self.port)
+    }
+
+    pub fn port(self) -> u16 {
+        self.port
+    }
+}
+
+#[cfg(test)]
+mod endpoint_tests {
+    use super::Endpoint;
+    use std::net::SocketAddr;
+
+    #[test]
+    fn endpoints_come_back_as_they_went_in_and_stay_small() {
+        for s in [
+            "127.0.0.1:8080",
+            "10.1.2.3:0",
+            "[::1]:443",
+            "[fe80::1:2]:65535",
+        ] {
+            let a: SocketAddr = s.parse().unwrap();
+            let e = Endpoint::from(a);
+            assert_eq!(e.addr(), a);
+            assert_eq!(e.port(), a.port());
+        }
+        let v4: SocketAddr = "192.0.2.7:9".parse().unwrap();
+        let v6: SocketAddr = "[2001:db8::7]:9".parse().unwrap();
+        assert_ne!(Endpoint::from(v4), Endpoint::from(v6));
+        assert_eq!(std::mem::size_of::<Option<(Endpoint, Endpoint)>>(), 38);
+    }
+}

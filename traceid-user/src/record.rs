@@ -198,7 +198,8 @@ pub struct RequestRecord {
     pub direction: Direction,
     pub pid: u32,
     pub tid: u32,
-    pub comm: String,
+    /// Shared by the records of one process name.
+    pub comm: std::sync::Arc<str>,
     pub local: Option<String>,
     pub peer: Option<String>,
     pub tls: bool,

@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::event::{self, Event, Role};
-use crate::mem;
+use crate::mem::{self, Endpoint};
 use crate::protocol::{
     self, Chunk, Flow, HeadersKnown, Limits, Message, Parser, Protocol, ProtocolParser,
     RequestHead, ResponseHead,
@@ -94,9 +94,9 @@ const TLS: usize = 1;
 
 struct Conn {
     role: Role,
-    local: Option<SocketAddr>,
-    peer: Option<SocketAddr>,
-    comm: String,
+    local: Option<Endpoint>,
+    peer: Option<Endpoint>,
+    comm: Arc<str>,
     /// The syscalls' bytes and, for a TLS connection, the plaintext of the OpenSSL probes:
     /// parsed apart, each with its own protocol.
     streams: [StreamState; 2],
@@ -128,6 +128,7 @@ pub struct Engine {
     conns: mem::FastMap<ConnKey, Conn>,
     linker: Linker,
     peer_heads: PeerHeads,
+    comms: event::Comms,
     pub stats: EngineStats,
     /// Reused buffer of parser messages.
     messages: Vec<Message>,
@@ -140,6 +141,7 @@ impl Engine {
             conns: mem::FastMap::default(),
             linker: Linker::default(),
             peer_heads: PeerHeads::default(),
+            comms: event::Comms::default(),
             stats: EngineStats::default(),
             messages: Vec::new(),
         }
@@ -163,7 +165,7 @@ impl Engine {
                     Some((l, p)) => (Some(l), Some(p)),
                     None => (None, None),
                 };
-                let comm = event::comm(&h);
+                let comm = self.comms.intern(&h.comm);
                 self.insert_conn(key, Role::from_raw(c.role), local, peer, comm, h.ts_ns, out);
             }
             Event::ConnClose(_) => {
@@ -177,7 +179,7 @@ impl Engine {
             Event::Data(d, payload) => {
                 if !self.conns.contains_key(&key) {
                     // Its open was lost or happened before a replay started: follow it anyway.
-                    let comm = event::comm(&h);
+                    let comm = self.comms.intern(&h.comm);
                     self.insert_conn(key, Role::from_raw(d.role), None, None, comm, h.ts_ns, out);
                 }
                 let Engine {
@@ -187,6 +189,7 @@ impl Engine {
                     peer_heads,
                     stats,
                     messages,
+                    ..
                 } = self;
                 let Some(conn) = conns.get_mut(&key) else {
                     return;
@@ -318,7 +321,7 @@ impl Engine {
         role: Role,
         local: Option<SocketAddr>,
         peer: Option<SocketAddr>,
-        comm: String,
+        comm: Arc<str>,
         ts_ns: u64,
         out: &mut Vec<Record>,
     ) {
@@ -337,8 +340,8 @@ impl Engine {
             key,
             Conn {
                 role,
-                local,
-                peer,
+                local: local.map(Endpoint::from),
+                peer: peer.map(Endpoint::from),
                 comm,
                 streams: [stream(), stream()],
                 last_ns: ts_ns,
@@ -611,9 +614,9 @@ impl Cx<'_> {
             direction,
             pid: key.pid,
             tid: req.tid,
-            comm: conn.comm.clone(),
-            local: conn.local.map(endpoint_string),
-            peer: conn.peer.map(endpoint_string),
+            comm: Arc::clone(&conn.comm),
+            local: conn.local.map(|e| endpoint_string(e.addr())),
+            peer: conn.peer.map(|e| endpoint_string(e.addr())),
             tls,
             protocol: req.protocol,
             stream_id: req.stream_id,

@@ -10,10 +10,9 @@
 //! first).
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::mem;
+use crate::mem::{self, Endpoint};
 use crate::protocol::{HeadersKnown, Protocol, RequestHead};
 
 /// Heads kept at once; the oldest go first. A client's call ends within the time this many
@@ -21,7 +20,7 @@ use crate::protocol::{HeadersKnown, Protocol, RequestHead};
 pub const MAX_KEPT: usize = 1024;
 
 /// A stream of one connection, as its server sees it: (local, peer, stream id).
-type StreamKey = (SocketAddr, SocketAddr, u32);
+type StreamKey = (Endpoint, Endpoint, u32);
 
 #[derive(Debug, Default)]
 pub struct PeerHeads {
@@ -32,7 +31,7 @@ pub struct PeerHeads {
 
 impl PeerHeads {
     /// The server `(local, peer)` read request `head` (kept when exact and on a stream).
-    pub fn server_read(&mut self, local: SocketAddr, peer: SocketAddr, head: &Arc<RequestHead>) {
+    pub fn server_read(&mut self, local: Endpoint, peer: Endpoint, head: &Arc<RequestHead>) {
         let Some(stream) = head.stream_id else {
             return;
         };
@@ -54,8 +53,8 @@ impl PeerHeads {
     /// A head read before that time belongs to an earlier connection with the same endpoints.
     pub fn take_for_client(
         &mut self,
-        local: SocketAddr,
-        peer: SocketAddr,
+        local: Endpoint,
+        peer: Endpoint,
         stream: u32,
         conn_ts_ns: u64,
     ) -> Option<Arc<RequestHead>> {
@@ -104,8 +103,8 @@ pub fn completed(written: &RequestHead, read: &RequestHead) -> RequestHead {
 mod tests {
     use super::*;
 
-    fn addr(port: u16) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], port))
+    fn addr(port: u16) -> Endpoint {
+        std::net::SocketAddr::from(([127, 0, 0, 1], port)).into()
     }
 
     fn head(stream: u32, known: HeadersKnown, ts_ns: u64) -> Arc<RequestHead> {

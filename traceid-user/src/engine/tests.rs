@@ -86,7 +86,7 @@ fn inbound_request_carries_trace_endpoints_status_and_strips_query() {
         .find(|r| r.direction == Direction::Inbound && r.path != "/earlier")
         .unwrap();
     assert_eq!(inb.pid, 200);
-    assert_eq!(inb.comm, "middle");
+    assert_eq!(&*inb.comm, "middle");
     assert_eq!(inb.method, "GET");
     assert_eq!(inb.path, "/pay");
     assert_eq!(inb.status, Some(200));
@@ -685,7 +685,7 @@ fn h2_call_both_ends(back_port: u16, captured: impl Fn(usize) -> usize) -> Vec<R
 fn h2_writer_short_of_its_own_bytes_takes_the_head_its_server_read() {
     // The writer's capture stops 20 bytes into its HEADERS: alone it knows nothing of it.
     let recs = h2_call_both_ends(50051, |len| len - 20);
-    let out = recs.iter().find(|r| r.comm == "middle").unwrap();
+    let out = recs.iter().find(|r| &*r.comm == "middle").unwrap();
     assert_eq!(
         (
             out.headers_known,
@@ -701,11 +701,11 @@ fn h2_writer_short_of_its_own_bytes_takes_the_head_its_server_read() {
         )
     );
     assert!(out.duration_ms.is_some());
-    let back = recs.iter().find(|r| r.comm == "back").unwrap();
+    let back = recs.iter().find(|r| &*r.comm == "back").unwrap();
     assert_eq!(back.trace_id, out.trace_id);
     // A server on another port read another connection: the writer keeps its own unknown.
     let recs = h2_call_both_ends(50052, |len| len - 20);
-    let out = recs.iter().find(|r| r.comm == "middle").unwrap();
+    let out = recs.iter().find(|r| &*r.comm == "middle").unwrap();
     assert_eq!(
         (out.headers_known, out.trace_id.as_deref()),
         (HeadersKnown::Unknown, None)

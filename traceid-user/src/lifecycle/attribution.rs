@@ -64,14 +64,15 @@ impl Lifecycle {
         for s in &census.sockets {
             let TimeWaitSocket { local, remote } = *s;
             let (local, remote) = (normalize(local), normalize(remote));
+            let t = super::track::tuple(local, remote);
             let owner: Option<PeerKey> = self
                 .recent
                 .by_tuple
-                .get(&(local, remote))
+                .get(&t)
                 .and_then(|&i| self.recent.get(i))
                 .map(|c| c.peer)
                 .or_else(|| {
-                    let k = self.open_by_tuple.get(&(local, remote))?;
+                    let k = self.open_by_tuple.get(&t)?;
                     self.open.get(k).map(|c| c.peer)
                 });
             let service = stable_side(local, remote, owner.map(|p| p.role), &known, &sys);

@@ -20,7 +20,6 @@ mod report;
 mod track;
 
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
 
 use crate::event::{self, Event, Role};
 use crate::mem;
@@ -34,7 +33,7 @@ pub use config::{
 };
 pub use live::LiveCensus;
 pub use report::{PeerReport, RemoteTimeWait, TimeWaitReport};
-use track::{Closed, OpenConn, PeerStats, Recent};
+use track::{tuple, Closed, OpenConn, PeerStats, Recent, Tuple};
 pub use track::{Closer, PeerKey, RateLimiter};
 
 /// Most remotes kept from one census to the next (for growth).
@@ -49,7 +48,7 @@ pub struct Lifecycle {
     open_by_sock: mem::FastMap<u64, ConnKey>,
     /// Open connections by (local, remote): a process that exits without close() still owns
     /// the TIME_WAIT its exit leaves.
-    open_by_tuple: HashMap<(SocketAddr, SocketAddr), ConnKey>,
+    open_by_tuple: mem::FastMap<Tuple, ConnKey>,
     recent: Recent,
     peers: HashMap<PeerKey, PeerStats>,
     last: Option<LastCensus>,
@@ -69,7 +68,7 @@ impl Lifecycle {
             cfg,
             open: mem::FastMap::default(),
             open_by_sock: mem::FastMap::default(),
-            open_by_tuple: HashMap::new(),
+            open_by_tuple: mem::FastMap::default(),
             recent: Recent::default(),
             peers: HashMap::new(),
             last: None,
@@ -122,8 +121,7 @@ impl Lifecycle {
                     key,
                     OpenConn {
                         peer,
-                        local,
-                        remote,
+                        tuple: local.zip(remote).map(|(l, r)| tuple(l, r)),
                         sock: c.sock,
                         opened_ns: h.conn_ts_ns.min(h.ts_ns),
                         closer: None,
@@ -136,7 +134,7 @@ impl Lifecycle {
                     self.open_by_sock.insert(c.sock, key);
                 }
                 if let (Some(l), Some(r)) = (local, remote) {
-                    self.open_by_tuple.insert((l, r), key);
+                    self.open_by_tuple.insert(tuple(l, r), key);
                 }
             }
             Event::ConnClose(_) => {
@@ -157,13 +155,12 @@ impl Lifecycle {
                     p.lifetime_sum_ns = p.lifetime_sum_ns.saturating_add(life);
                     p.lifetime_max_ns = p.lifetime_max_ns.max(life);
                 }
-                let tuple = conn.local.zip(conn.remote);
                 self.recent.push(
                     Closed {
                         closed_ns: h.ts_ns,
                         key,
                         peer: conn.peer,
-                        tuple,
+                        tuple: conn.tuple,
                         sock: conn.sock,
                         closer: conn.closer,
                     },
@@ -264,7 +261,7 @@ impl Lifecycle {
         if self.open_by_sock.get(&c.sock) == Some(&key) {
             self.open_by_sock.remove(&c.sock);
         }
-        if let Some(t) = c.local.zip(c.remote) {
+        if let Some(t) = c.tuple {
             if self.open_by_tuple.get(&t) == Some(&key) {
                 self.open_by_tuple.remove(&t);
             }

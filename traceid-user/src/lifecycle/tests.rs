@@ -2,7 +2,7 @@
 
 use super::*;
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use traceid_common::{
     kind, tcp_state, ConnEvent, EventHeader, StateEvent, ROLE_CLIENT, ROLE_SERVER,

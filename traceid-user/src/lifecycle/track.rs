@@ -8,7 +8,7 @@ use traceid_common::tcp_state;
 
 use super::config::NS;
 use crate::event::Role;
-use crate::mem;
+use crate::mem::{self, Endpoint};
 use crate::record::ConnKey;
 
 /// IPv4-mapped IPv6 addresses as IPv4, as the engine reports them.
@@ -116,8 +116,8 @@ impl PeerStats {
 #[derive(Debug, Clone)]
 pub(crate) struct OpenConn {
     pub(crate) peer: PeerKey,
-    pub(crate) local: Option<SocketAddr>,
-    pub(crate) remote: Option<SocketAddr>,
+    /// (local, remote), when known.
+    pub(crate) tuple: Option<Tuple>,
     pub(crate) sock: u64,
     pub(crate) opened_ns: u64,
     pub(crate) closer: Option<Closer>,
@@ -130,9 +130,18 @@ pub(crate) struct Closed {
     pub(crate) closed_ns: u64,
     pub(crate) key: ConnKey,
     pub(crate) peer: PeerKey,
-    pub(crate) tuple: Option<(SocketAddr, SocketAddr)>,
+    pub(crate) tuple: Option<Tuple>,
     pub(crate) sock: u64,
     pub(crate) closer: Option<Closer>,
+}
+
+/// A connection's (local, remote) endpoints, compact: the tables of open and recently closed
+/// connections are keyed by them.
+pub(crate) type Tuple = (Endpoint, Endpoint);
+
+/// The [`Tuple`] of two endpoints.
+pub(crate) fn tuple(local: SocketAddr, remote: SocketAddr) -> Tuple {
+    (local.into(), remote.into())
 }
 
 /// Recently closed connections: by 4-tuple (TIME_WAIT attribution), by socket (state changes
@@ -140,9 +149,9 @@ pub(crate) struct Closed {
 #[derive(Debug, Default)]
 pub(crate) struct Recent {
     pub(crate) order: VecDeque<Closed>,
-    pub(crate) by_tuple: HashMap<(SocketAddr, SocketAddr), usize>,
-    pub(crate) by_sock: HashMap<u64, usize>,
-    pub(crate) by_key: HashMap<ConnKey, usize>,
+    pub(crate) by_tuple: mem::FastMap<Tuple, usize>,
+    pub(crate) by_sock: mem::FastMap<u64, usize>,
+    pub(crate) by_key: mem::FastMap<ConnKey, usize>,
     /// Index in `order` of its first element ever pushed (indexes are absolute).
     pub(crate) base: usize,
 }

@@ -30,7 +30,7 @@ fn request() -> RequestRecord {
 
 fn req(comm: &str, direction: Direction, trace: Option<&str>, ms: f64) -> Record {
     let mut r = request();
-    r.comm = comm.to_string();
+    r.comm = comm.into();
     r.direction = direction;
     r.trace_id = trace.map(str::to_string);
     r.trace_format = trace.map(|_| TraceFormat::W3c);

@@ -36,7 +36,7 @@ impl Example {
             method: r.method.clone(),
             path: r.path.clone(),
             pid: r.pid,
-            comm: r.comm.clone(),
+            comm: r.comm.to_string(),
             local: r.local.clone(),
             peer: r.peer.clone(),
             trace_id: r.trace_id.clone(),
@@ -285,7 +285,7 @@ impl Aggregator {
         match r.direction {
             Direction::Inbound => {
                 self.inbound += 1;
-                let who = owner(r).unwrap_or_else(|| r.comm.clone());
+                let who = owner(r).unwrap_or_else(|| r.comm.to_string());
                 let key = bounded_key(
                     &self.services,
                     (who, r.local_port),
@@ -303,7 +303,7 @@ impl Aggregator {
                     });
                 g.add(r);
                 let served = Served {
-                    comm: r.comm.clone(),
+                    comm: r.comm.to_string(),
                     service: owner(r).unwrap_or_else(|| g.name()),
                 };
                 if self.server_pids.len() < MAX_KEYS * 4 {
@@ -325,7 +325,7 @@ impl Aggregator {
             Direction::Outbound => {
                 self.outbound += 1;
                 let owner = owner(r);
-                let who = owner.clone().unwrap_or_else(|| r.comm.clone());
+                let who = owner.clone().unwrap_or_else(|| r.comm.to_string());
                 let key = bounded_key(&self.clients, who, "other".to_string());
                 let g = self
                     .clients
@@ -345,16 +345,16 @@ impl Aggregator {
                     Some(o) => Caller::Owner(o),
                     None if r.inbound.is_some() || r.has(Finding::Unlinked) => Caller::Server {
                         pid: r.pid,
-                        comm: r.comm.clone(),
+                        comm: r.comm.to_string(),
                     },
-                    None => Caller::Client(r.comm.clone()),
+                    None => Caller::Client(r.comm.to_string()),
                 };
                 let addr = r.peer.clone().unwrap_or_else(|| "?".to_string());
                 let key = bounded_key(&self.hops, (caller, addr), (Caller::Other, "other".into()));
                 let hop = self.hops.entry(key.clone()).or_insert_with(|| Hop {
                     client: match key.0 {
                         Caller::Other => "other".to_string(),
-                        _ => r.comm.clone(),
+                        _ => r.comm.to_string(),
                     },
                     server_addr: key.1.clone(),
                     ..Hop::default()
