@@ -48,8 +48,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Preflight: kernel, BTF, capabilities, tracefs, TLS libraries. Exit 1 when the agent
-    /// cannot run here.
+    /// Preflight: kernel, BTF, capabilities, tracefs, TLS libraries, the running Go programs
+    /// and what the Go probes locate in them. Exit 1 when the agent cannot run here.
     Check,
     /// Observe for a while, then print the diagnosis: per service the requests seen and the
     /// share with trace context, every finding with an example, the broken hops.
