@@ -132,7 +132,7 @@ pub struct GoBinary {
     segments: Vec<Segment>,
     /// Where the function table is in the file, when found.
     pclntab_at: Option<(u64, u64)>,
-    /// The `.text` section's address (base of Go 1.18+ entry offsets).
+    /// Base of Go 1.18+ entry offsets, when the table does not record it.
     text_start: Option<u64>,
 }
 
@@ -249,7 +249,13 @@ impl Parts {
             })
             .collect();
         let build = read_build_info(data, &file, &segments)?;
-        let text_start = file.section_by_name(".text").map(|s| s.address());
+        // Only where the function table's own record of it is 0: `runtime.text`, else the
+        // `.text` section (which can start before it: see `Pclntab::parse`).
+        let text_start = file
+            .symbols()
+            .find(|s| s.name() == Ok("runtime.text"))
+            .map(|s| s.address())
+            .or_else(|| file.section_by_name(".text").map(|s| s.address()));
         let pclntab_at = locate_pclntab(&file, &segments);
         Ok(Parts {
             build,

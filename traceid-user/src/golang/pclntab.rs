@@ -92,9 +92,13 @@ pub struct Pclntab {
 }
 
 impl Pclntab {
-    /// Parses the header of `data`, the whole `.gopclntab`. `text_start` is where the text
-    /// starts (the `.text` section's address, as Go's `debug/gosym` takes it: the header's
-    /// own field can be unrelocated); None takes the header's.
+    /// Parses the header of `data`, the whole `.gopclntab`. Go 1.18+ entries are offsets
+    /// from `runtime.text`, which the header records; `text_start` stands in where the
+    /// header's is 0 (a position-independent binary whose linker left it to a dynamic
+    /// relocation). Not the `.text` section's address by default, as Go's `debug/gosym`
+    /// takes it: with external linking, C code comes first and `.text` starts before
+    /// `runtime.text` (0x100 bytes before it in a cgo build here), which would shift every
+    /// function.
     pub fn parse(data: Vec<u8>, text_start: Option<u64>) -> Result<Pclntab, PclntabError> {
         let header = data.get(..8).ok_or(PclntabError::Truncated)?;
         let (quantum, ptr_size) = (header[6], header[7]);
@@ -166,7 +170,10 @@ impl Pclntab {
         table.nfunc = usize::try_from(nfunc).map_err(|_| PclntabError::Truncated)?;
         table.funcnametab = names;
         table.funcdata = funcdata;
-        table.text_start = text_start.unwrap_or(header_text_start);
+        table.text_start = match (header_text_start, text_start) {
+            (0, Some(fallback)) => fallback,
+            (recorded, _) => recorded,
+        };
         Ok(table)
     }
 

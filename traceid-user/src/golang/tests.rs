@@ -36,10 +36,12 @@ func main() {
 }
 "#;
 
-/// The server built normally and stripped (`-ldflags=-s -w`), once per test run; None
-/// after saying why when `go` is missing (a failure under CI=true).
-fn built() -> Option<&'static (PathBuf, PathBuf)> {
-    static BUILT: OnceLock<Option<(PathBuf, PathBuf)>> = OnceLock::new();
+/// The server built as (unstripped, stripped with `-ldflags=-s -w`) pairs, by Go's own
+/// linker and by the external one (cgo's, where `.text` starts with C code before
+/// `runtime.text`), once per test run; None after saying why when `go` is missing (a
+/// failure under CI=true).
+fn built() -> Option<&'static [(PathBuf, PathBuf); 2]> {
+    static BUILT: OnceLock<Option<[(PathBuf, PathBuf); 2]>> = OnceLock::new();
     BUILT
         .get_or_init(|| {
             if Command::new("go").arg("version").output().is_err() {
@@ -72,10 +74,19 @@ fn built() -> Option<&'static (PathBuf, PathBuf)> {
                 assert!(status.success(), "go build {flags:?} failed");
                 dir.join(out)
             };
-            Some((
-                build("server", &[]),
-                build("server-stripped", &["-ldflags=-s -w"]),
-            ))
+            Some([
+                (
+                    build("server", &[]),
+                    build("server-stripped", &["-ldflags=-s -w"]),
+                ),
+                (
+                    build("server-external", &["-ldflags=-linkmode=external"]),
+                    build(
+                        "server-external-stripped",
+                        &["-ldflags=-linkmode=external -s -w"],
+                    ),
+                ),
+            ])
         })
         .as_ref()
 }
@@ -102,10 +113,13 @@ fn go_version() -> String {
 
 #[test]
 fn version_is_read_from_normal_and_stripped_binaries() {
-    let Some((normal, stripped)) = built() else {
+    let Some(built) = built() else {
         return;
     };
-    for path in [normal, stripped] {
+    for path in built
+        .iter()
+        .flat_map(|(normal, stripped)| [normal, stripped])
+    {
         let binary = GoBinary::open(path).unwrap();
         assert_eq!(
             binary.build_info().go_version,
@@ -136,7 +150,7 @@ fn nm_text(binary: &Path) -> Vec<(u64, u64, String)> {
             let mut f = l.split_whitespace();
             let address = u64::from_str_radix(f.next()?, 16).ok()?;
             let size = f.next()?.parse().ok()?;
-            (f.next()? == "T").then_some(())?;
+            f.next()?.eq_ignore_ascii_case("t").then_some(())?;
             Some((address, size, f.collect::<Vec<_>>().join(" ")))
         })
         .collect()
@@ -144,9 +158,15 @@ fn nm_text(binary: &Path) -> Vec<(u64, u64, String)> {
 
 #[test]
 fn functions_are_where_go_tool_nm_says_in_both_binaries() {
-    let Some((normal, stripped)) = built() else {
+    let Some(built) = built() else {
         return;
     };
+    for (normal, stripped) in built {
+        functions_are_where_go_tool_nm_says(normal, stripped);
+    }
+}
+
+fn functions_are_where_go_tool_nm_says(normal: &Path, stripped: &Path) {
     let symbols = nm_text(normal);
     let normal_table = GoBinary::open(normal).unwrap().pclntab().unwrap();
     let stripped_table = GoBinary::open(stripped).unwrap().pclntab().unwrap();
@@ -183,14 +203,7 @@ fn functions_are_where_go_tool_nm_says_in_both_binaries() {
 
 /// The RET instructions `go tool objdump -s ^FUNC$` prints: (address, bytes as hex).
 fn objdump_rets(binary: &Path, function: &str) -> Vec<(u64, String)> {
-    let pattern = format!(
-        "^{}$",
-        function
-            .replace('(', "\\(")
-            .replace(')', "\\)")
-            .replace('*', "\\*")
-            .replace('.', "\\.")
-    );
+    let pattern = format!("^{}$", regex_quote(function));
     go_tool(&["objdump", "-s", &pattern], binary)
         .lines()
         .filter_map(|l| {
@@ -209,9 +222,15 @@ fn objdump_rets(binary: &Path, function: &str) -> Vec<(u64, String)> {
 
 #[test]
 fn ret_sites_are_the_rets_go_tool_objdump_prints() {
-    let Some((normal, stripped)) = built() else {
+    let Some(built) = built() else {
         return;
     };
+    for (normal, stripped) in built {
+        ret_sites_are_the_rets_go_tool_objdump_prints_in(normal, stripped);
+    }
+}
+
+fn ret_sites_are_the_rets_go_tool_objdump_prints_in(normal: &Path, stripped: &Path) {
     let normal_binary = GoBinary::open(normal).unwrap();
     let plan = probes::plan(&normal_binary).unwrap();
     let stripped_plan = probes::plan(&GoBinary::open(stripped).unwrap()).unwrap();
@@ -287,7 +306,9 @@ fn regex_quote(name: &str) -> String {
 
 #[test]
 fn a_running_go_server_is_discovered_once_with_its_paths() {
-    let Some((_, stripped)) = built() else { return };
+    let Some([(_, stripped), _]) = built() else {
+        return;
+    };
     let mut server = Command::new(stripped)
         .arg("0")
         .stdout(Stdio::null())
@@ -329,7 +350,9 @@ fn a_running_go_server_is_discovered_once_with_its_paths() {
 
 #[test]
 fn a_corrupted_real_binary_gives_errors_not_panics() {
-    let Some((_, stripped)) = built() else { return };
+    let Some([(_, stripped), _]) = built() else {
+        return;
+    };
     let original = std::fs::read(stripped).unwrap();
     let mut rng = Rng::new(15);
     for round in 0..60 {
@@ -447,12 +470,14 @@ fn each_pclntab_layout_locates_functions() {
             Err(PclntabError::NoSuchFunction { .. })
         ));
     }
-    // Go 1.18+ entries are offsets from the text start the caller gives, else the header's.
-    let moved =
-        Pclntab::parse(synthetic_pclntab(Layout::Go118, SYNTHETIC), Some(0x50_0000)).unwrap();
-    assert_eq!(moved.find("main.main").unwrap().unwrap().entry, 0x50_0400);
-    let own = Pclntab::parse(synthetic_pclntab(Layout::Go118, SYNTHETIC), None).unwrap();
+    // Go 1.18+ entries are offsets from the header's text start; the caller's stands in
+    // only for a 0 there.
+    let own = Pclntab::parse(synthetic_pclntab(Layout::Go118, SYNTHETIC), Some(0x50_0000)).unwrap();
     assert_eq!(own.find("main.main").unwrap().unwrap().entry, 0x40_1400);
+    let mut unrelocated = synthetic_pclntab(Layout::Go118, SYNTHETIC);
+    unrelocated[24..32].fill(0);
+    let moved = Pclntab::parse(unrelocated, Some(0x50_0000)).unwrap();
+    assert_eq!(moved.find("main.main").unwrap().unwrap().entry, 0x50_0400);
 }
 
 #[test]
