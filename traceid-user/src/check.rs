@@ -183,6 +183,9 @@ pub fn run_checks() -> Vec<CheckLine> {
             )
         },
     });
+    lines.extend(go_lines(&crate::golang::discover(std::path::Path::new(
+        "/proc",
+    ))));
     lines.push(CheckLine {
         name: "kprobes".into(),
         ok: true,
@@ -190,6 +193,116 @@ pub fn run_checks() -> Vec<CheckLine> {
         detail: "not used: tracepoints only".into(),
     });
     lines
+}
+
+/// Go programs listed one per line at most; more are counted.
+const MAX_GO_LINES: usize = 32;
+
+/// The Go lines: a summary, then each running Go program with what the Go probes find in
+/// it, or why it cannot be instrumented; processes that could not be looked at, counted.
+fn go_lines(found: &crate::golang::Discovery) -> Vec<CheckLine> {
+    let plans: Vec<_> = found
+        .go
+        .iter()
+        .map(|g| crate::golang::plan(&g.binary))
+        .collect();
+    let instrumentable = plans.iter().filter(|p| p.is_ok()).count();
+    let mut lines = vec![CheckLine {
+        name: "go programs".into(),
+        ok: true,
+        required: false,
+        detail: if found.go.is_empty() {
+            "no Go program running right now".into()
+        } else {
+            format!(
+                "{} running, {instrumentable} of them instrumentable (amd64, Go 1.17+, probed functions located)",
+                found.go.len()
+            )
+        },
+    }];
+    for (running, plan) in found.go.iter().zip(&plans).take(MAX_GO_LINES) {
+        let build = running.binary.build_info();
+        let module = build
+            .module_path
+            .as_deref()
+            .map_or(String::new(), |m| format!(", {m}"));
+        let what = format!(
+            "{} (pid {}, {}{module})",
+            running.path, running.pid, build.go_version
+        );
+        lines.push(go_program_line(&what, plan));
+    }
+    if found.go.len() > MAX_GO_LINES {
+        lines.push(CheckLine {
+            name: "go program".into(),
+            ok: true,
+            required: false,
+            detail: format!("and {} more", found.go.len() - MAX_GO_LINES),
+        });
+    }
+    if !found.errors.is_empty() || found.skipped > 0 {
+        let mut left_out = Vec::new();
+        if let Some(first) = found.errors.first() {
+            let n = found.errors.len();
+            left_out.push(format!(
+                "{n} process{} could not be looked at (e.g. {first})",
+                if n == 1 { "" } else { "es" }
+            ));
+        }
+        if found.skipped > 0 {
+            left_out.push(format!(
+                "{} executables left out past the limit",
+                found.skipped
+            ));
+        }
+        lines.push(CheckLine {
+            name: "go programs".into(),
+            ok: false,
+            required: false,
+            detail: left_out.join("; "),
+        });
+    }
+    lines
+}
+
+/// One Go program: its probed functions (with their RET sites where returns are probed),
+/// those not located and why; or why it cannot be instrumented.
+fn go_program_line(
+    what: &str,
+    plan: &Result<crate::golang::Plan, crate::golang::CannotInstrument>,
+) -> CheckLine {
+    use crate::golang::Probe;
+    let (ok, detail) = match plan {
+        Err(why) => (false, format!("{what}: cannot instrument: {why}")),
+        Ok(plan) => {
+            let mut located = Vec::new();
+            let mut missing = Vec::new();
+            for (name, sites) in &plan.functions {
+                match sites {
+                    Ok(s) if s.probe == Probe::Entry => located.push(format!("{name} (entry)")),
+                    Ok(s) => {
+                        let n = s.ret_offsets.len();
+                        located.push(format!(
+                            "{name} ({n} RET site{})",
+                            if n == 1 { "" } else { "s" }
+                        ));
+                    }
+                    Err(e) => missing.push(format!("{name} ({e})")),
+                }
+            }
+            let mut detail = format!("{what}: located {}", located.join(", "));
+            if !missing.is_empty() {
+                detail.push_str(&format!("; not located: {}", missing.join(", ")));
+            }
+            (true, detail)
+        }
+    };
+    CheckLine {
+        name: "go program".into(),
+        ok,
+        required: false,
+        detail,
+    }
 }
 
 /// Where tracefs is mounted, from a mount table (`/proc/self/mounts`): it can be mounted and
@@ -315,6 +428,61 @@ mod tests {
             "{}",
             off.detail
         );
+    }
+
+    #[test]
+    fn go_programs_say_what_is_located_or_why_not() {
+        use crate::golang::probes::{ProbeSites, SiteError};
+        use crate::golang::{CannotInstrument, Plan, Probe};
+        let sites = |function, probe, rets: usize| ProbeSites {
+            function,
+            probe,
+            entry: 0x40_1000,
+            end: 0x40_1100,
+            entry_offset: 0x1000,
+            ret_offsets: (0..rets as u64).map(|i| 0x1010 + i).collect(),
+        };
+        let plan = Ok(Plan {
+            functions: vec![
+                (
+                    "net/http.serverHandler.ServeHTTP",
+                    Ok(sites(
+                        "net/http.serverHandler.ServeHTTP",
+                        Probe::EntryAndReturns,
+                        2,
+                    )),
+                ),
+                (
+                    "runtime.newproc1",
+                    Ok(sites("runtime.newproc1", Probe::EntryAndReturns, 1)),
+                ),
+                (
+                    "crypto/tls.(*Conn).Write",
+                    Ok(sites("crypto/tls.(*Conn).Write", Probe::Entry, 0)),
+                ),
+                ("net/http.(*Transport).roundTrip", Err(SiteError::Absent)),
+            ],
+        });
+        let line = go_program_line("/srv/app (pid 7, go1.19.8)", &plan);
+        assert!(line.ok && !line.required);
+        assert_eq!(
+            line.detail,
+            "/srv/app (pid 7, go1.19.8): located net/http.serverHandler.ServeHTTP (2 RET sites), \
+             runtime.newproc1 (1 RET site), crypto/tls.(*Conn).Write (entry); \
+             not located: net/http.(*Transport).roundTrip (absent)"
+        );
+        let old = go_program_line(
+            "/srv/old (pid 8, go1.16.2)",
+            &Err(CannotInstrument::TooOld("go1.16.2".into())),
+        );
+        assert!(!old.ok);
+        assert_eq!(
+            old.detail,
+            "/srv/old (pid 8, go1.16.2): cannot instrument: go1.16.2 is older than Go 1.17: no register ABI to read arguments from"
+        );
+        let none = go_lines(&crate::golang::Discovery::default());
+        assert_eq!(none.len(), 1);
+        assert_eq!(none[0].detail, "no Go program running right now");
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub mod capture;
 pub mod check;
 pub mod engine;
 pub mod event;
+pub mod golang;
 pub mod identity;
 pub mod lifecycle;
 pub mod mem;

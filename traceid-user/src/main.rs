@@ -14,9 +14,9 @@ use clap::{Args, Parser, Subcommand};
 // Dependencies of the library, not used here by name; `unused_crate_dependencies` checks
 // each target against the whole package's list.
 use {
-    aya as _, btf_rs as _, bytemuck as _, foldhash as _, httparse as _, libc as _, memchr as _,
-    netlink_packet_core as _, netlink_packet_sock_diag as _, netlink_sys as _, object as _,
-    prometheus_client as _, serde as _, thiserror as _, tracing as _,
+    aya as _, btf_rs as _, bytemuck as _, foldhash as _, httparse as _, iced_x86 as _, libc as _,
+    memchr as _, netlink_packet_core as _, netlink_packet_sock_diag as _, netlink_sys as _,
+    object as _, prometheus_client as _, serde as _, thiserror as _, tracing as _,
 };
 // The benchmarks' dev-dependency, unused by the unit tests.
 #[cfg(test)]
@@ -48,8 +48,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Preflight: kernel, BTF, capabilities, tracefs, TLS libraries. Exit 1 when the agent
-    /// cannot run here.
+    /// Preflight: kernel, BTF, capabilities, tracefs, TLS libraries, the running Go programs
+    /// and what the Go probes locate in them. Exit 1 when the agent cannot run here.
     Check,
     /// Observe for a while, then print the diagnosis: per service the requests seen and the
     /// share with trace context, every finding with an example, the broken hops.
