@@ -45,6 +45,10 @@ pub const INTEGRATION_PACKAGES: &[&str] = &[
     "busybox-static",
 ];
 
+/// Debian packages the unit tests need: the Go inspection tests (traceid-user/src/golang)
+/// build real Go programs to read.
+pub const UNIT_TEST_PACKAGES: &[&str] = &["golang-go"];
+
 /// Python packages the integration tests need beyond Debian's (`python3 -m pip install`).
 pub const PIP_PACKAGES: &[&str] = &[
     // Validates deploy/kubernetes/*.yaml against bundled Kubernetes schemas, offline.

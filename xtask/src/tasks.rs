@@ -241,6 +241,11 @@ fn clippy() -> Result<()> {
 }
 
 fn unit_tests() -> Result<()> {
+    prereq::ensure_debs(
+        prereq::UNIT_TEST_PACKAGES,
+        "Go, to build the programs the Go inspection tests read",
+    )
+    .context("unit tests: prerequisites")?;
     step("cargo test --workspace --exclude traceid-tests");
     run(cargo(&repo_root()).args(["test", "--workspace", "--exclude", "traceid-tests"]))
         .context("unit tests failed")?;
