@@ -264,10 +264,10 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 fn symbol_offsets(path: &Path) -> HashMap<&'static str, u64> {
     use object::{Object, ObjectSegment, ObjectSymbol};
     let mut out = HashMap::new();
-    let Ok(data) = fs::read(path) else {
+    let Ok(data) = elf_reader(path) else {
         return out;
     };
-    let Ok(file) = object::File::parse(&*data) else {
+    let Ok(file) = object::File::parse(&data) else {
         return out;
     };
     for (_, symbol) in PROBES {
@@ -297,13 +297,20 @@ fn is_libssl(path: &str) -> bool {
         .is_some_and(|n| n.starts_with("libssl.so"))
 }
 
+/// An ELF file read on demand: only the headers and symbol tables a lookup touches are read,
+/// never the whole file (executables run to hundreds of MiB with debug info, and a whole-file
+/// read at every exec kept the agent's heap at the size of the largest one).
+fn elf_reader(path: &Path) -> std::io::Result<object::read::ReadCache<fs::File>> {
+    Ok(object::read::ReadCache::new(fs::File::open(path)?))
+}
+
 /// True when the ELF file's dynamic or static symbol table defines `SSL_write`.
 pub fn exports_ssl_write(path: &Path) -> bool {
     use object::{Object, ObjectSymbol};
-    let Ok(data) = fs::read(path) else {
+    let Ok(data) = elf_reader(path) else {
         return false;
     };
-    let Ok(file) = object::File::parse(&*data) else {
+    let Ok(file) = object::File::parse(&data) else {
         return false;
     };
     let found = file
