@@ -43,6 +43,8 @@ pub const INTEGRATION_PACKAGES: &[&str] = &[
     // root holds a static busybox (httpd, wget, sh).
     "runc",
     "busybox-static",
+    // A server that accepts the h2c upgrade (tests/h2c.rs, tests/services/h2c/app.py).
+    "python3-hypercorn",
 ];
 
 /// Debian packages the unit tests need: the Go inspection tests (traceid-user/src/golang)

@@ -4,6 +4,8 @@
                            ends with NOT_FOUND (grpc-status 5); prints `listening` once up.
   echo.py client PORT MODE  one channel (one HTTP/2 connection) to 127.0.0.1:PORT, then:
     calls N       N unary calls to /demo.Echo/T<trace id>, each with its own traceparent
+    channels N    the same N calls, but a new channel (a new connection) per call, closed
+                  after it: the channel-per-call anti-pattern that piles up TIME_WAIT
     concurrent N  the same, all N in flight at once
     big           one call with metadata larger than one HTTP/2 frame, traceparent last
     fail          one call that fails with NOT_FOUND
@@ -17,6 +19,9 @@ from concurrent import futures
 import grpc
 
 OPTIONS = [("grpc.max_metadata_size", 256 * 1024)]
+# A channel of its own per call: grpcio would otherwise hand a new channel the connection of
+# a closed one still in its process-wide subchannel pool.
+PER_CALL = OPTIONS + [("grpc.use_local_subchannel_pool", 1)]
 
 
 def trace_id(i):
@@ -59,6 +64,11 @@ def call(channel, i, body=b"hello", extra=()):
 
 
 def client(port, mode, n):
+    if mode == "channels":
+        for i in range(n):
+            with grpc.insecure_channel("127.0.0.1:%d" % port, options=PER_CALL) as channel:
+                call(channel, i)
+        return
     channel = grpc.insecure_channel("127.0.0.1:%d" % port, options=OPTIONS)
     if mode == "calls":
         for i in range(n):
