@@ -376,6 +376,12 @@ fn connection_opened_before_the_agent_keeps_being_decoded() {
         assert!(r["status"] == 200, "{r:#}");
         assert!(r["grpc_status"].is_null() || r["grpc_status"] == 0, "{r:#}");
     }
+    let recovered = |side: &[&Value]| side.iter().filter(|r| r["trace_id"].is_string()).count();
+    eprintln!(
+        "pre-existing connection: trace ids recovered by the server {} of 20, by the client {} of 20",
+        recovered(&inbound),
+        recovered(&outbound)
+    );
 }
 
 /// Five calls on a connection made before the agent starts, then 20 more while it watches;
