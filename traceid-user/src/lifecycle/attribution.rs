@@ -45,7 +45,8 @@ impl Lifecycle {
         out: &mut Vec<Record>,
     ) {
         self.census_error = None;
-        self.recent.expire(now_ns, self.cfg.recent_ttl_ns);
+        self.recent
+            .expire(now_ns, self.cfg.recent_ttl_ns, self.cfg.recent_cap);
         self.limiter.expire(now_ns, self.cfg.buildup_every_ns);
         let mut by_service: HashMap<ServiceKey, u64> = HashMap::new();
         let mut owners: HashMap<ServiceKey, HashMap<u32, u64>> = HashMap::new();
@@ -65,16 +66,10 @@ impl Lifecycle {
             let TimeWaitSocket { local, remote } = *s;
             let (local, remote) = (normalize(local), normalize(remote));
             let t = super::track::tuple(local, remote);
-            let owner: Option<PeerKey> = self
-                .recent
-                .by_tuple
-                .get(&t)
-                .and_then(|&i| self.recent.get(i))
-                .map(|c| c.peer)
-                .or_else(|| {
-                    let k = self.open_by_tuple.get(&t)?;
-                    self.open.get(k).map(|c| c.peer)
-                });
+            let owner: Option<PeerKey> = self.recent.owner(&t).or_else(|| {
+                let k = self.open_by_tuple.get(&t)?;
+                self.open.get(k).map(|c| c.peer)
+            });
             let service = stable_side(local, remote, owner.map(|p| p.role), &known, &sys);
             *by_service.entry(service).or_default() += 1;
             let local_key = match owner {

@@ -71,7 +71,8 @@ impl Default for LifecycleConfig {
             tw_threshold: None,
             default_threshold: 1000,
             range_share: 0.10,
-            recent_ttl_ns: 120 * NS,
+            // TIME_WAIT lasts 60 s (TCP_TIMEWAIT_LEN); the census runs about every second.
+            recent_ttl_ns: 70 * NS,
             recent_cap: 262_144,
             max_conns: 200_000,
             max_peers: 4096,

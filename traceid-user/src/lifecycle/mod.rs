@@ -4,8 +4,9 @@
 //! records) and, every interval, by a TIME_WAIT census through sock_diag ([`census`]). Per
 //! (process, remote endpoint) it counts connections opened and closed, which side closed first,
 //! lifetimes and requests per connection (reuse). It remembers the 4-tuples of recently closed
-//! connections (bounded, ~120 s: TIME_WAIT lasts 60 s) so each TIME_WAIT socket of a census is
-//! attributed to the process that owned the connection, and it emits `buildup` when TIME_WAIT
+//! connections that may hold TIME_WAIT (bounded, ~70 s: TIME_WAIT lasts 60 s) so each
+//! TIME_WAIT socket of a census is attributed to the process that owned the connection, and
+//! it emits `buildup` when TIME_WAIT
 //! toward one remote passes the threshold and is growing (at most once per remote per 10 s).
 //!
 //! Everything here is pure (time and census are passed in) except [`LiveCensus`], which talks

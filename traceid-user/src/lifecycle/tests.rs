@@ -440,12 +440,53 @@ fn recently_closed_is_bounded_by_ttl_and_cap() {
     });
     let mut out = Vec::new();
     let tw = churn(&mut lc, 1, 20000, 250, S);
+    // At most 100 whole (the last closed) and 100 kept as TIME_WAIT holders.
+    assert_eq!(lc.recently_closed(), 200);
+    // A second on, the whole ones are holders too: only the last 100 can be attributed.
+    lc.on_census(3 * S, &census(tw.clone()), sys(), 0, &mut out);
     assert_eq!(lc.recently_closed(), 100);
-    // The oldest were dropped: only the last 100 can be attributed.
-    lc.on_census(2 * S, &census(tw.clone()), sys(), 0, &mut out);
-    assert_eq!(lc.report(2 * S).remotes[0].attributed, 100);
+    assert_eq!(lc.report(3 * S).remotes[0].attributed, 100);
     lc.on_census(200 * S, &census(tw), sys(), 0, &mut out);
     assert_eq!(lc.recently_closed(), 0);
+}
+
+#[test]
+fn only_ends_that_may_hold_time_wait_are_kept_past_their_close() {
+    let mut lc = Lifecycle::new(LifecycleConfig::default());
+    let mut out = Vec::new();
+    // Four connections of one client: it closes first, its peer closes first, a reset, and
+    // one whose closer was never seen.
+    let ends: Vec<(Conn, Option<u8>)> = [
+        Some(tcp_state::FIN_WAIT1),
+        Some(tcp_state::CLOSE_WAIT),
+        Some(tcp_state::CLOSE),
+        None,
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(i, state)| {
+        let c = Conn {
+            pid: CLIENT_PID,
+            fd: 5,
+            ts: S + i as u64,
+            lport: 30000 + i as u16,
+        };
+        (c, state)
+    })
+    .collect();
+    for (c, state) in &ends {
+        c.open(&mut lc, "client");
+        c.close(&mut lc, S + 500_000);
+        if let Some(state) = state {
+            c.state(&mut lc, *state, S + 600_000);
+        }
+    }
+    assert_eq!(lc.recently_closed(), 4);
+    // Past the closing second: the peer-closed and the reset ends are forgotten.
+    let tw: Vec<TimeWaitSocket> = ends.iter().map(|(c, _)| c.time_wait()).collect();
+    lc.on_census(3 * S, &census(tw), sys(), 0, &mut out);
+    assert_eq!(lc.recently_closed(), 2);
+    assert_eq!(lc.report(3 * S).remotes[0].attributed, 2);
 }
 
 #[test]

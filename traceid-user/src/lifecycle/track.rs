@@ -144,8 +144,19 @@ pub(crate) fn tuple(local: SocketAddr, remote: SocketAddr) -> Tuple {
     (local.into(), remote.into())
 }
 
-/// Recently closed connections: by 4-tuple (TIME_WAIT attribution), by socket (state changes
-/// that arrive after the close), by connection key (request records that complete at the close).
+/// How long a closed connection is kept whole: what still arrives about it after its close
+/// (the active closer's move to FIN_WAIT1 happens inside close(), request records end at the
+/// close) comes within this.
+pub(crate) const CLOSING_NS: u64 = NS;
+
+/// Recently closed connections, in two tiers.
+///
+/// For [`CLOSING_NS`] each is kept whole, by 4-tuple (TIME_WAIT attribution), by socket (state
+/// changes that arrive after the close) and by connection key (request records that complete
+/// at the close). Then only the ends that may hold a TIME_WAIT socket stay, by 4-tuple, for the
+/// attribution: those that closed first, or whose closer is unknown. An end its peer closed,
+/// or that was reset, holds none; on loopback, where both ends are followed, that halves what
+/// is kept, and each kept end takes a third of the memory of a whole entry.
 #[derive(Debug, Default)]
 pub(crate) struct Recent {
     pub(crate) order: VecDeque<Closed>,
@@ -154,12 +165,25 @@ pub(crate) struct Recent {
     pub(crate) by_key: mem::FastMap<ConnKey, usize>,
     /// Index in `order` of its first element ever pushed (indexes are absolute).
     pub(crate) base: usize,
+    /// Ends that may hold TIME_WAIT, past their first [`CLOSING_NS`].
+    holders: mem::FastMap<Tuple, Holder>,
+    /// `holders` by close time, oldest first (may name entries replaced since).
+    holders_order: VecDeque<(u64, Tuple)>,
+}
+
+/// What is kept of an end that may hold a TIME_WAIT socket.
+#[derive(Debug, Clone, Copy)]
+struct Holder {
+    peer: PeerKey,
+    closed_ns: u64,
 }
 
 impl Recent {
+    /// Remembers a closed connection; at most `cap` whole and `cap` holders.
     pub(crate) fn push(&mut self, c: Closed, cap: usize) {
+        self.settle(c.closed_ns, cap);
         while self.order.len() >= cap.max(1) {
-            self.pop_front();
+            self.demote_front(cap);
         }
         let idx = self.base + self.order.len();
         if let Some(t) = c.tuple {
@@ -172,10 +196,57 @@ impl Recent {
         self.order.push_back(c);
     }
 
-    pub(crate) fn pop_front(&mut self) {
-        let Some(c) = self.order.pop_front() else {
+    /// Whole entries closed more than [`CLOSING_NS`] before `now_ns` keep only what the
+    /// attribution needs.
+    fn settle(&mut self, now_ns: u64, cap: usize) {
+        while self
+            .order
+            .front()
+            .is_some_and(|c| now_ns.saturating_sub(c.closed_ns) > CLOSING_NS)
+        {
+            self.demote_front(cap);
+        }
+    }
+
+    /// The oldest whole entry leaves the first tier; kept as a holder when it may hold one.
+    fn demote_front(&mut self, cap: usize) {
+        let Some(c) = self.pop_front() else {
             return;
         };
+        let (Some(t), None | Some(Closer::Local)) = (c.tuple, c.closer) else {
+            return;
+        };
+        while self.holders.len() >= cap.max(1) {
+            self.pop_holder();
+        }
+        self.holders.insert(
+            t,
+            Holder {
+                peer: c.peer,
+                closed_ns: c.closed_ns,
+            },
+        );
+        self.holders_order.push_back((c.closed_ns, t));
+    }
+
+    fn pop_holder(&mut self) {
+        let Some((closed_ns, t)) = self.holders_order.pop_front() else {
+            return;
+        };
+        // Only when the entry is still this one (a later connection may reuse the tuple).
+        if self
+            .holders
+            .get(&t)
+            .is_some_and(|h| h.closed_ns == closed_ns)
+        {
+            self.holders.remove(&t);
+        }
+        mem::shrink_if_sparse(&mut self.holders);
+        mem::shrink_if_sparse(&mut self.holders_order);
+    }
+
+    fn pop_front(&mut self) -> Option<Closed> {
+        let c = self.order.pop_front()?;
         let idx = self.base;
         self.base += 1;
         // Only when the entry still points here (a later connection may reuse the tuple).
@@ -194,15 +265,27 @@ impl Recent {
         mem::shrink_if_sparse(&mut self.by_tuple);
         mem::shrink_if_sparse(&mut self.by_sock);
         mem::shrink_if_sparse(&mut self.by_key);
+        Some(c)
     }
 
-    pub(crate) fn expire(&mut self, now_ns: u64, ttl_ns: u64) {
+    /// Forgets what closed more than `ttl_ns` before `now_ns` (TIME_WAIT lasts 60 s).
+    pub(crate) fn expire(&mut self, now_ns: u64, ttl_ns: u64, cap: usize) {
+        self.settle(now_ns, cap);
         while self
-            .order
+            .holders_order
             .front()
-            .is_some_and(|c| now_ns.saturating_sub(c.closed_ns) > ttl_ns)
+            .is_some_and(|&(closed_ns, _)| now_ns.saturating_sub(closed_ns) > ttl_ns)
         {
-            self.pop_front();
+            self.pop_holder();
+        }
+    }
+
+    /// The process end that owned the connection `t` (local, remote), if it may hold its
+    /// TIME_WAIT.
+    pub(crate) fn owner(&self, t: &Tuple) -> Option<PeerKey> {
+        match self.by_tuple.get(t).and_then(|&i| self.get(i)) {
+            Some(c) => Some(c.peer),
+            None => self.holders.get(t).map(|h| h.peer),
         }
     }
 
@@ -214,7 +297,8 @@ impl Recent {
         self.order.get(idx.checked_sub(self.base)?)
     }
 
+    /// Closed connections remembered, whole or as holders.
     pub(crate) fn len(&self) -> usize {
-        self.order.len()
+        self.order.len() + self.holders.len()
     }
 }
