@@ -200,8 +200,9 @@ pub struct RequestRecord {
     pub tid: u32,
     /// Shared by the records of one process name.
     pub comm: std::sync::Arc<str>,
-    pub local: Option<String>,
-    pub peer: Option<String>,
+    /// `ip:port`; shared by the records of one connection.
+    pub local: Option<std::sync::Arc<str>>,
+    pub peer: Option<std::sync::Arc<str>>,
     pub tls: bool,
     /// `http1`, `h2` or `grpc`.
     pub protocol: Protocol,

@@ -96,6 +96,8 @@ struct Conn {
     role: Role,
     local: Option<Endpoint>,
     peer: Option<Endpoint>,
+    /// `local` and `peer` as records show them, formatted at the connection's first record.
+    shown: Option<Box<Shown>>,
     comm: Arc<str>,
     /// The syscalls' bytes and, for a TLS connection, the plaintext of the OpenSSL probes:
     /// parsed apart, each with its own protocol.
@@ -105,6 +107,20 @@ struct Conn {
     links: Vec<(u64, Option<link::Link>)>,
     /// The trace context of requests in flight, read once when each started (by number).
     contexts: Vec<(u64, Extraction)>,
+}
+
+/// A connection's endpoints as text: (local, peer).
+type Shown = (Option<Arc<str>>, Option<Arc<str>>);
+
+impl Conn {
+    /// The endpoints as records show them, formatted once per connection.
+    fn shown(&mut self) -> &Shown {
+        let (local, peer) = (self.local, self.peer);
+        self.shown.get_or_insert_with(|| {
+            let text = |e: Option<Endpoint>| e.map(|e| Arc::from(endpoint_string(e.addr())));
+            Box::new((text(local), text(peer)))
+        })
+    }
 }
 
 /// Counters of everything the engine dropped or could not make sense of.
@@ -342,6 +358,7 @@ impl Engine {
                 role,
                 local: local.map(Endpoint::from),
                 peer: peer.map(Endpoint::from),
+                shown: None,
                 comm,
                 streams: [stream(), stream()],
                 last_ns: ts_ns,
@@ -531,7 +548,8 @@ impl Cx<'_> {
                 .position(|(s, _)| *s == seq)
                 .and_then(|i| conn.links.remove(i).1)
         };
-        let rec = self.request_record(key, conn, tls, request, response.as_ref(), &ex, link);
+        let shown = conn.shown().clone();
+        let rec = self.request_record(key, conn, shown, tls, request, response.as_ref(), &ex, link);
         self.stats.requests += 1;
         out.push(Record::Request(Box::new(rec)));
     }
@@ -548,6 +566,7 @@ impl Cx<'_> {
         &self,
         key: ConnKey,
         conn: &Conn,
+        (local, peer): Shown,
         tls: bool,
         req: &RequestHead,
         resp: Option<&ResponseHead>,
@@ -615,8 +634,8 @@ impl Cx<'_> {
             pid: key.pid,
             tid: req.tid,
             comm: Arc::clone(&conn.comm),
-            local: conn.local.map(|e| endpoint_string(e.addr())),
-            peer: conn.peer.map(|e| endpoint_string(e.addr())),
+            local,
+            peer,
             tls,
             protocol: req.protocol,
             stream_id: req.stream_id,

@@ -20,7 +20,7 @@ mod live;
 mod report;
 mod track;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 use crate::event::{self, Event, Role};
 use crate::mem;
@@ -51,7 +51,7 @@ pub struct Lifecycle {
     /// the TIME_WAIT its exit leaves.
     open_by_tuple: mem::FastMap<Tuple, ConnKey>,
     recent: Recent,
-    peers: HashMap<PeerKey, PeerStats>,
+    peers: mem::FastMap<PeerKey, PeerStats>,
     last: Option<LastCensus>,
     limiter: RateLimiter,
     /// Services over the threshold without an owner at the last census.
@@ -71,7 +71,7 @@ impl Lifecycle {
             open_by_sock: mem::FastMap::default(),
             open_by_tuple: mem::FastMap::default(),
             recent: Recent::default(),
-            peers: HashMap::new(),
+            peers: mem::FastMap::default(),
             last: None,
             limiter: RateLimiter::default(),
             pending: Vec::new(),

