@@ -456,12 +456,19 @@ pub enum Record {
 /// Formats CLOCK_REALTIME nanoseconds as RFC 3339 UTC with milliseconds
 /// (`2026-11-25T05:40:12.345Z`). Written digit by digit: it runs for every record.
 pub fn rfc3339_ms(realtime_ns: i128) -> String {
-    let ms_total = realtime_ns.div_euclid(1_000_000);
+    // 64-bit division where the value fits (until 2262): 128-bit division is a library call.
+    let ms_total = match i64::try_from(realtime_ns) {
+        Ok(ns) => i128::from(ns.div_euclid(1_000_000)),
+        Err(_) => realtime_ns.div_euclid(1_000_000),
+    };
+    let Ok(ms_total) = i64::try_from(ms_total) else {
+        return format!("{realtime_ns}ns");
+    };
     let secs = ms_total.div_euclid(1000);
     let ms = ms_total.rem_euclid(1000) as u32;
     let days = secs.div_euclid(86_400);
     let sod = secs.rem_euclid(86_400) as u32;
-    let (y, m, d) = civil_from_days(days as i64);
+    let (y, m, d) = civil_from_days(days);
     if !(0..=9999).contains(&y) {
         // Outside what four digits hold: the slow path keeps it correct.
         return format!(
