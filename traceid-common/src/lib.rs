@@ -384,7 +384,15 @@ mod tests {
     #[test]
     fn every_source_has_its_direction_and_unknown_ones_none() {
         use source::*;
-        for s in [READ, READV, RECVFROM, RECVMSG, SSL_READ, SSL_READ_EX, GO_TLS_READ] {
+        for s in [
+            READ,
+            READV,
+            RECVFROM,
+            RECVMSG,
+            SSL_READ,
+            SSL_READ_EX,
+            GO_TLS_READ,
+        ] {
             assert_eq!(direction(s), Some(DIR_INGRESS), "source {s}");
         }
         for s in [

@@ -290,9 +290,12 @@ fn attach(
     sites: &Sites,
     tracefs: &mut Option<TracefsUprobes>,
 ) -> Result<(), GoTlsError> {
-    let placements = [(WRITE_ENTER, sites.write_entry), (READ_ENTER, sites.read_entry)]
-        .into_iter()
-        .chain(sites.read_returns.iter().map(|&at| (READ_RETURN, at)));
+    let placements = [
+        (WRITE_ENTER, sites.write_entry),
+        (READ_ENTER, sites.read_entry),
+    ]
+    .into_iter()
+    .chain(sites.read_returns.iter().map(|&at| (READ_RETURN, at)));
     for (name, offset) in placements {
         let failed = |why: String| GoTlsError::Attach {
             what: format!("{name} at {offset:#x}"),
