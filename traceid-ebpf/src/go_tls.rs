@@ -161,7 +161,7 @@ fn report(off: &GoTlsOffsets, pid: u32, tid: u32, conn: u64, buf: u64, len: u64,
 #[inline(always)]
 fn offsets(pid: u32) -> Option<GoTlsOffsets> {
     // SAFETY: copied out at once; map memory is RCU-protected.
-    unsafe { GO_TLS_PROCS.get(&pid).copied() }
+    unsafe { GO_TLS_PROCS.get(pid).copied() }
 }
 
 /// `(*Conn).Write(c, b)` at entry: the plaintext is `b`.
@@ -175,7 +175,8 @@ pub fn go_tls_write_enter(ctx: ProbeContext) -> u32 {
     };
     let regs = go_regs(&ctx);
     let (conn, buf, len) = (regs.arg0, regs.arg1, regs.arg2);
-    if len > 0 && (len as i64) > 0 {
+    // A Go int: an empty or (never) negative length copies nothing.
+    if (len as i64) > 0 {
         report(&off, pid, tid, conn, buf, len, source::GO_TLS_WRITE);
     }
     0
@@ -205,7 +206,7 @@ pub fn go_tls_read_enter(ctx: ProbeContext) -> u32 {
         conn: regs.arg0,
         buf: regs.arg1,
     };
-    if GO_TLS_READS.insert(&key, &call, 0).is_err() {
+    if GO_TLS_READS.insert(key, call, 0).is_err() {
         count(stat::ARGS_FULL);
     }
     0
@@ -225,14 +226,22 @@ pub fn go_tls_read_return(ctx: ProbeContext) -> u32 {
         return 0;
     };
     // SAFETY: copied out at once; map memory is RCU-protected.
-    let Some(call) = (unsafe { GO_TLS_READS.get(&key).copied() }) else {
+    let Some(call) = (unsafe { GO_TLS_READS.get(key).copied() }) else {
         return 0;
     };
-    let _ = GO_TLS_READS.remove(&key);
+    let _ = GO_TLS_READS.remove(key);
     // `n` is a Go int: negative never, 0 on an error or an empty read.
     let n = regs.arg0 as i64;
     if n > 0 {
-        report(&off, pid, tid, call.conn, call.buf, n as u64, source::GO_TLS_READ);
+        report(
+            &off,
+            pid,
+            tid,
+            call.conn,
+            call.buf,
+            n as u64,
+            source::GO_TLS_READ,
+        );
     }
     0
 }

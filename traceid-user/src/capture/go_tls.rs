@@ -38,7 +38,7 @@ const READ_FUNCTION: &str = "crypto/tls.(*Conn).Read";
 /// The kernel's table of per-process offsets.
 const PROCS_MAP: &str = "GO_TLS_PROCS";
 
-/// Distinct executables inspected at most (as `golang::discover`).
+/// Executables remembered at most (as `golang::discover` inspects at most).
 const MAX_FILES: usize = 4096;
 
 /// Names of the `*net.TCPConn` implementation of `net.Conn` in the symbol table: Go 1.20
@@ -117,6 +117,11 @@ impl GoTlsAttacher {
             return;
         };
         let id = (meta.dev(), meta.ino());
+        if !self.files.contains_key(&id) && self.files.len() >= MAX_FILES {
+            // Forget the files that are not instrumented (looked at again if run again);
+            // the instrumented ones keep their probes, so they stay.
+            self.files.retain(|_, offsets| offsets.is_some());
+        }
         let offsets = match self.files.get(&id) {
             Some(known) => *known,
             None if self.files.len() >= MAX_FILES => None,
@@ -228,7 +233,13 @@ fn sites(binary: &GoBinary) -> Result<Sites, GoTlsError> {
     };
     let write = located(WRITE_FUNCTION)?;
     let read = located(READ_FUNCTION)?;
-    debug_assert_eq!(read.probe, Probe::EntryAndReturns);
+    // Without its returns, Read's plaintext is never seen.
+    if read.probe != Probe::EntryAndReturns || read.ret_offsets.is_empty() {
+        return Err(GoTlsError::Function {
+            function: READ_FUNCTION,
+            why: "no RET site located".to_string(),
+        });
+    }
     Ok(Sites {
         write_entry: write.entry_offset,
         read_entry: read.entry_offset,
@@ -330,6 +341,98 @@ fn attach(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
+    use std::process::Command;
+
+    /// tests/services/go-tls/server.go built normally and stripped (`-ldflags=-s -w`); None
+    /// after saying why when `go` is missing (a failure under CI=true).
+    fn built() -> Option<(PathBuf, PathBuf)> {
+        if Command::new("go").arg("version").output().is_err() {
+            assert!(
+                std::env::var("CI").map_or(true, |v| v != "true"),
+                "CI=true and `go` is missing (Debian golang-go)"
+            );
+            eprintln!("SKIPPED: `go` is missing (Debian golang-go)");
+            return None;
+        }
+        let source =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/services/go-tls/server.go");
+        let dir = std::env::temp_dir().join(format!("traceid-go-tls-unit-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let build = |out: &str, flags: &[&str]| {
+            let status = Command::new("go")
+                .arg("build")
+                .args(flags)
+                .arg("-o")
+                .arg(dir.join(out))
+                .arg(&source)
+                .env("GO111MODULE", "off")
+                .env("GOPATH", dir.join("gopath"))
+                .env(
+                    "GOCACHE",
+                    std::env::temp_dir().join("traceid-golang-gocache"),
+                )
+                .env("GOFLAGS", "")
+                .status()
+                .expect("running go build");
+            assert!(status.success(), "go build {flags:?} failed");
+            dir.join(out)
+        };
+        Some((
+            build("server", &[]),
+            build("server-stripped", &["-ldflags=-s -w"]),
+        ))
+    }
+
+    /// The address `go tool nm` gives the `*net.TCPConn` itab of `binary`.
+    fn nm_itab(binary: &Path) -> u64 {
+        let out = Command::new("go")
+            .args(["tool", "nm"])
+            .arg(binary)
+            .output()
+            .unwrap();
+        let listing = String::from_utf8(out.stdout).unwrap();
+        let line = listing
+            .lines()
+            .find(|l| {
+                TCP_CONN_ITAB_SYMBOLS
+                    .iter()
+                    .any(|s| l.ends_with(&format!(" {s}")))
+            })
+            .expect("go tool nm lists the itab");
+        u64::from_str_radix(line.split_whitespace().next().unwrap(), 16).unwrap()
+    }
+
+    #[test]
+    fn offsets_and_sites_of_real_normal_and_stripped_binaries() {
+        let Some((normal, stripped)) = built() else {
+            return;
+        };
+        let normal_binary = GoBinary::open(&normal).unwrap();
+        let stripped_binary = GoBinary::open(&stripped).unwrap();
+        let with_symbols = offsets_for(&normal_binary, &normal).unwrap();
+        assert_eq!(with_symbols.tcp_conn_itab, nm_itab(&normal));
+        assert_ne!(with_symbols.tcp_conn_itab, 0);
+        // Stripped: the same offsets, the itab unknown (unchecked).
+        let without = offsets_for(&stripped_binary, &stripped).unwrap();
+        assert_eq!(
+            without,
+            GoTlsOffsets {
+                tcp_conn_itab: 0,
+                ..with_symbols
+            }
+        );
+        assert_eq!(
+            Some(with_symbols.g_goid),
+            goid_offset(&normal_binary.build_info().go_version)
+        );
+        // Both binaries have the same code: the same probe sites.
+        let sites_normal = sites(&normal_binary).unwrap();
+        assert!(!sites_normal.read_returns.is_empty());
+        assert_ne!(sites_normal.write_entry, sites_normal.read_entry);
+        assert_eq!(sites(&stripped_binary).unwrap(), sites_normal);
+        let _ = fs::remove_dir_all(normal.parent().unwrap());
+    }
 
     #[test]
     fn goid_offset_follows_the_runtime_g_layout_of_each_version() {
