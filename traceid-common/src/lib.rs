@@ -84,10 +84,14 @@ pub mod source {
     /// `_ex` variants: the byte count comes from an out-parameter (internal to the kernel side).
     pub const SSL_READ_EX: u8 = 12;
     pub const SSL_WRITE_EX: u8 = 13;
+    /// Plaintext returned by Go's `crypto/tls.(*Conn).Read` (uprobes on its RET instructions).
+    pub const GO_TLS_READ: u8 = 14;
+    /// Plaintext passed to Go's `crypto/tls.(*Conn).Write` (uprobe at its entry).
+    pub const GO_TLS_WRITE: u8 = 15;
 
-    /// True for plaintext captured inside a TLS library.
+    /// True for plaintext captured inside a TLS library (OpenSSL or Go's crypto/tls).
     pub const fn is_tls(source: u8) -> bool {
-        source >= SSL_READ && source <= SSL_WRITE_EX
+        source >= SSL_READ && source <= GO_TLS_WRITE
     }
 
     /// The direction of the bytes a source moves ([`super::DIR_INGRESS`] or
@@ -95,10 +99,11 @@ pub mod source {
     /// must be given its direction here before anything is reported for it.
     pub const fn direction(source: u8) -> Option<u8> {
         match source {
-            READ | READV | RECVFROM | RECVMSG | SSL_READ | SSL_READ_EX => Some(super::DIR_INGRESS),
-            WRITE | WRITEV | SENDTO | SENDMSG | SENDFILE | SSL_WRITE | SSL_WRITE_EX => {
-                Some(super::DIR_EGRESS)
+            READ | READV | RECVFROM | RECVMSG | SSL_READ | SSL_READ_EX | GO_TLS_READ => {
+                Some(super::DIR_INGRESS)
             }
+            WRITE | WRITEV | SENDTO | SENDMSG | SENDFILE | SSL_WRITE | SSL_WRITE_EX
+            | GO_TLS_WRITE => Some(super::DIR_EGRESS),
             _ => None,
         }
     }
@@ -286,6 +291,28 @@ pub struct KernelOffsets {
     pub socket_ino: u32,
 }
 
+/// Where a Go program keeps what the crypto/tls probes read, per process (the kernel's
+/// `GO_TLS_PROCS` table, keyed by pid), from the program's Go version: byte offsets and one
+/// address. These move between Go versions, so the programs never hard-code them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct GoTlsOffsets {
+    /// `runtime.g.goid`: the goroutine id, read through the register holding the current `g`.
+    pub g_goid: u32,
+    /// `crypto/tls.Conn.conn`: the `net.Conn` interface (itab word, then data word).
+    pub tls_conn_conn: u32,
+    /// `net.TCPConn` (`net.conn.fd`): the `*net.netFD`.
+    pub tcp_conn_fd: u32,
+    /// `net.netFD.pfd.Sysfd`: the socket's file descriptor (a Go `int`, 64 bits).
+    pub netfd_sysfd: u32,
+    /// Address of the `*net.TCPConn` implementation of `net.Conn` (its itab) in the
+    /// process: a `tls.Conn` over anything else is skipped. 0 when not known (a stripped or
+    /// position-independent binary): the fd read is then trusted only if it names a socket
+    /// the kernel follows in that process.
+    pub tcp_conn_itab: u64,
+}
+
 /// Indexes of the kernel's loss and health counters (a per-CPU array named `STATS`).
 pub mod stat {
     /// A ring-buffer reservation failed: the event was dropped.
@@ -307,7 +334,7 @@ pub mod stat {
 /// aya's own `Pod` marker, for the types the agent puts in or reads from kernel maps.
 #[cfg(feature = "user")]
 mod pod {
-    use super::{KernelOffsets, SockInfo, SockKey};
+    use super::{GoTlsOffsets, KernelOffsets, SockInfo, SockKey};
 
     /// aya::Pod asks what bytemuck::Pod asks (`Copy`, any bit pattern valid, every byte
     /// initialised). This compiles only while each type is bytemuck::Pod, whose derive checked
@@ -317,6 +344,7 @@ mod pod {
         is_bytemuck_pod::<SockInfo>();
         is_bytemuck_pod::<SockKey>();
         is_bytemuck_pod::<KernelOffsets>();
+        is_bytemuck_pod::<GoTlsOffsets>();
     };
 
     // SAFETY: SockInfo is bytemuck::Pod (asserted above): repr(C), no padding, integer fields.
@@ -325,6 +353,8 @@ mod pod {
     unsafe impl aya::Pod for SockKey {}
     // SAFETY: KernelOffsets is bytemuck::Pod (asserted above): repr(C), sixteen u32 fields.
     unsafe impl aya::Pod for KernelOffsets {}
+    // SAFETY: GoTlsOffsets is bytemuck::Pod (asserted above): repr(C), no padding, integers.
+    unsafe impl aya::Pod for GoTlsOffsets {}
 }
 
 #[cfg(test)]
@@ -347,13 +377,22 @@ mod tests {
         assert_eq!(size_of::<SockInfo>(), 16);
         assert_eq!(size_of::<SockKey>(), 8);
         assert_eq!(size_of::<KernelOffsets>(), 72);
+        assert_eq!(size_of::<GoTlsOffsets>(), 24);
         assert!(MAX_CAPTURE.is_power_of_two());
     }
 
     #[test]
     fn every_source_has_its_direction_and_unknown_ones_none() {
         use source::*;
-        for s in [READ, READV, RECVFROM, RECVMSG, SSL_READ, SSL_READ_EX] {
+        for s in [
+            READ,
+            READV,
+            RECVFROM,
+            RECVMSG,
+            SSL_READ,
+            SSL_READ_EX,
+            GO_TLS_READ,
+        ] {
             assert_eq!(direction(s), Some(DIR_INGRESS), "source {s}");
         }
         for s in [
@@ -364,11 +403,12 @@ mod tests {
             SENDFILE,
             SSL_WRITE,
             SSL_WRITE_EX,
+            GO_TLS_WRITE,
         ] {
             assert_eq!(direction(s), Some(DIR_EGRESS), "source {s}");
         }
         // A source added later (a new read-side syscall) is not silently a write.
-        for s in [0, 14, 15, 200, 255] {
+        for s in [0, 16, 17, 200, 255] {
             assert_eq!(direction(s), None, "source {s}");
         }
     }

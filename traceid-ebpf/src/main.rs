@@ -9,6 +9,9 @@
 //! - `state`: `sock:inet_sock_set_state` reports TCP sockets leaving ESTABLISHED (who closed
 //!   first), tagged with the `struct sock *` that `conn` reported at registration.
 //!
+//! - `go_tls`: uprobes on Go's crypto/tls `(*Conn).Write` and `(*Conn).Read` copy the
+//!   plaintext of Go programs, keyed by goroutine.
+//!
 //! Everything is bounded: fixed-size maps (LRU where entries could pile up), at most
 //! `MAX_IOVECS` iovecs per call, at most `MAX_CAPTURE` bytes per copy. Every loss is counted in
 //! `STATS`.
@@ -17,6 +20,7 @@
 
 mod conn;
 mod data;
+mod go_tls;
 mod maps;
 mod regs;
 mod sockets;

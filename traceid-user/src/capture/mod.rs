@@ -7,6 +7,7 @@
 //! `Capture::poll` hands each raw record to the caller; decoding happens in `crate::event`.
 
 pub mod btf;
+pub mod go_tls;
 pub mod seed;
 pub mod tls;
 pub mod tracefs;
@@ -203,7 +204,12 @@ impl Capture {
         .map_err(|e| CaptureError::Map("STATS", e.to_string()))?;
         let mut tls = tls::TlsAttacher::default();
         match tls.load(&mut ebpf) {
-            Ok(()) => tls.scan_all(&mut ebpf, agent_pid),
+            Ok(()) => {
+                if let Err(e) = tls.go.load(&mut ebpf) {
+                    tracing::warn!("Go TLS probes unavailable: {e}");
+                }
+                tls.scan_all(&mut ebpf, agent_pid)
+            }
             Err(e) => {
                 tracing::warn!("TLS probes unavailable: {e}");
                 info.tls_error = Some(e);

@@ -64,6 +64,8 @@ pub struct TlsAttacher {
     pub failed: HashMap<String, String>,
     /// Set once perf refused to create a uprobe: every later probe goes through tracefs.
     via_tracefs: Option<TracefsUprobes>,
+    /// Go programs' crypto/tls probes, looked for in the same processes at the same moments.
+    pub go: super::go_tls::GoTlsAttacher,
 }
 
 impl TlsAttacher {
@@ -122,6 +124,7 @@ impl TlsAttacher {
     }
 
     pub fn scan_pid(&mut self, ebpf: &mut Ebpf, pid: u32) {
+        self.go.scan_pid(ebpf, pid, &mut self.via_tracefs);
         if !self.loaded {
             return;
         }
@@ -223,7 +226,7 @@ impl TlsAttacher {
 }
 
 /// Where tracefs is: its own mount, or debugfs's tracing directory on older systems.
-fn tracefs_root() -> &'static Path {
+pub(super) fn tracefs_root() -> &'static Path {
     let own = Path::new(super::tracefs::TRACEFS);
     if own.join("uprobe_events").exists() {
         own
@@ -233,7 +236,7 @@ fn tracefs_root() -> &'static Path {
 }
 
 /// Whether an attach error comes from the kernel refusing a permission.
-fn permission_denied(e: &(dyn std::error::Error + 'static)) -> bool {
+pub(super) fn permission_denied(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cause = Some(e);
     while let Some(c) = cause {
         if c.downcast_ref::<std::io::Error>()
@@ -247,7 +250,7 @@ fn permission_denied(e: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 /// An error with its causes, `: `-separated.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(super) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {
