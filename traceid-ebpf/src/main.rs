@@ -17,6 +17,7 @@
 
 mod conn;
 mod data;
+mod go;
 mod maps;
 mod regs;
 mod sockets;

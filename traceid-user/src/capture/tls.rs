@@ -64,6 +64,8 @@ pub struct TlsAttacher {
     pub failed: HashMap<String, String>,
     /// Set once perf refused to create a uprobe: every later probe goes through tracefs.
     via_tracefs: Option<TracefsUprobes>,
+    /// The Go probes, attached to the Go programs the same looks find.
+    pub go: super::go::GoAttacher,
 }
 
 impl TlsAttacher {
@@ -79,6 +81,11 @@ impl TlsAttacher {
         }
         self.loaded = true;
         Ok(())
+    }
+
+    /// Loads the Go probe programs into the kernel (once); see [`super::go`].
+    pub fn load_go(&mut self, ebpf: &mut Ebpf) -> Result<(), String> {
+        self.go.load(ebpf)
     }
 
     /// Looks at every running process except `skip_pid`.
@@ -122,6 +129,7 @@ impl TlsAttacher {
     }
 
     pub fn scan_pid(&mut self, ebpf: &mut Ebpf, pid: u32) {
+        self.go.scan_pid(ebpf, pid, &mut self.via_tracefs);
         if !self.loaded {
             return;
         }
@@ -223,7 +231,7 @@ impl TlsAttacher {
 }
 
 /// Where tracefs is: its own mount, or debugfs's tracing directory on older systems.
-fn tracefs_root() -> &'static Path {
+pub(super) fn tracefs_root() -> &'static Path {
     let own = Path::new(super::tracefs::TRACEFS);
     if own.join("uprobe_events").exists() {
         own
@@ -233,7 +241,7 @@ fn tracefs_root() -> &'static Path {
 }
 
 /// Whether an attach error comes from the kernel refusing a permission.
-fn permission_denied(e: &(dyn std::error::Error + 'static)) -> bool {
+pub(super) fn permission_denied(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cause = Some(e);
     while let Some(c) = cause {
         if c.downcast_ref::<std::io::Error>()
@@ -247,7 +255,7 @@ fn permission_denied(e: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 /// An error with its causes, `: `-separated.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(super) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {

@@ -176,6 +176,9 @@ impl Engine {
             }
             // TCP state changes, censuses and losses are the lifecycle's and the pipeline's.
             Event::State(_) | Event::Census(..) | Event::Loss(..) => {}
+            Event::GoServe(e) => self.linker.go_serve(h.pid, e.goid, (h.fd, h.conn_ts_ns)),
+            Event::GoCall(e) => self.linker.go_call(h.pid, e.goid, (h.fd, h.conn_ts_ns)),
+            Event::GoSpawn(e) => self.linker.go_spawn(h.pid, e.parent_goid, e.child_goid),
             Event::Data(d, payload) => {
                 if !self.conns.contains_key(&key) {
                     // Its open was lost or happened before a replay started: follow it anyway.
@@ -491,7 +494,9 @@ impl Cx<'_> {
                 },
             ),
             _ => {
-                let l = self.linker.link(key.pid, head.tid, ex.primary());
+                let l = self
+                    .linker
+                    .link(key.pid, head.tid, (key.fd, key.conn_ts_ns), ex.primary());
                 if conn.links.len() >= self.cfg.limits.max_pending.max(1) {
                     conn.links.remove(0);
                 }
