@@ -29,6 +29,40 @@ pub static GO_PROCS: HashMap<u32, GoOffsets> = HashMap::with_max_entries(16_384,
 #[map]
 pub static GO_SPAWNING: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16_384, 0);
 
+/// Goroutines whose children are reported: those serving a server connection and their
+/// descendants. Only their calls can serve an inbound request, and a busy Go program (the Go
+/// compiler, a worker pool) starts goroutines by the million: reporting every one would flood
+/// the ring buffer. LRU: the goroutines of connections long gone make room.
+#[map]
+pub static GO_TRACKED: LruHashMap<Goroutine, u8> = LruHashMap::with_max_entries(65_536, 0);
+
+/// Key of `GO_TRACKED`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Goroutine {
+    pub pid: u32,
+    pub _pad: u32,
+    pub goid: u64,
+}
+
+impl Goroutine {
+    #[inline(always)]
+    fn new(pid: u32, goid: u64) -> Goroutine {
+        Goroutine { pid, _pad: 0, goid }
+    }
+}
+
+/// Starts reporting the children of goroutine `goid` of `pid`.
+#[inline(always)]
+fn track(pid: u32, goid: u64) {
+    if GO_TRACKED
+        .insert(&Goroutine::new(pid, goid), &1, 0)
+        .is_err()
+    {
+        count(stat::ARGS_FULL);
+    }
+}
+
 const AF_INET: i64 = 2;
 const AF_INET6: i64 = 10;
 const SOCK_STREAM: i64 = 1;
@@ -115,6 +149,9 @@ fn emit_conn_goroutine(ctx: &ProbeContext, kind: u16, conn_field: impl Fn(&GoOff
         count(stat::GO_READ_FAILED);
         return;
     };
+    if kind == kind::GO_SERVE {
+        track(pid, id);
+    }
     // GoServeEvent and GoCallEvent have one layout: header, goid.
     let Some(mut entry) = EVENTS.reserve::<GoCallEvent>(0) else {
         count(stat::RINGBUF_FULL);
@@ -145,10 +182,12 @@ pub fn go_http_round_trip(ctx: ProbeContext) -> u32 {
 /// `runtime.newproc1(fn, callergp, callerpc)` entry: RBX = the `g` running the `go` statement.
 #[uprobe]
 pub fn go_newproc_enter(ctx: ProbeContext) -> u32 {
-    let Some((_, _, off)) = offsets() else {
+    let Some((pid, _, off)) = offsets() else {
         return 0;
     };
     match goid(reg(&ctx, Reg::Rbx), &off) {
+        // SAFETY: only tested for presence.
+        Some(parent) if unsafe { GO_TRACKED.get(&Goroutine::new(pid, parent)) }.is_none() => {}
         Some(parent) => {
             if GO_SPAWNING
                 .insert(&bpf_get_current_pid_tgid(), &parent, 0)
@@ -178,6 +217,7 @@ pub fn go_newproc_return(ctx: ProbeContext) -> u32 {
         count(stat::GO_READ_FAILED);
         return 0;
     };
+    track(pid, child);
     let Some(mut entry) = EVENTS.reserve::<GoSpawnEvent>(0) else {
         count(stat::RINGBUF_FULL);
         return 0;

@@ -2,7 +2,9 @@
 //
 // Same routes as middle.py: /propagate[/tag] copies the inbound traceparent (and tracestate)
 // to its call to back /work/propagate[/tag]; /drop[/tag] calls back with no trace headers;
-// /restart[/tag] calls back with a freshly minted random traceparent. The client keeps its
+// /restart[/tag] calls back with a freshly minted random traceparent; /spawn[/tag] drops the
+// trace headers too, but calls back from a goroutine started by a goroutine the handler
+// starts (a worker of a worker), and waits for it. The client keeps its
 // connections to back alive (Go's default transport), as real Go services do.
 package main
 
@@ -77,6 +79,19 @@ func handle(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	case "drop":
+	case "spawn":
+		done := make(chan struct{})
+		go func() {
+			inner := make(chan struct{})
+			go func() {
+				callBack(w, name, tag, hdr)
+				close(inner)
+			}()
+			<-inner
+			close(done)
+		}()
+		<-done
+		return
 	case "restart":
 		hdr.Set("Traceparent", "00-"+randHex(16)+"-"+randHex(8)+"-01")
 	default:

@@ -56,8 +56,6 @@ pub struct GoAttacher {
     /// Executables looked at, by (device, inode): the offsets of the instrumented ones.
     files: HashMap<(u64, u64), Option<GoOffsets>>,
     pub attached: Vec<GoTarget>,
-    /// Go executables that cannot be linked by goroutine, with why (reported, never fatal).
-    pub failed: HashMap<String, String>,
 }
 
 impl GoAttacher {
@@ -139,6 +137,7 @@ impl GoAttacher {
         let go_version = binary.build_info().go_version.clone();
         let Some(offsets) = golang::offsets::for_version(&go_version) else {
             self.refuse(
+                Severity::Warn,
                 shown,
                 format!(
                     "{go_version}: struct offsets verified for Go {} only",
@@ -150,7 +149,7 @@ impl GoAttacher {
         let plan = match golang::plan(&binary) {
             Ok(plan) => plan,
             Err(e) => {
-                self.refuse(shown, e.to_string());
+                self.refuse(Severity::Warn, shown, e.to_string());
                 return None;
             }
         };
@@ -158,7 +157,9 @@ impl GoAttacher {
         let mut sites = Vec::new();
         for &(program, function, site) in PROBES {
             let Some(located) = plan.located().find(|s| s.function == function) else {
-                self.refuse(shown, format!("{function} not located"));
+                // A Go program without an HTTP server or client (the go tool itself, most
+                // command-line tools) has nothing to link: not a problem worth a warning.
+                self.refuse(Severity::Info, shown, format!("{function} not located"));
                 return None;
             };
             match site {
@@ -168,7 +169,11 @@ impl GoAttacher {
         }
         for (program, offset) in sites {
             if let Err(e) = attach_at(ebpf, program, exe, offset, tracefs) {
-                self.refuse(shown, format!("{program} at {offset:#x}: {e}"));
+                self.refuse(
+                    Severity::Warn,
+                    shown,
+                    format!("{program} at {offset:#x}: {e}"),
+                );
                 return None;
             }
         }
@@ -181,12 +186,22 @@ impl GoAttacher {
         Some(offsets)
     }
 
-    fn refuse(&mut self, shown: String, reason: String) {
-        tracing::warn!(
-            "Go probes not attached to {shown}: its calls are linked by the other rules: {reason}"
-        );
-        self.failed.insert(shown, reason);
+    fn refuse(&self, severity: Severity, shown: String, reason: String) {
+        match severity {
+            Severity::Info => tracing::info!("Go probes not attached to {shown}: {reason}"),
+            Severity::Warn => tracing::warn!(
+                "Go probes not attached to {shown}: its calls are linked by the other rules: {reason}"
+            ),
+        }
     }
+}
+
+/// How loudly a Go program left without probes is reported.
+enum Severity {
+    /// Nothing to link in it.
+    Info,
+    /// Its calls could have been linked exactly.
+    Warn,
 }
 
 /// A plain uprobe running `program` at `offset` in the file at `path`: through perf, or
