@@ -55,10 +55,7 @@ impl Goroutine {
 /// Starts reporting the children of goroutine `goid` of `pid`.
 #[inline(always)]
 fn track(pid: u32, goid: u64) {
-    if GO_TRACKED
-        .insert(&Goroutine::new(pid, goid), &1, 0)
-        .is_err()
-    {
+    if GO_TRACKED.insert(Goroutine::new(pid, goid), 1, 0).is_err() {
         count(stat::ARGS_FULL);
     }
 }
@@ -127,7 +124,7 @@ fn tcp_conn_fd(iface: u64, off: &GoOffsets) -> Option<i32> {
 fn offsets() -> Option<(u32, u32, GoOffsets)> {
     let (pid, tid) = current_ids()?;
     // SAFETY: copied out at once.
-    let off = unsafe { GO_PROCS.get(&pid) }.copied()?;
+    let off = unsafe { GO_PROCS.get(pid) }.copied()?;
     Some((pid, tid, off))
 }
 
@@ -187,10 +184,10 @@ pub fn go_newproc_enter(ctx: ProbeContext) -> u32 {
     };
     match goid(reg(&ctx, Reg::Rbx), &off) {
         // SAFETY: only tested for presence.
-        Some(parent) if unsafe { GO_TRACKED.get(&Goroutine::new(pid, parent)) }.is_none() => {}
+        Some(parent) if unsafe { GO_TRACKED.get(Goroutine::new(pid, parent)) }.is_none() => {}
         Some(parent) => {
             if GO_SPAWNING
-                .insert(&bpf_get_current_pid_tgid(), &parent, 0)
+                .insert(bpf_get_current_pid_tgid(), parent, 0)
                 .is_err()
             {
                 count(stat::ARGS_FULL);
@@ -209,10 +206,10 @@ pub fn go_newproc_return(ctx: ProbeContext) -> u32 {
     };
     let key = bpf_get_current_pid_tgid();
     // SAFETY: copied out at once.
-    let Some(parent) = (unsafe { GO_SPAWNING.get(&key) }).copied() else {
+    let Some(parent) = (unsafe { GO_SPAWNING.get(key) }).copied() else {
         return 0;
     };
-    let _ = GO_SPAWNING.remove(&key);
+    let _ = GO_SPAWNING.remove(key);
     let Some(child) = goid(reg(&ctx, Reg::Rax), &off) else {
         count(stat::GO_READ_FAILED);
         return 0;
