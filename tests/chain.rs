@@ -1,5 +1,5 @@
 //! Issue 4: a real three-service chain, front -> middle -> back, written with real web
-//! frameworks (tests/services/chain: Flask services, and a Go `net/http` middle), watched by
+//! frameworks (tests/services/chain: Flask services, and a Go Gin middle), watched by
 //! the real agent. The middle service propagates, drops or restarts the trace id depending on
 //! the route; the agent must report it on the middle -> back hop, linked to the right inbound
 //! request with an honest confidence, and `diagnose` must name the middle as the broken hop.
@@ -21,6 +21,8 @@ use {libc as _, serde_json as _, thiserror as _};
 const ROUTES: [&str; 3] = ["propagate", "drop", "restart"];
 const GO_ROUTES: [&str; 4] = ["propagate", "drop", "restart", "spawn"];
 const PYTHON: &str = "/usr/bin/python3";
+/// Where Debian's Go library packages (golang-github-gin-gonic-gin-dev) put their sources.
+const GIN_GOPATH: &str = "/usr/share/gocode";
 
 fn services_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("services/chain")
@@ -95,8 +97,9 @@ impl Service {
         Service::spawn(dir, comm, &exe, &argv, args[0])
     }
 
-    /// The Go `net/http` middle, built once per test run (GOPATH mode, std lib only); with
-    /// `stripped`, without symbol table and DWARF (`-ldflags=-s -w`).
+    /// The Go middle, a Gin service built once per test run from Debian's Gin (GOPATH mode,
+    /// `/usr/share/gocode`); with `stripped`, without symbol table and DWARF
+    /// (`-ldflags=-s -w`).
     fn go_middle(dir: &Path, port: u16, back: u16, stripped: bool) -> Service {
         static BINS: [OnceLock<PathBuf>; 2] = [OnceLock::new(), OnceLock::new()];
         let bin = BINS[usize::from(stripped)].get_or_init(|| {
@@ -106,6 +109,12 @@ impl Service {
             let _ = std::fs::remove_dir_all(&out);
             std::fs::create_dir_all(&out).unwrap();
             let bin = out.join("chain-middle-go");
+            assert!(
+                Path::new(GIN_GOPATH)
+                    .join("src/github.com/gin-gonic/gin")
+                    .is_dir(),
+                "Gin missing: install golang-github-gin-gonic-gin-dev"
+            );
             let ldflags: &[&str] = if stripped { &["-ldflags=-s -w"] } else { &[] };
             let status = Command::new("go")
                 .arg("build")
@@ -115,7 +124,7 @@ impl Service {
                 .arg("middle.go")
                 .current_dir(services_dir())
                 .env("GO111MODULE", "off")
-                .env("GOPATH", out.join("gopath"))
+                .env("GOPATH", GIN_GOPATH)
                 .env(
                     "GOCACHE",
                     std::env::temp_dir().join("traceid-chain-gocache"),
