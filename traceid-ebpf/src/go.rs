@@ -15,7 +15,7 @@ use aya_ebpf::{
     programs::ProbeContext,
     EbpfContext,
 };
-use traceid_common::{kind, stat, EventHeader, GoCallEvent, GoOffsets, GoServeEvent, GoSpawnEvent};
+use traceid_common::{kind, stat, GoCallEvent, GoOffsets, GoServeEvent, GoSpawnEvent};
 
 use crate::maps::{count, current_ids, fill_header, EVENTS};
 use crate::sockets;
@@ -149,7 +149,7 @@ fn emit_conn_goroutine(ctx: &ProbeContext, kind: u16, conn_field: impl Fn(&GoOff
     if kind == kind::GO_SERVE {
         track(pid, id);
     }
-    // GoServeEvent and GoCallEvent have one layout: header, goid.
+    // GoServeEvent and GoCallEvent have one layout: header, goid (asserted below).
     let Some(mut entry) = EVENTS.reserve::<GoCallEvent>(0) else {
         count(stat::RINGBUF_FULL);
         return;
@@ -161,10 +161,11 @@ fn emit_conn_goroutine(ctx: &ProbeContext, kind: u16, conn_field: impl Fn(&GoOff
     entry.submit(0);
 }
 
+const _: () = assert!(size_of::<GoServeEvent>() == size_of::<GoCallEvent>());
+
 /// `net/http.(*conn).serve(c, ctx)` entry: RAX = c; the goroutine serves `c.rwc`.
 #[uprobe]
 pub fn go_http_serve(ctx: ProbeContext) -> u32 {
-    const _: () = assert!(size_of::<GoServeEvent>() == size_of::<GoCallEvent>());
     emit_conn_goroutine(&ctx, kind::GO_SERVE, |o| o.http_conn_rwc);
     0
 }
@@ -227,7 +228,3 @@ pub fn go_newproc_return(ctx: ProbeContext) -> u32 {
     entry.submit(0);
     0
 }
-
-// The header's layout is shared with every other record.
-const _: () = assert!(core::mem::offset_of!(GoSpawnEvent, header) == 0);
-const _: () = assert!(size_of::<EventHeader>() == 48);
