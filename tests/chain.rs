@@ -1,5 +1,5 @@
 //! Issue 4: a real three-service chain, front -> middle -> back, written with real web
-//! frameworks (tests/services/chain: Flask services, and a Go `net/http` middle), watched by
+//! frameworks (tests/services/chain: Flask services, and a Go Gin middle), watched by
 //! the real agent. The middle service propagates, drops or restarts the trace id depending on
 //! the route; the agent must report it on the middle -> back hop, linked to the right inbound
 //! request with an honest confidence, and `diagnose` must name the middle as the broken hop.
@@ -19,7 +19,10 @@ use traceid_tests::*;
 use {libc as _, serde_json as _, thiserror as _};
 
 const ROUTES: [&str; 3] = ["propagate", "drop", "restart"];
+const GO_ROUTES: [&str; 4] = ["propagate", "drop", "restart", "spawn"];
 const PYTHON: &str = "/usr/bin/python3";
+/// Where Debian's Go library packages (golang-github-gin-gonic-gin-dev) put their sources.
+const GIN_GOPATH: &str = "/usr/share/gocode";
 
 fn services_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("services/chain")
@@ -94,22 +97,34 @@ impl Service {
         Service::spawn(dir, comm, &exe, &argv, args[0])
     }
 
-    /// The Go `net/http` middle, built once per test run (GOPATH mode, std lib only).
-    fn go_middle(dir: &Path, port: u16, back: u16) -> Service {
-        static BIN: OnceLock<PathBuf> = OnceLock::new();
-        let bin = BIN.get_or_init(|| {
-            // One build directory per host, rebuilt by each test run.
-            let out = std::env::temp_dir().join("traceid-chain-go-build");
+    /// The Go middle, a Gin service built once per test run from Debian's Gin (GOPATH mode,
+    /// `/usr/share/gocode`); with `stripped`, without symbol table and DWARF
+    /// (`-ldflags=-s -w`).
+    fn go_middle(dir: &Path, port: u16, back: u16, stripped: bool) -> Service {
+        static BINS: [OnceLock<PathBuf>; 2] = [OnceLock::new(), OnceLock::new()];
+        let bin = BINS[usize::from(stripped)].get_or_init(|| {
+            // One build directory per host and flavour, rebuilt by each test run.
+            let flavour = if stripped { "stripped" } else { "normal" };
+            let out = std::env::temp_dir().join(format!("traceid-chain-go-build-{flavour}"));
             let _ = std::fs::remove_dir_all(&out);
             std::fs::create_dir_all(&out).unwrap();
             let bin = out.join("chain-middle-go");
+            assert!(
+                Path::new(GIN_GOPATH)
+                    .join("src/github.com/gin-gonic/gin")
+                    .is_dir(),
+                "Gin missing: install golang-github-gin-gonic-gin-dev"
+            );
+            let ldflags: &[&str] = if stripped { &["-ldflags=-s -w"] } else { &[] };
             let status = Command::new("go")
-                .args(["build", "-o"])
+                .arg("build")
+                .args(ldflags)
+                .arg("-o")
                 .arg(&bin)
                 .arg("middle.go")
                 .current_dir(services_dir())
                 .env("GO111MODULE", "off")
-                .env("GOPATH", out.join("gopath"))
+                .env("GOPATH", GIN_GOPATH)
                 .env(
                     "GOCACHE",
                     std::env::temp_dir().join("traceid-chain-gocache"),
@@ -142,6 +157,24 @@ impl Service {
 enum Middle {
     Flask,
     Go,
+    /// The Go middle built with `-ldflags=-s -w`.
+    GoStripped,
+}
+
+impl Middle {
+    fn is_go(self) -> bool {
+        matches!(self, Middle::Go | Middle::GoStripped)
+    }
+
+    /// The routes the middle serves: the Go one also calls from a goroutine its handler
+    /// starts (`spawn`, which drops the trace).
+    fn routes(self) -> &'static [&'static str] {
+        if self.is_go() {
+            &GO_ROUTES
+        } else {
+            &ROUTES
+        }
+    }
 }
 
 /// front (Flask) -> middle (Flask or Go) -> back (Flask), each on its own free port.
@@ -166,7 +199,8 @@ impl Chain {
         let back = Service::flask(&dir, "chain-back", "back.py", &[bp]);
         let middle = match kind {
             Middle::Flask => Service::flask(&dir, "chain-middle", "middle.py", &[mp, bp]),
-            Middle::Go => Service::go_middle(&dir, mp, bp),
+            Middle::Go => Service::go_middle(&dir, mp, bp, false),
+            Middle::GoStripped => Service::go_middle(&dir, mp, bp, true),
         };
         let front = Service::flask(&dir, "chain-front", "front.py", &[fp, mp]);
         Chain {
@@ -345,10 +379,11 @@ fn assert_sequential_chain(kind: Middle, salt: u16) {
                 assert_eq!(r["trace_id"], inb["trace_id"], "certain but not: {r:#}");
             } else {
                 assert_ne!(r["trace_id"], inb["trace_id"]);
-                assert!(["strong", "weak"].contains(&conf), "{r:#}");
-                if kind == Middle::Go {
-                    // Goroutines hop threads: no thread link for Go, sequential load is weak.
-                    assert_eq!(conf, "weak", "Go linked by thread: {r:#}");
+                if kind.is_go() {
+                    // Goroutines hop threads: Go is linked by its goroutines, not by thread.
+                    assert_eq!(conf, "goroutine", "Go not linked by goroutine: {r:#}");
+                } else {
+                    assert!(["strong", "weak"].contains(&conf), "{r:#}");
                 }
             }
             linked_ids.insert(inb["trace_id"].as_str().unwrap().to_string());
@@ -577,50 +612,50 @@ fn chain_back_reports_malformed_ids_with_their_reason() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Concurrent load: 4 client threads x 25 requests against front, each request to its own
-/// tagged route (/go/<route>/<tag>, which middle passes on as /work/<route>/<tag>), so the
-/// test knows which inbound request every call to back serves. Every link the agent reports
-/// must be the right one, and `certain` only when the call carries the inbound trace id.
-/// Returns the link shares for the middle's calls.
-fn assert_concurrent_chain(kind: Middle, salt: u16) -> BTreeMap<String, usize> {
-    let chain = Chain::start(kind);
-    let (threads, per_thread) = (4usize, 25usize);
+/// Sends `per_client` requests from each of `clients` concurrent clients to front, each
+/// request to its own tagged route (/go/<route>/<tag>, which middle passes on as
+/// /work/<route>/<tag>) with its own trace id, so the test knows which inbound request every
+/// call to back serves.
+fn concurrent_traffic(chain: &Chain, kind: Middle, salt: u16, clients: usize, per_client: usize) {
     let front = chain.front.port;
-    let mid = chain.middle.pid();
-    let want = threads * per_thread;
-    let lines = until_nothing_lost("concurrent chain", |attempt| {
-        let salt = salt.wrapping_add(attempt);
-        let agent = Agent::watch(&[]);
-        let clients: Vec<_> = (0..threads)
-            .map(|t| {
-                std::thread::spawn(move || {
-                    for i in 0..per_thread {
-                        let ri = (t + i) % ROUTES.len();
-                        let id = trace_id(salt, ri, t * 1000 + i);
-                        let tp = traceparent(&id);
-                        let path = format!("/go/{}/a{attempt}t{t}r{i}", ROUTES[ri]);
-                        assert_eq!(get(front, &path, &[("traceparent", &tp)]), 200, "{path}");
-                    }
-                })
+    let routes = kind.routes();
+    let threads: Vec<_> = (0..clients)
+        .map(|t| {
+            std::thread::spawn(move || {
+                for i in 0..per_client {
+                    let ri = (t + i) % routes.len();
+                    let id = trace_id(salt, ri, t * 1000 + i);
+                    let tp = traceparent(&id);
+                    let path = format!("/go/{}/s{salt:x}t{t}r{i}", routes[ri]);
+                    assert_eq!(get(front, &path, &[("traceparent", &tp)]), 200, "{path}");
+                }
             })
-            .collect();
-        for c in clients {
-            c.join().expect("client thread");
-        }
-        agent.wait_for(Duration::from_secs(30), |l| {
-            calls_to_back(l, mid).len() >= want || lost(l) > 0
-        });
-        let lines = agent.stop();
-        let n = lost(&lines);
-        (lines, n)
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("client thread");
+    }
+}
+
+/// Waits for `want` calls to back from the middle (or a loss), stops the agent.
+fn calls_seen(agent: Agent, chain: &Chain, want: usize) -> Vec<Value> {
+    let mid = chain.middle.pid();
+    agent.wait_for(Duration::from_secs(30), |l| {
+        calls_to_back(l, mid).len() >= want || lost(l) > 0
     });
-    let calls = calls_to_back(&lines, mid);
-    assert_eq!(
-        calls.len(),
-        want,
-        "calls to back (the agent lost {} events in this round)",
-        lost(&lines)
-    );
+    agent.stop()
+}
+
+/// Every link the agent reports for the middle's calls must be the right one, `certain` only
+/// when the call carries the inbound trace id, and each linked call carries the finding of
+/// its route. Returns the link shares of the middle's calls (`unlinked` for the others).
+fn assert_concurrent_links(
+    kind: Middle,
+    chain: &Chain,
+    lines: &[Value],
+    what: &str,
+) -> BTreeMap<String, usize> {
+    let calls = calls_to_back(lines, chain.middle.pid());
     let mut shares = BTreeMap::<String, usize>::new();
     let mut wrong = Vec::new();
     for r in &calls {
@@ -651,14 +686,17 @@ fn assert_concurrent_chain(kind: Middle, salt: u16) -> BTreeMap<String, usize> {
         }
         let want_finding = match route {
             "propagate" => "propagated",
-            "drop" => "dropped",
+            "drop" | "spawn" => "dropped",
             _ => "restarted",
         };
         assert!(f.contains(&want_finding), "{r:#}");
     }
+    let linked = calls.len() - shares.get("unlinked").copied().unwrap_or(0);
     eprintln!(
-        "{} middle, {threads} threads x {per_thread} requests, links: {shares:?}",
-        chain.middle.comm
+        "{} middle, {what}: {linked} of {} calls linked ({:.1} %), links: {shares:?}",
+        chain.middle.comm,
+        calls.len(),
+        100.0 * linked as f64 / calls.len().max(1) as f64
     );
     assert!(
         wrong.is_empty(),
@@ -673,14 +711,58 @@ fn assert_concurrent_chain(kind: Middle, salt: u16) -> BTreeMap<String, usize> {
         .filter(|r| r["path"].as_str().unwrap().starts_with("/work/propagate/"))
         .count();
     assert_eq!(shares.get("certain").copied().unwrap_or(0), propagated);
-    if kind == Middle::Go {
+    if kind.is_go() {
         assert_eq!(
             shares.get("strong"),
             None,
             "Go goroutines hop threads: a thread link is a guess"
         );
+        // The Go probes link the calls that drop or re-mint the id by goroutine, the ones
+        // made from goroutines the handler started too: 95 % at least (an event lost on a
+        // busy host leaves a call unlinked, never wrongly linked).
+        let untraced = calls.len() - propagated;
+        let by_goroutine = shares.get("goroutine").copied().unwrap_or(0);
+        assert!(
+            by_goroutine * 100 >= untraced * 95,
+            "{by_goroutine} of {untraced} dropping or re-minting calls linked by goroutine: {shares:?}"
+        );
+        let spawned = calls
+            .iter()
+            .filter(|r| r["path"].as_str().unwrap().starts_with("/work/spawn/"))
+            .count();
+        assert!(spawned > 0, "no call from a spawned goroutine");
     }
     shares
+}
+
+/// Concurrent load on a fresh agent (4 clients x 25 requests for Flask; 16 clients x 12 for
+/// Go, over its four routes): the links of every call to back. Returns the link shares.
+fn assert_concurrent_chain(kind: Middle, salt: u16) -> BTreeMap<String, usize> {
+    let chain = Chain::start(kind);
+    let (clients, per_client) = if kind.is_go() { (16, 12) } else { (4, 25) };
+    let want = clients * per_client;
+    let lines = until_nothing_lost("concurrent chain", |attempt| {
+        let agent = Agent::watch(&[]);
+        concurrent_traffic(
+            &chain,
+            kind,
+            salt.wrapping_add(attempt),
+            clients,
+            per_client,
+        );
+        let lines = calls_seen(agent, &chain, want);
+        let n = lost(&lines);
+        (lines, n)
+    });
+    let calls = calls_to_back(&lines, chain.middle.pid());
+    assert_eq!(
+        calls.len(),
+        want,
+        "calls to back (the agent lost {} events in this round)",
+        lost(&lines)
+    );
+    let what = format!("{clients} concurrent clients x {per_client} requests");
+    assert_concurrent_links(kind, &chain, &lines, &what)
 }
 
 #[test]
@@ -694,9 +776,45 @@ fn chain_flask_middle_under_concurrent_load_links_honestly() {
 }
 
 #[test]
-fn chain_go_middle_under_concurrent_load_links_honestly() {
+fn chain_go_middle_under_concurrent_load_links_by_goroutine() {
     if !can_run() {
         return;
     }
     assert_concurrent_chain(Middle::Go, 0xc060);
+}
+
+#[test]
+fn chain_stripped_go_middle_under_concurrent_load_links_by_goroutine() {
+    if !can_run() {
+        return;
+    }
+    assert_concurrent_chain(Middle::GoStripped, 0xc5e0);
+}
+
+/// A Go middle started after the agent: the agent finds it at its exec and links its calls by
+/// goroutine.
+#[test]
+fn chain_go_middle_started_after_the_agent_links_by_goroutine() {
+    if !can_run() {
+        return;
+    }
+    let (clients, per_client) = (16, 4);
+    let want = clients * per_client;
+    let (chain, lines) = until_nothing_lost("Go middle started after the agent", |attempt| {
+        let agent = Agent::watch(&[]);
+        let chain = Chain::start(Middle::Go);
+        // The agent looks at a new process 200 ms after its exec (the TLS probes' delay).
+        std::thread::sleep(Duration::from_secs(1));
+        concurrent_traffic(&chain, Middle::Go, 0xa5e0 + attempt, clients, per_client);
+        let lines = calls_seen(agent, &chain, want);
+        let n = lost(&lines);
+        ((chain, lines), n)
+    });
+    assert_eq!(
+        calls_to_back(&lines, chain.middle.pid()).len(),
+        want,
+        "calls to back (the agent lost {} events)",
+        lost(&lines)
+    );
+    assert_concurrent_links(Middle::Go, &chain, &lines, "started after the agent");
 }

@@ -18,6 +18,8 @@ const PROBED: &[(&str, bool)] = &[
     ("net/http.serverHandler.ServeHTTP", true),
     ("net/http.(*Transport).roundTrip", true),
     ("runtime.newproc1", true),
+    ("net/http.(*conn).serve", false),
+    ("net/http.(*persistConn).roundTrip", false),
     ("crypto/tls.(*Conn).Write", false),
     ("crypto/tls.(*Conn).Read", true),
 ];

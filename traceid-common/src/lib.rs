@@ -31,6 +31,12 @@ pub mod kind {
     /// Written by the agent, never by the kernel: who a process is (container, pod,
     /// namespace, workload), announced before its first record (layout: traceid-user identity).
     pub const IDENTITY: u16 = 8;
+    /// [`super::GoServeEvent`]: a Go `net/http` server goroutine started serving a connection.
+    pub const GO_SERVE: u16 = 9;
+    /// [`super::GoCallEvent`]: a goroutine asked a Go `net/http` client connection for a request.
+    pub const GO_CALL: u16 = 10;
+    /// [`super::GoSpawnEvent`]: a goroutine started another (`go` statement).
+    pub const GO_SPAWN: u16 = 11;
 }
 
 /// TCP states as the kernel numbers them (`include/net/tcp_states.h`).
@@ -313,6 +319,64 @@ pub struct GoTlsOffsets {
     pub tcp_conn_itab: u64,
 }
 
+/// `net/http.(*conn).serve` began: goroutine `goid` reads and serves, one after the other,
+/// every HTTP/1 request of the server connection `header.fd` (`header.conn_ts_ns` names it).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct GoServeEvent {
+    pub header: EventHeader,
+    /// The serving goroutine's id (`runtime.g.goid`; never reused within a process).
+    pub goid: u64,
+}
+
+/// `net/http.(*persistConn).roundTrip` began: goroutine `goid` asked for the next request
+/// written on the client connection `header.fd` (net/http writes it from the connection's
+/// own `writeLoop` goroutine, right after).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct GoCallEvent {
+    pub header: EventHeader,
+    /// The asking goroutine's id (`runtime.g.goid`).
+    pub goid: u64,
+}
+
+/// `runtime.newproc1` returned: goroutine `parent_goid` started goroutine `child_goid`.
+/// `header.fd` is -1 and `header.conn_ts_ns` 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct GoSpawnEvent {
+    pub header: EventHeader,
+    /// The goroutine that ran the `go` statement.
+    pub parent_goid: u64,
+    /// The goroutine it started.
+    pub child_goid: u64,
+}
+
+/// Byte offsets into a Go program's structs, for the Go probes: per process (the value of the
+/// kernel's `GO_PROCS` table), written by the agent from the table of verified Go versions.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct GoOffsets {
+    /// `runtime.g.goid` (int64).
+    pub g_goid: u32,
+    /// `net/http.conn.rwc` (a `net.Conn` interface: its data word follows at +8).
+    pub http_conn_rwc: u32,
+    /// `net/http.persistConn.conn` (a `net.Conn` interface).
+    pub persist_conn_conn: u32,
+    /// `net.netFD.pfd.Sysfd` (int): the socket's fd. A `*net.TCPConn` points at its
+    /// `*net.netFD` from offset 0.
+    pub netfd_sysfd: u32,
+    /// `net.netFD.family` (int): checked to be AF_INET or AF_INET6, so that a connection that
+    /// is not a `*net.TCPConn` (TLS, Unix socket) is never misread.
+    pub netfd_family: u32,
+    /// `net.netFD.sotype` (int): checked to be SOCK_STREAM.
+    pub netfd_sotype: u32,
+}
+
 /// Indexes of the kernel's loss and health counters (a per-CPU array named `STATS`).
 pub mod stat {
     /// A ring-buffer reservation failed: the event was dropped.
@@ -327,6 +391,9 @@ pub mod stat {
     pub const SOCK_READ_FAILED: u32 = 4;
     /// A TLS read/write whose socket could not be determined (no syscall seen inside it yet).
     pub const TLS_NO_FD: u32 = 5;
+    /// A Go probe could not read the goroutine or the connection's socket from the program's
+    /// memory (or the socket was not a known TCP connection): that link evidence is lost.
+    pub const GO_READ_FAILED: u32 = 6;
     /// Number of counters.
     pub const COUNT: u32 = 8;
 }
@@ -334,7 +401,7 @@ pub mod stat {
 /// aya's own `Pod` marker, for the types the agent puts in or reads from kernel maps.
 #[cfg(feature = "user")]
 mod pod {
-    use super::{GoTlsOffsets, KernelOffsets, SockInfo, SockKey};
+    use super::{GoOffsets, GoTlsOffsets, KernelOffsets, SockInfo, SockKey};
 
     /// aya::Pod asks what bytemuck::Pod asks (`Copy`, any bit pattern valid, every byte
     /// initialised). This compiles only while each type is bytemuck::Pod, whose derive checked
@@ -345,6 +412,8 @@ mod pod {
         is_bytemuck_pod::<SockKey>();
         is_bytemuck_pod::<KernelOffsets>();
         is_bytemuck_pod::<GoTlsOffsets>();
+
+        is_bytemuck_pod::<GoOffsets>();
     };
 
     // SAFETY: SockInfo is bytemuck::Pod (asserted above): repr(C), no padding, integer fields.
@@ -355,6 +424,9 @@ mod pod {
     unsafe impl aya::Pod for KernelOffsets {}
     // SAFETY: GoTlsOffsets is bytemuck::Pod (asserted above): repr(C), no padding, integers.
     unsafe impl aya::Pod for GoTlsOffsets {}
+
+    // SAFETY: GoOffsets is bytemuck::Pod (asserted above): repr(C), six u32 fields.
+    unsafe impl aya::Pod for GoOffsets {}
 }
 
 #[cfg(test)]
@@ -378,6 +450,11 @@ mod tests {
         assert_eq!(size_of::<SockKey>(), 8);
         assert_eq!(size_of::<KernelOffsets>(), 72);
         assert_eq!(size_of::<GoTlsOffsets>(), 24);
+        assert_eq!(size_of::<GoServeEvent>(), 56);
+        assert_eq!(size_of::<GoCallEvent>(), 56);
+        assert_eq!(size_of::<GoSpawnEvent>(), 64);
+        assert_eq!(offset_of!(GoSpawnEvent, child_goid), 56);
+        assert_eq!(size_of::<GoOffsets>(), 24);
         assert!(MAX_CAPTURE.is_power_of_two());
     }
 

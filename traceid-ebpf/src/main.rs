@@ -21,6 +21,7 @@
 mod conn;
 mod data;
 mod go_tls;
+mod go;
 mod maps;
 mod regs;
 mod sockets;

@@ -35,6 +35,8 @@ pub enum Notice {
         tracepoints: usize,
         seeded: usize,
         tls_files: usize,
+        /// Go executables the Go probes are attached to.
+        go_programs: usize,
         duration: Option<Duration>,
     },
     /// The TIME_WAIT census failed (said once; later failures are only in the report).
@@ -104,6 +106,7 @@ pub fn run_live(
         tracepoints: cap.info.attached,
         seeded: cap.info.seeded,
         tls_files: cap.tls.attached.len(),
+        go_programs: cap.tls.go.attached.len(),
         duration,
     });
     let start = Instant::now();

@@ -11,8 +11,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use bytemuck::{Pod, Zeroable};
 
 use traceid_common::{
-    kind, ConnEvent, DataEvent, EventHeader, StateEvent, COMM_LEN, DIR_EGRESS, MAX_CAPTURE,
-    ROLE_CLIENT, ROLE_SERVER,
+    kind, ConnEvent, DataEvent, EventHeader, GoCallEvent, GoServeEvent, GoSpawnEvent, StateEvent,
+    COMM_LEN, DIR_EGRESS, MAX_CAPTURE, ROLE_CLIENT, ROLE_SERVER,
 };
 
 /// One decoded record; `payload` borrows from the record.
@@ -27,6 +27,12 @@ pub enum Event<'a> {
     Census(EventHeader, &'a [u8]),
     /// Written by the agent: losses the kernel counted (body decoded by the pipeline).
     Loss(EventHeader, &'a [u8]),
+    /// A Go goroutine started serving a server connection.
+    GoServe(GoServeEvent),
+    /// A Go goroutine asked for a request on a client connection.
+    GoCall(GoCallEvent),
+    /// A Go goroutine started another.
+    GoSpawn(GoSpawnEvent),
 }
 
 impl Event<'_> {
@@ -37,6 +43,9 @@ impl Event<'_> {
             Event::ConnClose(h) => h,
             Event::State(s) => &s.header,
             Event::Census(h, _) | Event::Loss(h, _) => h,
+            Event::GoServe(e) => &e.header,
+            Event::GoCall(e) => &e.header,
+            Event::GoSpawn(e) => &e.header,
         }
     }
 }
@@ -127,6 +136,9 @@ pub fn decode(buf: &[u8]) -> Result<Event<'_>, DecodeError> {
         }
         kind::STATE => Ok(Event::State(read_front(buf, "a state event")?)),
         kind::CONN_CLOSE => Ok(Event::ConnClose(header)),
+        kind::GO_SERVE => Ok(Event::GoServe(read_front(buf, "a Go serve event")?)),
+        kind::GO_CALL => Ok(Event::GoCall(read_front(buf, "a Go call event")?)),
+        kind::GO_SPAWN => Ok(Event::GoSpawn(read_front(buf, "a Go spawn event")?)),
         kind::CENSUS | kind::LOSS => {
             let body = buf.get(std::mem::size_of::<EventHeader>()..).unwrap_or(&[]);
             Ok(if header.kind == kind::CENSUS {
@@ -359,6 +371,39 @@ mod tests {
         let mut unknown = pod_bytes(&header(99));
         unknown.push(0);
         assert_eq!(decode(&unknown), Err(DecodeError::UnknownKind(99)));
+    }
+
+    #[test]
+    fn go_events_round_trip_and_short_ones_are_refused() {
+        let serve = GoServeEvent {
+            header: header(kind::GO_SERVE),
+            goid: 17,
+        };
+        let call = GoCallEvent {
+            header: header(kind::GO_CALL),
+            goid: 18,
+        };
+        let spawn = GoSpawnEvent {
+            header: EventHeader {
+                fd: -1,
+                conn_ts_ns: 0,
+                ..header(kind::GO_SPAWN)
+            },
+            parent_goid: 17,
+            child_goid: 19,
+        };
+        assert_eq!(decode(&pod_bytes(&serve)), Ok(Event::GoServe(serve)));
+        assert_eq!(decode(&pod_bytes(&call)), Ok(Event::GoCall(call)));
+        assert_eq!(decode(&pod_bytes(&spawn)), Ok(Event::GoSpawn(spawn)));
+        let short = &pod_bytes(&spawn)[..60];
+        assert_eq!(
+            decode(short),
+            Err(DecodeError::Short {
+                what: "a Go spawn event",
+                need: 64,
+                len: 60
+            })
+        );
     }
 
     #[test]

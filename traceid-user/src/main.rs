@@ -549,9 +549,10 @@ fn print_notice(n: Notice) {
             tracepoints,
             seeded,
             tls_files,
+            go_programs,
             duration,
         } => eprintln!(
-            "traceid: watching: {tracepoints} tracepoints attached, {seeded} existing connections followed, TLS probes on {tls_files} OpenSSL files{}",
+            "traceid: watching: {tracepoints} tracepoints attached, {seeded} existing connections followed, TLS probes on {tls_files} OpenSSL files, Go probes on {go_programs} Go programs{}",
             match duration {
                 Some(d) => format!(", for {:.0} s (Ctrl-C ends early)", d.as_secs_f64()),
                 None => ", Ctrl-C to stop".to_string(),

@@ -162,6 +162,9 @@ impl Finding {
 pub enum Confidence {
     /// Same trace id.
     Certain,
+    /// Go: the goroutine that asked for the call serves the inbound request's connection, or
+    /// was started by one that does (seen by the Go probes). Exact, like `certain`.
+    Goroutine,
     /// Same thread while the inbound request was in flight.
     Strong,
     /// The only inbound request in flight in that process.
@@ -173,6 +176,7 @@ impl Confidence {
     pub fn as_str(self) -> &'static str {
         match self {
             Confidence::Certain => "certain",
+            Confidence::Goroutine => "goroutine",
             Confidence::Strong => "strong",
             Confidence::Weak => "weak",
         }

@@ -294,6 +294,63 @@ mod tests {
         ));
     }
 
+    /// The Go probes' records go to disk like every kernel record: a replay links by
+    /// goroutine as the live run did.
+    #[test]
+    fn replay_links_by_goroutine_as_live() {
+        let served = |fd, ts, role| C {
+            pid: 2,
+            fd,
+            ts,
+            comm: "gosvc",
+            role,
+        };
+        let (a, b) = (
+            served(3, 1, traceid_common::ROLE_SERVER),
+            served(4, 2, traceid_common::ROLE_SERVER),
+        );
+        let out = served(5, 3, traceid_common::ROLE_CLIENT);
+        let mut s = Stream::default();
+        s.go_serve(a, 1, 10);
+        s.go_serve(b, 1, 20);
+        s.data(a, 1, false, &get("/a", &[("traceparent", TP)]));
+        s.data(b, 2, false, &get("/b", &[("traceparent", TP)]));
+        s.go_spawn(2, 3, 20, 21);
+        s.go_call(out, 3, 21);
+        s.data(out, 4, true, &get("/call", &[]));
+        s.data(out, 4, false, OK);
+        let live = s.run();
+        let mut w = Writer::new(Vec::new(), 0).unwrap();
+        for r in &s.records {
+            w.write(r).unwrap();
+        }
+        let file = w.finish().unwrap();
+        let mut rd = Reader::new(&file[..]).unwrap();
+        let mut recs = Vec::new();
+        while let Some(r) = rd.next_record().unwrap() {
+            recs.push(r);
+        }
+        // Data records have their secrets masked; the Go records come back byte for byte.
+        let go_records = |records: &[Vec<u8>]| -> Vec<Vec<u8>> {
+            records
+                .iter()
+                .filter(|r| {
+                    let kind = u16::from_ne_bytes([r[0], r[1]]);
+                    (traceid_common::kind::GO_SERVE..=traceid_common::kind::GO_SPAWN)
+                        .contains(&kind)
+                })
+                .cloned()
+                .collect()
+        };
+        assert_eq!(go_records(&recs).len(), 4);
+        assert_eq!(go_records(&recs), go_records(&s.records));
+        assert_eq!(crate::test_util::events::run_records(&recs), live);
+        let call = live.iter().find(|r| r.path == "/call").expect("the call");
+        let inbound = call.inbound.as_ref().expect("linked");
+        assert_eq!(inbound.path, "/b");
+        assert_eq!(inbound.confidence, crate::record::Confidence::Goroutine);
+    }
+
     /// A recording of `records` dummy records of `len` bytes each (no data events: nothing
     /// to redact).
     fn recording_of(records: usize, len: usize) -> Vec<u8> {

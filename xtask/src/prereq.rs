@@ -33,6 +33,8 @@ pub const INTEGRATION_PACKAGES: &[&str] = &[
     "python3-flask",
     "python3-requests",
     "golang-go",
+    // Gin, for the Go middle of the chain tests (tests/services/chain/middle.go).
+    "golang-github-gin-gonic-gin-dev",
     "ca-certificates",
     "openssl",
     // promtool (`promtool check metrics` on the /metrics exposition, tests/metrics.rs).

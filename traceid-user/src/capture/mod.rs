@@ -7,6 +7,7 @@
 //! `Capture::poll` hands each raw record to the caller; decoding happens in `crate::event`.
 
 pub mod btf;
+pub mod go;
 pub mod go_tls;
 pub mod seed;
 pub mod tls;
@@ -203,18 +204,17 @@ impl Capture {
         )
         .map_err(|e| CaptureError::Map("STATS", e.to_string()))?;
         let mut tls = tls::TlsAttacher::default();
-        match tls.load(&mut ebpf) {
-            Ok(()) => {
-                if let Err(e) = tls.go.load(&mut ebpf) {
-                    tracing::warn!("Go TLS probes unavailable: {e}");
-                }
-                tls.scan_all(&mut ebpf, agent_pid)
-            }
-            Err(e) => {
-                tracing::warn!("TLS probes unavailable: {e}");
-                info.tls_error = Some(e);
-            }
+        if let Err(e) = tls.load(&mut ebpf) {
+            tracing::warn!("TLS probes unavailable: {e}");
+            info.tls_error = Some(e);
         }
+        if let Err(e) = tls.load_go(&mut ebpf) {
+            tracing::warn!("Go probes unavailable (Go calls are linked by the other rules): {e}");
+        }
+        if let Err(e) = tls.go_tls.load(&mut ebpf) {
+            tracing::warn!("Go TLS probes unavailable (Go HTTPS is not decoded): {e}");
+        }
+        tls.scan_all(&mut ebpf, agent_pid);
         Ok(Capture {
             ebpf,
             tls,
@@ -287,6 +287,7 @@ pub fn stat_name(index: u32) -> Option<&'static str> {
         stat::SOCKS_FULL => "kernel_socket_table_full",
         stat::SOCK_READ_FAILED => "kernel_socket_read_failed",
         stat::TLS_NO_FD => "kernel_tls_socket_unknown",
+        stat::GO_READ_FAILED => "kernel_go_read_failed",
         _ => return None,
     })
 }

@@ -64,8 +64,10 @@ pub struct TlsAttacher {
     pub failed: HashMap<String, String>,
     /// Set once perf refused to create a uprobe: every later probe goes through tracefs.
     via_tracefs: Option<TracefsUprobes>,
+    /// The Go probes (goroutine linking), attached to the Go programs the same looks find.
+    pub go: super::go::GoAttacher,
     /// Go programs' crypto/tls probes, looked for in the same processes at the same moments.
-    pub go: super::go_tls::GoTlsAttacher,
+    pub go_tls: super::go_tls::GoTlsAttacher,
 }
 
 impl TlsAttacher {
@@ -81,6 +83,11 @@ impl TlsAttacher {
         }
         self.loaded = true;
         Ok(())
+    }
+
+    /// Loads the Go probe programs into the kernel (once); see [`super::go`].
+    pub fn load_go(&mut self, ebpf: &mut Ebpf) -> Result<(), String> {
+        self.go.load(ebpf)
     }
 
     /// Looks at every running process except `skip_pid`.
@@ -125,6 +132,7 @@ impl TlsAttacher {
 
     pub fn scan_pid(&mut self, ebpf: &mut Ebpf, pid: u32) {
         self.go.scan_pid(ebpf, pid, &mut self.via_tracefs);
+        self.go_tls.scan_pid(ebpf, pid, &mut self.via_tracefs);
         if !self.loaded {
             return;
         }

@@ -192,6 +192,9 @@ impl Engine {
             }
             // TCP state changes, censuses and losses are the lifecycle's and the pipeline's.
             Event::State(_) | Event::Census(..) | Event::Loss(..) => {}
+            Event::GoServe(e) => self.linker.go_serve(h.pid, e.goid, (h.fd, h.conn_ts_ns)),
+            Event::GoCall(e) => self.linker.go_call(h.pid, e.goid, (h.fd, h.conn_ts_ns)),
+            Event::GoSpawn(e) => self.linker.go_spawn(h.pid, e.parent_goid, e.child_goid),
             Event::Data(d, payload) => {
                 if !self.conns.contains_key(&key) {
                     // Its open was lost or happened before a replay started: follow it anyway.
@@ -294,7 +297,10 @@ impl Engine {
     /// Ends every connection (end of a replay or of a diagnosis): unanswered requests are
     /// reported without a response.
     pub fn finish(&mut self, out: &mut Vec<Record>) {
-        let keys: Vec<ConnKey> = self.conns.keys().copied().collect();
+        // In the order the connections were followed, not the table's (randomly seeded) hash
+        // order: a replay ends exactly as the live run did.
+        let mut keys: Vec<ConnKey> = self.conns.keys().copied().collect();
+        keys.sort_unstable_by_key(|k| (k.conn_ts_ns, k.pid, k.fd));
         for key in keys {
             if let Some(mut conn) = self.conns.remove(&key) {
                 self.end_conn(key, &mut conn, None, out);
@@ -508,7 +514,9 @@ impl Cx<'_> {
                 },
             ),
             _ => {
-                let l = self.linker.link(key.pid, head.tid, ex.primary());
+                let l = self
+                    .linker
+                    .link(key.pid, head.tid, (key.fd, key.conn_ts_ns), ex.primary());
                 if conn.links.len() >= self.cfg.limits.max_pending.max(1) {
                     conn.links.remove(0);
                 }

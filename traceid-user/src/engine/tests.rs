@@ -712,3 +712,159 @@ fn h2_writer_short_of_its_own_bytes_takes_the_head_its_server_read() {
     );
     assert!(out.findings.is_empty(), "{:?}", out.findings);
 }
+
+/// A Go middle (pid 200) serving two connections at once, /a on MID_IN by goroutine 10 and /b
+/// on GO_IN2 by goroutine 20, each request with its own trace id, while every thread reads
+/// and writes for any goroutine.
+const GO_IN2: C = C {
+    pid: 200,
+    fd: 6,
+    ts: 4,
+    comm: "middle",
+    role: ROLE_SERVER,
+};
+const TP_A: &str = "00-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-00f067aa0ba902b7-01";
+const TP_B: &str = "00-bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-00f067aa0ba902b7-01";
+
+fn go_two_in_flight() -> Stream {
+    let mut s = Stream::default();
+    s.open(MID_IN, [127, 0, 0, 1], 8080, [127, 0, 0, 1], 40000);
+    s.go_serve(MID_IN, 301, 10);
+    s.open(GO_IN2, [127, 0, 0, 1], 8080, [127, 0, 0, 1], 40002);
+    s.go_serve(GO_IN2, 302, 20);
+    s.data(MID_IN, 302, false, &get("/a", &[("traceparent", TP_A)]));
+    s.data(GO_IN2, 301, false, &get("/b", &[("traceparent", TP_B)]));
+    s.open(MID_OUT, [127, 0, 0, 1], 40001, [127, 0, 0, 1], 9090);
+    s
+}
+
+fn outbound_to(recs: &[RequestRecord], path: &str) -> RequestRecord {
+    let found: Vec<&RequestRecord> = recs
+        .iter()
+        .filter(|r| r.direction == Direction::Outbound && r.path == path)
+        .collect();
+    assert_eq!(found.len(), 1, "{path}: {recs:#?}");
+    found[0].clone()
+}
+
+fn linked_to(r: &RequestRecord) -> (&str, Confidence) {
+    let inbound = r
+        .inbound
+        .as_ref()
+        .unwrap_or_else(|| panic!("unlinked: {r:#?}"));
+    (inbound.path.as_str(), inbound.confidence)
+}
+
+#[test]
+fn go_call_links_to_the_request_its_goroutine_serves_among_several() {
+    let mut s = go_two_in_flight();
+    // One keep-alive client connection, written by writeLoop's thread for both goroutines.
+    s.go_call(MID_OUT, 303, 20);
+    s.data(MID_OUT, 304, true, &get("/charge-b", &[]));
+    s.data(MID_OUT, 305, false, OK);
+    s.go_call(MID_OUT, 301, 10);
+    s.data(MID_OUT, 304, true, &get("/charge-a", &[]));
+    s.data(MID_OUT, 302, false, OK);
+    let recs = s.run();
+    let b = outbound_to(&recs, "/charge-b");
+    assert_eq!(linked_to(&b), ("/b", Confidence::Goroutine));
+    assert_eq!(b.findings, vec![Finding::Missing, Finding::Dropped]);
+    let a = outbound_to(&recs, "/charge-a");
+    assert_eq!(linked_to(&a), ("/a", Confidence::Goroutine));
+    assert_eq!(
+        a.inbound.as_ref().unwrap().trace_id.as_deref(),
+        Some("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa")
+    );
+}
+
+#[test]
+fn go_call_from_a_goroutine_the_handler_started_links_through_its_ancestry() {
+    let mut s = go_two_in_flight();
+    // Goroutine 20 started 30, which started 31 (a worker of a worker).
+    s.go_spawn(200, 302, 20, 30);
+    s.go_spawn(200, 301, 30, 31);
+    // A goroutine of the other request's family, and one of nobody known.
+    s.go_spawn(200, 301, 10, 40);
+    s.go_call(MID_OUT, 303, 31);
+    s.data(MID_OUT, 304, true, &get("/from-31", &[("traceparent", TP)]));
+    s.data(MID_OUT, 305, false, OK);
+    s.go_call(MID_OUT, 303, 40);
+    s.data(MID_OUT, 304, true, &get("/from-40", &[]));
+    s.data(MID_OUT, 305, false, OK);
+    s.go_call(MID_OUT, 303, 99);
+    s.data(MID_OUT, 304, true, &get("/from-99", &[]));
+    s.data(MID_OUT, 305, false, OK);
+    let recs = s.run();
+    let from31 = outbound_to(&recs, "/from-31");
+    assert_eq!(linked_to(&from31), ("/b", Confidence::Goroutine));
+    assert_eq!(from31.findings, vec![Finding::Restarted]);
+    assert_eq!(
+        linked_to(&outbound_to(&recs, "/from-40")),
+        ("/a", Confidence::Goroutine)
+    );
+    // No known ancestry and two requests in flight: no guess.
+    let from99 = outbound_to(&recs, "/from-99");
+    assert!(from99.inbound.is_none(), "{from99:#?}");
+    assert!(from99.findings.contains(&Finding::Unlinked));
+}
+
+#[test]
+fn go_call_evidence_is_used_once_and_trace_ids_still_come_first() {
+    let mut s = go_two_in_flight();
+    s.go_call(MID_OUT, 303, 20);
+    // Carries /a's trace id although goroutine 20 serves /b: the trace id is certain.
+    s.data(MID_OUT, 304, true, &get("/first", &[("traceparent", TP_A)]));
+    s.data(MID_OUT, 305, false, OK);
+    // Its GO_CALL lost: the previous one is not reused, and two in flight stay unlinked.
+    s.data(MID_OUT, 304, true, &get("/second", &[]));
+    s.data(MID_OUT, 305, false, OK);
+    let recs = s.run();
+    assert_eq!(
+        linked_to(&outbound_to(&recs, "/first")),
+        ("/a", Confidence::Certain)
+    );
+    assert!(outbound_to(&recs, "/second").inbound.is_none());
+}
+
+#[test]
+fn go_call_of_a_goroutine_whose_request_is_answered_is_not_given_another() {
+    let mut s = go_two_in_flight();
+    // /b is answered; then its goroutine (or a goroutine it left behind) makes a call while
+    // only /a is in flight: the weak rule would name /a, the goroutine says it serves no one.
+    s.data(GO_IN2, 302, true, OK);
+    s.go_spawn(200, 302, 20, 21);
+    s.go_call(MID_OUT, 303, 21);
+    s.data(MID_OUT, 304, true, &get("/late", &[]));
+    s.data(MID_OUT, 305, false, OK);
+    let recs = s.run();
+    let late = outbound_to(&recs, "/late");
+    assert!(late.inbound.is_none(), "{late:#?}");
+    assert!(late.findings.contains(&Finding::Unlinked));
+}
+
+#[test]
+fn go_serving_goroutine_links_each_keep_alive_request_in_turn() {
+    let mut s = Stream::default();
+    s.open(MID_IN, [127, 0, 0, 1], 8080, [127, 0, 0, 1], 40000);
+    s.go_serve(MID_IN, 301, 10);
+    s.open(GO_IN2, [127, 0, 0, 1], 8080, [127, 0, 0, 1], 40002);
+    s.go_serve(GO_IN2, 302, 20);
+    s.data(GO_IN2, 301, false, &get("/other", &[]));
+    s.open(MID_OUT, [127, 0, 0, 1], 40001, [127, 0, 0, 1], 9090);
+    for path in ["/one", "/two"] {
+        s.data(MID_IN, 302, false, &get(path, &[]));
+        s.go_call(MID_OUT, 303, 10);
+        s.data(MID_OUT, 304, true, &get(&format!("/call{path}"), &[]));
+        s.data(MID_OUT, 305, false, OK);
+        s.data(MID_IN, 301, true, OK);
+    }
+    let recs = s.run();
+    assert_eq!(
+        linked_to(&outbound_to(&recs, "/call/one")),
+        ("/one", Confidence::Goroutine)
+    );
+    assert_eq!(
+        linked_to(&outbound_to(&recs, "/call/two")),
+        ("/two", Confidence::Goroutine)
+    );
+}

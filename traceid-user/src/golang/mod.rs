@@ -10,6 +10,7 @@
 pub mod binary;
 pub mod buildinfo;
 pub mod discover;
+pub mod offsets;
 pub mod pclntab;
 pub mod probes;
 pub mod retsites;

@@ -25,6 +25,12 @@ pub const FUNCTIONS: &[(&str, Probe)] = &[
     ("net/http.(*Transport).roundTrip", Probe::EntryAndReturns),
     // Goroutine ancestry: the new goroutine is its result.
     ("runtime.newproc1", Probe::EntryAndReturns),
+    // The goroutine that serves every HTTP/1 request of a server connection, one after the
+    // other: the connection is an argument.
+    ("net/http.(*conn).serve", Probe::Entry),
+    // The goroutine that asks for a request on a client connection (net/http's writeLoop
+    // goroutine then writes it): the connection is an argument.
+    ("net/http.(*persistConn).roundTrip", Probe::Entry),
     // TLS plaintext written: the buffer is an argument.
     ("crypto/tls.(*Conn).Write", Probe::Entry),
     // TLS plaintext read: the count is a result.

@@ -202,7 +202,12 @@ impl Lifecycle {
                     }
                 }
             }
-            Event::Data(..) | Event::Census(..) | Event::Loss(..) => {}
+            Event::Data(..)
+            | Event::Census(..)
+            | Event::Loss(..)
+            | Event::GoServe(_)
+            | Event::GoCall(_)
+            | Event::GoSpawn(_) => {}
         }
     }
 

@@ -13,7 +13,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::record::{Confidence, Direction, Finding, Record, RequestRecord, WorkloadKind};
+use crate::record::{Direction, Finding, Record, RequestRecord, WorkloadKind};
 
 const MAX_KEYS: usize = 500;
 
@@ -373,9 +373,7 @@ impl Aggregator {
                     }
                 }
                 let link = match r.inbound.as_ref().map(|l| l.confidence) {
-                    Some(Confidence::Certain) => "certain",
-                    Some(Confidence::Strong) => "strong",
-                    Some(Confidence::Weak) => "weak",
+                    Some(confidence) => confidence.as_str(),
                     // A process that never served a request starts its chains: nothing to link.
                     None if r.has(Finding::Unlinked) => "unlinked",
                     None => "chain_start",
@@ -624,7 +622,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::record::{ConnKey, Identity, InboundRef, Pod, Workload};
+    use crate::record::{Confidence, ConnKey, Identity, InboundRef, Pod, Workload};
 
     const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 

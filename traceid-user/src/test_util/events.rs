@@ -6,7 +6,8 @@ use crate::lifecycle::{census_record, Sysctls};
 use crate::pipeline::{Pipeline, PipelineConfig};
 use crate::record::{Record, RequestRecord};
 use traceid_common::{
-    kind, ConnEvent, DataEvent, EventHeader, StateEvent, DIR_EGRESS, DIR_INGRESS,
+    kind, ConnEvent, DataEvent, EventHeader, GoCallEvent, GoServeEvent, GoSpawnEvent, StateEvent,
+    DIR_EGRESS, DIR_INGRESS,
 };
 
 pub const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -143,6 +144,39 @@ impl Stream {
         let mut raw = pod_bytes(&ev);
         raw.extend_from_slice(kept);
         self.records.push(raw);
+    }
+
+    /// Go: goroutine `goid` of `c`'s process starts serving the server connection `c`
+    /// (`net/http.(*conn).serve`).
+    pub fn go_serve(&mut self, c: C, tid: u32, goid: u64) {
+        let now = self.tick();
+        let ev = GoServeEvent {
+            header: header(kind::GO_SERVE, c.pid, tid, c.fd, c.ts, now, c.comm),
+            goid,
+        };
+        self.records.push(pod_bytes(&ev));
+    }
+
+    /// Go: goroutine `goid` asks for the next request on the client connection `c`
+    /// (`net/http.(*persistConn).roundTrip`).
+    pub fn go_call(&mut self, c: C, tid: u32, goid: u64) {
+        let now = self.tick();
+        let ev = GoCallEvent {
+            header: header(kind::GO_CALL, c.pid, tid, c.fd, c.ts, now, c.comm),
+            goid,
+        };
+        self.records.push(pod_bytes(&ev));
+    }
+
+    /// Go: goroutine `parent` of process `pid` starts goroutine `child`.
+    pub fn go_spawn(&mut self, pid: u32, tid: u32, parent: u64, child: u64) {
+        let now = self.tick();
+        let ev = GoSpawnEvent {
+            header: header(kind::GO_SPAWN, pid, tid, -1, 0, now, "go"),
+            parent_goid: parent,
+            child_goid: child,
+        };
+        self.records.push(pod_bytes(&ev));
     }
 
     pub fn close(&mut self, c: C) {

@@ -1,0 +1,236 @@
+//! Attaching the Go probes (kernel side: traceid-ebpf `go.rs`) to Go programs, found as the
+//! OpenSSL probes find their files: at start-up and at exec, through [`super::tls`].
+//!
+//! Each executable is inspected once, by (device, inode): its functions are located through
+//! its function table ([`crate::golang::plan`]), and its struct offsets come from the table
+//! of verified Go versions ([`crate::golang::offsets`]). Every process that runs an
+//! instrumented executable gets its offsets in the kernel's `GO_PROCS` table, by pid: the
+//! probes ignore a process without them.
+
+use std::collections::HashMap;
+use std::fs;
+use std::os::fd::AsFd as _;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+
+use aya::maps::HashMap as BpfHashMap;
+use aya::programs::{uprobe::UProbeScope, UProbe};
+use aya::Ebpf;
+use traceid_common::GoOffsets;
+
+use super::tls::{error_chain, permission_denied, tracefs_root};
+use super::tracefs_uprobe::TracefsUprobes;
+use crate::golang::{self, GoBinary};
+
+/// (program, function, where): the Go probes. Programs at `Returns` are plain uprobes on each
+/// RET instruction of the function.
+const PROBES: &[(&str, &str, Site)] = &[
+    ("go_http_serve", "net/http.(*conn).serve", Site::Entry),
+    (
+        "go_http_round_trip",
+        "net/http.(*persistConn).roundTrip",
+        Site::Entry,
+    ),
+    ("go_newproc_enter", "runtime.newproc1", Site::Entry),
+    ("go_newproc_return", "runtime.newproc1", Site::Returns),
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Site {
+    Entry,
+    Returns,
+}
+
+/// A Go executable the probes are attached to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GoTarget {
+    /// Path as the first process found running it sees it.
+    pub path: String,
+    pub pid: u32,
+    pub go_version: String,
+}
+
+#[derive(Default)]
+pub struct GoAttacher {
+    loaded: bool,
+    /// Executables looked at, by (device, inode): the offsets of the instrumented ones.
+    files: HashMap<(u64, u64), Option<GoOffsets>>,
+    pub attached: Vec<GoTarget>,
+}
+
+impl GoAttacher {
+    /// Loads the Go probe programs into the kernel (once).
+    pub fn load(&mut self, ebpf: &mut Ebpf) -> Result<(), String> {
+        for (name, _, _) in PROBES {
+            let prog: &mut UProbe = ebpf
+                .program_mut(name)
+                .ok_or_else(|| format!("program {name} missing"))?
+                .try_into()
+                .map_err(|e| format!("{name}: {e}"))?;
+            prog.load().map_err(|e| format!("loading {name}: {e}"))?;
+        }
+        self.loaded = true;
+        Ok(())
+    }
+
+    /// Looks at the executable of `pid`: attaches the probes to it the first time it is seen,
+    /// and tells the kernel the offsets for this process (or forgets the pid when its
+    /// executable is not an instrumentable Go program: the pid may have been reused).
+    pub fn scan_pid(&mut self, ebpf: &mut Ebpf, pid: u32, tracefs: &mut Option<TracefsUprobes>) {
+        if !self.loaded {
+            return;
+        }
+        let exe = PathBuf::from(format!("/proc/{pid}/exe"));
+        let Ok(meta) = fs::metadata(&exe) else {
+            return;
+        };
+        let id = (meta.dev(), meta.ino());
+        let offsets = match self.files.get(&id) {
+            Some(known) => *known,
+            None => {
+                let offsets = self.attach_file(ebpf, pid, &exe, tracefs);
+                self.files.insert(id, offsets);
+                offsets
+            }
+        };
+        let Some(map) = ebpf.map_mut("GO_PROCS") else {
+            return;
+        };
+        let Ok(mut table) = BpfHashMap::<_, u32, GoOffsets>::try_from(map) else {
+            return;
+        };
+        match offsets {
+            Some(offsets) => {
+                if table.insert(pid, offsets, 0).is_err() {
+                    // Full of processes that have exited: forget those, then try again.
+                    let dead: Vec<u32> = table
+                        .keys()
+                        .flatten()
+                        .filter(|p| !Path::new(&format!("/proc/{p}")).exists())
+                        .collect();
+                    for p in dead {
+                        let _ = table.remove(&p);
+                    }
+                    if let Err(e) = table.insert(pid, offsets, 0) {
+                        tracing::warn!("Go probes: pid {pid} not instrumented: GO_PROCS: {e}");
+                    }
+                }
+            }
+            None => {
+                let _ = table.remove(&pid);
+            }
+        }
+    }
+
+    /// Attaches the probes to the Go executable `exe` (the process's `/proc/<pid>/exe`);
+    /// returns its offsets when it is instrumented, None when it is not Go or cannot be.
+    fn attach_file(
+        &mut self,
+        ebpf: &mut Ebpf,
+        pid: u32,
+        exe: &Path,
+        tracefs: &mut Option<TracefsUprobes>,
+    ) -> Option<GoOffsets> {
+        let binary = GoBinary::open(exe).ok()?;
+        let shown = fs::read_link(exe)
+            .map_or_else(|_| exe.display().to_string(), |p| p.display().to_string());
+        let go_version = binary.build_info().go_version.clone();
+        let Some(offsets) = golang::offsets::for_version(&go_version) else {
+            self.refuse(
+                Severity::Warn,
+                shown,
+                format!(
+                    "{go_version}: struct offsets verified for Go {} only",
+                    golang::offsets::verified_versions()
+                ),
+            );
+            return None;
+        };
+        let plan = match golang::plan(&binary) {
+            Ok(plan) => plan,
+            Err(e) => {
+                self.refuse(Severity::Warn, shown, e.to_string());
+                return None;
+            }
+        };
+        // Every probe or none: a link needs the serving, the asking and the spawning side.
+        let mut sites = Vec::new();
+        for &(program, function, site) in PROBES {
+            let Some(located) = plan.located().find(|s| s.function == function) else {
+                // A Go program without an HTTP server or client (the go tool itself, most
+                // command-line tools) has nothing to link: not a problem worth a warning.
+                self.refuse(Severity::Info, shown, format!("{function} not located"));
+                return None;
+            };
+            match site {
+                Site::Entry => sites.push((program, located.entry_offset)),
+                Site::Returns => sites.extend(located.ret_offsets.iter().map(|&o| (program, o))),
+            }
+        }
+        for (program, offset) in sites {
+            if let Err(e) = attach_at(ebpf, program, exe, offset, tracefs) {
+                self.refuse(
+                    Severity::Warn,
+                    shown,
+                    format!("{program} at {offset:#x}: {e}"),
+                );
+                return None;
+            }
+        }
+        tracing::info!("Go probes attached to {shown} (pid {pid}, {go_version})");
+        self.attached.push(GoTarget {
+            path: shown,
+            pid,
+            go_version,
+        });
+        Some(offsets)
+    }
+
+    fn refuse(&self, severity: Severity, shown: String, reason: String) {
+        match severity {
+            Severity::Info => tracing::info!("Go probes not attached to {shown}: {reason}"),
+            Severity::Warn => tracing::warn!(
+                "Go probes not attached to {shown}: its calls are linked by the other rules: {reason}"
+            ),
+        }
+    }
+}
+
+/// How loudly a Go program left without probes is reported.
+enum Severity {
+    /// Nothing to link in it.
+    Info,
+    /// Its calls could have been linked exactly.
+    Warn,
+}
+
+/// A plain uprobe running `program` at `offset` in the file at `path`: through perf, or
+/// through tracefs once perf has refused (as for the TLS probes).
+fn attach_at(
+    ebpf: &mut Ebpf,
+    program: &str,
+    path: &Path,
+    offset: u64,
+    tracefs: &mut Option<TracefsUprobes>,
+) -> Result<(), String> {
+    let prog: &mut UProbe = ebpf
+        .program_mut(program)
+        .ok_or_else(|| format!("program {program} missing"))?
+        .try_into()
+        .map_err(|e| format!("{program}: {e}"))?;
+    if tracefs.is_none() {
+        match prog.attach(offset, path, UProbeScope::AllProcesses) {
+            Ok(_) => return Ok(()),
+            Err(e) if !permission_denied(&e) => return Err(error_chain(&e)),
+            Err(e) => tracing::info!(
+                "perf refuses to create uprobes ({}): creating the Go probes through tracefs",
+                error_chain(&e)
+            ),
+        }
+    }
+    let tracefs = tracefs.get_or_insert_with(|| TracefsUprobes::new(tracefs_root()));
+    let fd = prog.fd().map_err(|e| error_chain(&e))?;
+    tracefs
+        .attach(fd.as_fd(), false, path, offset)
+        .map_err(|e| e.to_string())
+}
