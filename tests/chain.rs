@@ -244,6 +244,22 @@ fn calls_to_back(lines: &[Value], pid: u64) -> Vec<&Value> {
     })
 }
 
+/// How a call was linked: `certain` (same trace id), `goroutine` (certain, by the Go probes),
+/// `strong` (thread) or `weak` (only one in flight); checks the record's confidence agrees with
+/// its evidence.
+fn link_kind(inbound: &Value) -> &'static str {
+    let (evidence, confidence) = (inbound["evidence"].as_str(), inbound["confidence"].as_str());
+    let (kind, want) = match evidence {
+        Some("trace_id") => ("certain", "certain"),
+        Some("goroutine") => ("goroutine", "certain"),
+        Some("thread") => ("strong", "strong"),
+        Some("only_in_flight") => ("weak", "weak"),
+        other => panic!("unknown evidence {other:?}: {inbound:#}"),
+    };
+    assert_eq!(confidence, Some(want), "{inbound:#}");
+    kind
+}
+
 fn findings(r: &Value) -> Vec<&str> {
     r["findings"]
         .as_array()
@@ -353,9 +369,7 @@ fn assert_sequential_chain(kind: Middle, salt: u16) {
             let inb = &r["inbound"];
             assert_eq!(inb["path"], format!("/{route}"), "wrong inbound: {r:#}");
             assert_eq!(inb["method"], "GET");
-            let conf = inb["confidence"]
-                .as_str()
-                .unwrap_or_else(|| panic!("{r:#}"));
+            let conf = link_kind(inb);
             *confidences.entry(conf.to_string()).or_default() += 1;
             let f = findings(r);
             match *route {
@@ -670,7 +684,7 @@ fn assert_concurrent_links(
             assert!(f.contains(&"unlinked"), "{r:#}");
             continue;
         }
-        let conf = inb["confidence"].as_str().unwrap();
+        let conf = link_kind(inb);
         *shares.entry(conf.into()).or_default() += 1;
         if conf == "certain" {
             assert_eq!(r["trace_id"], inb["trace_id"], "certain but not: {r:#}");

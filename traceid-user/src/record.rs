@@ -160,11 +160,9 @@ impl Finding {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, PartialOrd, Ord)]
 #[serde(rename_all = "lowercase")]
 pub enum Confidence {
-    /// Same trace id.
+    /// Exact: the same trace id, or (Go) the goroutine that asked for the call serves the
+    /// inbound request ([`Evidence`] says which).
     Certain,
-    /// Go: the goroutine that asked for the call serves the inbound request's connection, or
-    /// was started by one that does (seen by the Go probes). Exact, like `certain`.
-    Goroutine,
     /// Same thread while the inbound request was in flight.
     Strong,
     /// The only inbound request in flight in that process.
@@ -176,9 +174,45 @@ impl Confidence {
     pub fn as_str(self) -> &'static str {
         match self {
             Confidence::Certain => "certain",
-            Confidence::Goroutine => "goroutine",
             Confidence::Strong => "strong",
             Confidence::Weak => "weak",
+        }
+    }
+}
+
+/// What a link rests on; each implies one [`Confidence`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum Evidence {
+    /// The call continues the inbound request's trace id (`certain`).
+    TraceId,
+    /// Go: the goroutine that asked for the call serves the inbound request's connection, or
+    /// was started by one that does, as the Go probes saw it (`certain`).
+    Goroutine,
+    /// The thread that read the inbound request wrote the call while it was in flight
+    /// (`strong`).
+    Thread,
+    /// The inbound request was the only one in flight in the process (`weak`).
+    OnlyInFlight,
+}
+
+impl Evidence {
+    /// The contract name (same as the serde name).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Evidence::TraceId => "trace_id",
+            Evidence::Goroutine => "goroutine",
+            Evidence::Thread => "thread",
+            Evidence::OnlyInFlight => "only_in_flight",
+        }
+    }
+
+    /// How sure a link on this evidence is.
+    pub fn confidence(self) -> Confidence {
+        match self {
+            Evidence::TraceId | Evidence::Goroutine => Confidence::Certain,
+            Evidence::Thread => Confidence::Strong,
+            Evidence::OnlyInFlight => Confidence::Weak,
         }
     }
 }
@@ -190,6 +224,7 @@ pub struct InboundRef {
     pub method: String,
     pub path: String,
     pub confidence: Confidence,
+    pub evidence: Evidence,
 }
 
 /// One observed HTTP request (with its response when one came).

@@ -348,7 +348,8 @@ mod tests {
         let call = live.iter().find(|r| r.path == "/call").expect("the call");
         let inbound = call.inbound.as_ref().expect("linked");
         assert_eq!(inbound.path, "/b");
-        assert_eq!(inbound.confidence, crate::record::Confidence::Goroutine);
+        assert_eq!(inbound.evidence, crate::record::Evidence::Goroutine);
+        assert_eq!(inbound.confidence, crate::record::Confidence::Certain);
     }
 
     /// A recording of `records` dummy records of `len` bytes each (no data events: nothing

@@ -30,7 +30,7 @@ use std::hash::Hash;
 use std::sync::Arc;
 
 use crate::protocol::RequestHead;
-use crate::record::Confidence;
+use crate::record::{Confidence, Evidence};
 use crate::tracectx::TraceContext;
 
 pub const MAX_INFLIGHT_PER_PROCESS: usize = 4096;
@@ -61,7 +61,13 @@ pub struct Inflight {
 #[derive(Debug, Clone)]
 pub struct Link {
     pub inbound: Inflight,
-    pub confidence: Confidence,
+    pub evidence: Evidence,
+}
+
+impl Link {
+    pub fn confidence(&self) -> Confidence {
+        self.evidence.confidence()
+    }
 }
 
 #[derive(Default)]
@@ -230,7 +236,7 @@ impl Linker {
         })?;
         Some(Link {
             inbound: e.clone(),
-            confidence: Confidence::Certain,
+            evidence: Evidence::TraceId,
         })
     }
 
@@ -295,7 +301,7 @@ impl Linker {
             GoroutineVerdict::Serves(inbound) => {
                 return Some(Link {
                     inbound,
-                    confidence: Confidence::Goroutine,
+                    evidence: Evidence::Goroutine,
                 })
             }
             GoroutineVerdict::NoneInFlight => return None,
@@ -310,14 +316,14 @@ impl Linker {
             if let (Some(e), None) = (same_thread.next(), same_thread.next()) {
                 return Some(Link {
                     inbound: e.clone(),
-                    confidence: Confidence::Strong,
+                    evidence: Evidence::Thread,
                 });
             }
         }
         if q.len() == 1 {
             return Some(Link {
                 inbound: q[0].clone(),
-                confidence: Confidence::Weak,
+                evidence: Evidence::OnlyInFlight,
             });
         }
         None

@@ -629,7 +629,8 @@ impl Cx<'_> {
                         trace_id: l.inbound.trace.as_ref().map(|t| t.trace_id.clone()),
                         method: l.inbound.head.method.clone(),
                         path: l.inbound.head.path.clone(),
-                        confidence: l.confidence,
+                        confidence: l.confidence(),
+                        evidence: l.evidence,
                     });
                 }
             }

@@ -1,7 +1,7 @@
 //! Engine tests on synthetic event streams.
 
 use super::*;
-use crate::record::Confidence;
+use crate::record::{Confidence, Evidence};
 use crate::test_util::events::*;
 use traceid_common::{ROLE_CLIENT, ROLE_SERVER};
 
@@ -747,12 +747,15 @@ fn outbound_to(recs: &[RequestRecord], path: &str) -> RequestRecord {
     found[0].clone()
 }
 
-fn linked_to(r: &RequestRecord) -> (&str, Confidence) {
+/// The path of the inbound request `r` is linked to, and on what evidence (a goroutine link
+/// is certain).
+fn linked_to(r: &RequestRecord) -> (&str, Evidence) {
     let inbound = r
         .inbound
         .as_ref()
         .unwrap_or_else(|| panic!("unlinked: {r:#?}"));
-    (inbound.path.as_str(), inbound.confidence)
+    assert_eq!(inbound.confidence, inbound.evidence.confidence());
+    (inbound.path.as_str(), inbound.evidence)
 }
 
 #[test]
@@ -767,10 +770,10 @@ fn go_call_links_to_the_request_its_goroutine_serves_among_several() {
     s.data(MID_OUT, 302, false, OK);
     let recs = s.run();
     let b = outbound_to(&recs, "/charge-b");
-    assert_eq!(linked_to(&b), ("/b", Confidence::Goroutine));
+    assert_eq!(linked_to(&b), ("/b", Evidence::Goroutine));
     assert_eq!(b.findings, vec![Finding::Missing, Finding::Dropped]);
     let a = outbound_to(&recs, "/charge-a");
-    assert_eq!(linked_to(&a), ("/a", Confidence::Goroutine));
+    assert_eq!(linked_to(&a), ("/a", Evidence::Goroutine));
     assert_eq!(
         a.inbound.as_ref().unwrap().trace_id.as_deref(),
         Some("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa")
@@ -796,11 +799,11 @@ fn go_call_from_a_goroutine_the_handler_started_links_through_its_ancestry() {
     s.data(MID_OUT, 305, false, OK);
     let recs = s.run();
     let from31 = outbound_to(&recs, "/from-31");
-    assert_eq!(linked_to(&from31), ("/b", Confidence::Goroutine));
+    assert_eq!(linked_to(&from31), ("/b", Evidence::Goroutine));
     assert_eq!(from31.findings, vec![Finding::Restarted]);
     assert_eq!(
         linked_to(&outbound_to(&recs, "/from-40")),
-        ("/a", Confidence::Goroutine)
+        ("/a", Evidence::Goroutine)
     );
     // No known ancestry and two requests in flight: no guess.
     let from99 = outbound_to(&recs, "/from-99");
@@ -821,7 +824,7 @@ fn go_call_evidence_is_used_once_and_trace_ids_still_come_first() {
     let recs = s.run();
     assert_eq!(
         linked_to(&outbound_to(&recs, "/first")),
-        ("/a", Confidence::Certain)
+        ("/a", Evidence::TraceId)
     );
     assert!(outbound_to(&recs, "/second").inbound.is_none());
 }
@@ -861,10 +864,10 @@ fn go_serving_goroutine_links_each_keep_alive_request_in_turn() {
     let recs = s.run();
     assert_eq!(
         linked_to(&outbound_to(&recs, "/call/one")),
-        ("/one", Confidence::Goroutine)
+        ("/one", Evidence::Goroutine)
     );
     assert_eq!(
         linked_to(&outbound_to(&recs, "/call/two")),
-        ("/two", Confidence::Goroutine)
+        ("/two", Evidence::Goroutine)
     );
 }

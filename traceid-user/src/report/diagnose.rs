@@ -13,7 +13,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::record::{Direction, Finding, Record, RequestRecord, WorkloadKind};
+use crate::record::{Direction, Evidence, Finding, Record, RequestRecord, WorkloadKind};
 
 const MAX_KEYS: usize = 500;
 
@@ -372,8 +372,12 @@ impl Aggregator {
                         hop.outcomes.entry(*f).or_default().add(r);
                     }
                 }
-                let link = match r.inbound.as_ref().map(|l| l.confidence) {
-                    Some(confidence) => confidence.as_str(),
+                let link = match r.inbound.as_ref() {
+                    Some(l) => match l.evidence {
+                        // Both certain: the report says which of the two exact rules linked it.
+                        Evidence::Goroutine => "certain_goroutine",
+                        _ => l.confidence.as_str(),
+                    },
                     // A process that never served a request starts its chains: nothing to link.
                     None if r.has(Finding::Unlinked) => "unlinked",
                     None => "chain_start",
@@ -683,6 +687,7 @@ mod tests {
             method: "GET".into(),
             path: "/pay".into(),
             confidence: Confidence::Strong,
+            evidence: Evidence::Thread,
         });
         Record::Request(Box::new(q))
     }

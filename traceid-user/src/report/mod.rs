@@ -120,10 +120,11 @@ fn human_request(q: &RequestRecord) -> String {
     };
     let link = q.inbound.as_ref().map_or_else(String::new, |l| {
         format!(
-            " (serving {} {}, {})",
+            " (serving {} {}, {} by {})",
             l.method,
             l.path,
-            l.confidence.as_str()
+            l.confidence.as_str(),
+            l.evidence.as_str()
         )
     });
     let reason = q
@@ -203,9 +204,13 @@ mod tests {
             method: "GET".into(),
             path: "/Users/ABC".into(),
             confidence: Confidence::Strong,
+            evidence: crate::record::Evidence::Thread,
         });
         let line = human_line(&Record::Request(Box::new(q)));
-        assert!(line.contains("(serving GET /Users/ABC, strong)"), "{line}");
+        assert!(
+            line.contains("(serving GET /Users/ABC, strong by thread)"),
+            "{line}"
+        );
         assert!(
             line.contains("Api[7]") && line.contains("/Orders/X1"),
             "{line}"
