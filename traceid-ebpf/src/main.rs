@@ -20,8 +20,8 @@
 
 mod conn;
 mod data;
-mod go_tls;
 mod go;
+mod go_tls;
 mod maps;
 mod regs;
 mod sockets;
