@@ -159,6 +159,35 @@ pub fn report(
         verdict: "n/a",
     });
     // (b)
+    let fixed_p50_ratio = Spread::of(&ratios(&with.fixed_p50_us, &without.fixed_p50_us));
+    let fixed_p99_ratio = Spread::of(&ratios(&with.fixed_p99_us, &without.fixed_p99_us));
+    rows.push(Row {
+        figure: format!(
+            "p99 latency at a fixed {} req/s, with/without (each request timed from when it was due)",
+            a.rate
+        ),
+        result: format!(
+            "{}× [{} → {} µs]",
+            fmt_opt(fixed_p99_ratio, 3, ""),
+            fmt_opt(Spread::of(&without.fixed_p99_us), 0, ""),
+            fmt_opt(Spread::of(&with.fixed_p99_us), 0, "")
+        ),
+        before: "2.0–2.4×",
+        goal: "≤ 1.05×".into(),
+        verdict: verdict(fixed_p99_ratio.map(|s| s.median <= 1.05)),
+    });
+    rows.push(Row {
+        figure: format!("p50 latency at a fixed {} req/s, with/without", a.rate),
+        result: format!(
+            "{}× [{} → {} µs]",
+            fmt_opt(fixed_p50_ratio, 3, ""),
+            fmt_opt(Spread::of(&without.fixed_p50_us), 0, ""),
+            fmt_opt(Spread::of(&with.fixed_p50_us), 0, "")
+        ),
+        before: "",
+        goal: "(informational)".into(),
+        verdict: "n/a",
+    });
     let per10k: Vec<f64> = with
         .agent_mc
         .iter()
@@ -384,6 +413,10 @@ pub fn report(
          is not pinned and takes its CPU from both.\n\
          - Fixed rate: {rate} req/s from 16 keep-alive Rust clients in the bench process, each on a \
          fixed schedule (a late request goes at once); a W3C traceparent on every request. \
+         Latency: each request from the time it was due to the end of its response (so a \
+         client held up by one slow response counts the wait of every request it sends late: \
+         no coordinated omission), all requests of the window in one log-linear histogram \
+         (buckets 1/128 of their value wide), p50 and p99 of it. \
          CPU = utime+stime from /proc/PID/stat over the {secs} s window, in millicores \
          (1000 = one core busy); normalised to 10,000 req/s by the achieved rate. RSS = VmRSS at \
          the end of the window. The nginx worker's CPU, with minus without, is the in-kernel \
@@ -455,7 +488,8 @@ pub fn report(
         let _ = writeln!(
             md,
             "- round {}: wrk {:.0} / {:.0} req/s ({}), p99 {:.0} / {:.0} µs; socket {:.0} (agent paused {:.0}) / {:.0} ns/op, \
-             pipe {:.0} / {:.0}, file {:.0} / {:.0}; fixed rate agent {:.0} mc, RSS {:.1} MiB",
+             pipe {:.0} / {:.0}, file {:.0} / {:.0}; fixed rate p99 {:.0} / {:.0} µs (p50 {:.0} / {:.0}), \
+             agent {:.0} mc, RSS {:.1} MiB",
             i + 1,
             w.rps,
             wo.rps,
@@ -469,6 +503,10 @@ pub fn report(
             without.pipe_ns.get(i).copied().unwrap_or(f64::NAN),
             with.file_ns.get(i).copied().unwrap_or(f64::NAN),
             without.file_ns.get(i).copied().unwrap_or(f64::NAN),
+            with.fixed_p99_us.get(i).copied().unwrap_or(f64::NAN),
+            without.fixed_p99_us.get(i).copied().unwrap_or(f64::NAN),
+            with.fixed_p50_us.get(i).copied().unwrap_or(f64::NAN),
+            without.fixed_p50_us.get(i).copied().unwrap_or(f64::NAN),
             with.agent_mc.get(i).copied().unwrap_or(f64::NAN),
             with.agent_rss.get(i).copied().unwrap_or(f64::NAN),
         );

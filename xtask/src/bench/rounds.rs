@@ -23,6 +23,9 @@ pub struct Phase {
     pub agent_mc_wrk: Vec<f64>,
     /// Fixed-rate run: achieved req/s, nginx worker millicores, agent millicores and RSS.
     pub fixed_rps: Vec<f64>,
+    /// Fixed-rate run: p50 and p99 latency (µs), each request timed from when it was due.
+    pub fixed_p50_us: Vec<f64>,
+    pub fixed_p99_us: Vec<f64>,
     pub nginx_mc: Vec<f64>,
     pub agent_mc: Vec<f64>,
     pub agent_rss: Vec<f64>,
@@ -80,18 +83,29 @@ pub fn run_phase(
     let workers = nginx.worker_pids();
     let mut meters = None;
     let fixed_secs = a.secs as f64;
-    let rps = paced_load(nginx.port, a.rate, fixed_secs, || {
+    let paced = paced_load(nginx.port, a.rate, fixed_secs, || {
         meters = Some((
             CpuMeter::start(&workers),
             apid.map(|pid| CpuMeter::start(&[pid])),
         ));
     })?;
+    let rps = paced.rps;
+    let (p50, p99) = (
+        paced.latency.quantile_us(0.5),
+        paced.latency.quantile_us(0.99),
+    );
     sent += (rps * fixed_secs) as u64;
     let (nm, am) = meters.context("fixed-rate window")?;
     let nginx_mc = nm.millicores();
     p.fixed_rps.push(rps);
+    p.fixed_p50_us.push(p50);
+    p.fixed_p99_us.push(p99);
     p.nginx_mc.push(nginx_mc);
-    let mut line = format!("  {label}: fixed rate {rps:.0} req/s, nginx {nginx_mc:.0} millicores");
+    let mut line = format!(
+        "  {label}: fixed rate {rps:.0} req/s, p50 {p50:.0} µs, p99 {p99:.0} µs (of {} requests), \
+         nginx {nginx_mc:.0} millicores",
+        paced.latency.samples()
+    );
     if let (Some(am), Some(pid)) = (am, apid) {
         let mc = am.millicores();
         let rss = status_mib(pid, "VmRSS").unwrap_or(f64::NAN);
