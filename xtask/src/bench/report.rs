@@ -4,7 +4,7 @@
 use std::{fmt::Write as _, fs, process::Command, time::Instant};
 
 use super::{
-    host::parse_status_kb,
+    host::parse_status_field,
     kernel_cost::{BLOCKS, PAUSED_PINGPONGS},
     load::WrkResult,
     memory::MemoryResult,
@@ -47,7 +47,7 @@ pub fn machine() -> Vec<(String, String)> {
         .unwrap_or_else(|| "unknown".to_owned());
     let mem = fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|s| parse_status_kb(&s, "MemTotal"))
+        .and_then(|s| parse_status_field(&s, "MemTotal"))
         .map(|kb| format!("{:.1} GiB", kb as f64 / 1024.0 / 1024.0))
         .unwrap_or_default();
     let date = probe(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"])).unwrap_or_default();
@@ -233,6 +233,17 @@ pub fn report(
         before: "63.7 MiB",
         goal: "≤ 48 MiB".into(),
         verdict: verdict(rss_s.map(|s| s.max <= 48.0)),
+    });
+    rows.push(Row {
+        figure: "Agent wake-ups per second at the fixed rate (voluntary context switches)".into(),
+        before: "",
+        result: format!(
+            "{} [during the saturation run: {}]",
+            fmt_opt(Spread::of(&with.agent_wakeups), 0, "/s"),
+            fmt_opt(Spread::of(&with.agent_wakeups_wrk), 0, "/s")
+        ),
+        goal: "(informational)".into(),
+        verdict: "n/a",
     });
     rows.push(Row {
         figure: "Agent CPU during the saturation run (raw)".into(),

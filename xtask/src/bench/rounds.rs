@@ -21,6 +21,9 @@ pub struct Phase {
     pub wrk: Vec<WrkResult>,
     /// Agent CPU during the wrk run (millicores), with the agent only.
     pub agent_mc_wrk: Vec<f64>,
+    /// Agent wake-ups per second during the wrk run and the fixed-rate run, with the agent only.
+    pub agent_wakeups_wrk: Vec<f64>,
+    pub agent_wakeups: Vec<f64>,
     /// Fixed-rate run: achieved req/s, nginx worker millicores, agent millicores and RSS.
     pub fixed_rps: Vec<f64>,
     /// Fixed-rate run: p50 and p99 latency (µs), each request timed from when it was due.
@@ -71,6 +74,7 @@ pub fn run_phase(
     let w = run_wrk(nginx.port, a.secs)?;
     if let Some(m) = meter {
         p.agent_mc_wrk.push(m.millicores());
+        p.agent_wakeups_wrk.push(m.wakeups_per_s());
     }
     sent += w.requests;
     step(format!(
@@ -108,10 +112,15 @@ pub fn run_phase(
     );
     if let (Some(am), Some(pid)) = (am, apid) {
         let mc = am.millicores();
+        let wakeups = am.wakeups_per_s();
         let rss = status_mib(pid, "VmRSS").unwrap_or(f64::NAN);
         p.agent_mc.push(mc);
+        p.agent_wakeups.push(wakeups);
         p.agent_rss.push(rss);
-        let _ = write!(line, ", agent {mc:.0} millicores, RSS {rss:.1} MiB");
+        let _ = write!(
+            line,
+            ", agent {mc:.0} millicores, {wakeups:.0} wake-ups/s, RSS {rss:.1} MiB"
+        );
     }
     step(line);
 
