@@ -180,8 +180,7 @@ struct Common {
     /// How the agent's drain loop is scheduled: `idle` runs it only on CPU time no other
     /// thread wants, so it never delays the services it watches (lifted to normal when the
     /// host starves it for 200 ms, so its ring buffer keeps draining; needs CAP_SYS_NICE, else
-    /// normal); `batch` and
-    /// `normal` are the kernel's policies of those names.
+    /// normal); `batch` and `normal` are the kernel's policies of those names.
     #[arg(long, default_value_t = CpuPolicy::Idle, value_name = "POLICY")]
     cpu_policy: CpuPolicy,
     /// Ring buffer size in MiB (power of two).
