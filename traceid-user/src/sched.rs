@@ -212,16 +212,17 @@ impl CpuGuard {
         if !can_leave_idle() {
             return Err(SchedError::CannotLift);
         }
-        set_policy(0, CpuPolicy::Idle)?;
+        // The watchdog first: a thread inherits the policy of the one that creates it.
         let (stop, stopped) = mpsc::channel::<()>();
         let tid = current_tid();
         let shared = Arc::clone(&guard.shared);
+        guard.alive();
         thread::Builder::new()
             .name("cpu-watchdog".into())
             .spawn(move || watchdog(tid, &shared, timing, &stopped))
             .map_err(SchedError::Watchdog)?;
         guard._stop = Some(stop);
-        guard.beat(true);
+        set_policy(0, CpuPolicy::Idle)?;
         Ok(guard)
     }
 
@@ -313,6 +314,20 @@ mod tests {
         unsafe { libc::sched_getscheduler(tid) }
     }
 
+    /// The tid of this process's `cpu-watchdog` thread (one test only starts one).
+    fn watchdog_tid() -> libc::pid_t {
+        std::fs::read_dir("/proc/self/task")
+            .expect("/proc/self/task")
+            .flatten()
+            .filter(|t| {
+                std::fs::read_to_string(t.path().join("comm"))
+                    .is_ok_and(|c| c.trim() == "cpu-watchdog")
+            })
+            .filter_map(|t| t.file_name().to_str()?.parse().ok())
+            .next()
+            .expect("a cpu-watchdog thread")
+    }
+
     fn fast() -> GuardTiming {
         GuardTiming {
             check_every: Duration::from_millis(5),
@@ -373,6 +388,11 @@ mod tests {
             };
             assert_eq!(guard.policy(), CpuPolicy::Idle);
             assert_eq!(policy_of(0), libc::SCHED_IDLE);
+            assert_eq!(
+                policy_of(watchdog_tid()),
+                libc::SCHED_OTHER,
+                "the watchdog must not be starved with the loop"
+            );
             // Beating in time: left idle. (An idle thread on a busy machine may itself be
             // starved between two beats; then a lift is right, and only then.)
             let mut last = Instant::now();
