@@ -314,18 +314,27 @@ mod tests {
         unsafe { libc::sched_getscheduler(tid) }
     }
 
-    /// The tid of this process's `cpu-watchdog` thread (one test only starts one).
+    /// The tid of this process's `cpu-watchdog` thread (one test only starts one); waits for
+    /// the thread to name itself, which it does once it runs.
     fn watchdog_tid() -> libc::pid_t {
-        std::fs::read_dir("/proc/self/task")
-            .expect("/proc/self/task")
-            .flatten()
-            .filter(|t| {
-                std::fs::read_to_string(t.path().join("comm"))
-                    .is_ok_and(|c| c.trim() == "cpu-watchdog")
-            })
-            .filter_map(|t| t.file_name().to_str()?.parse().ok())
-            .next()
-            .expect("a cpu-watchdog thread")
+        let named = || {
+            std::fs::read_dir("/proc/self/task")
+                .ok()?
+                .flatten()
+                .filter(|t| {
+                    std::fs::read_to_string(t.path().join("comm"))
+                        .is_ok_and(|c| c.trim() == "cpu-watchdog")
+                })
+                .find_map(|t| t.file_name().to_str()?.parse().ok())
+        };
+        let until = Instant::now() + Duration::from_secs(2);
+        loop {
+            match named() {
+                Some(tid) => return tid,
+                None if Instant::now() < until => thread::sleep(Duration::from_millis(1)),
+                None => panic!("no cpu-watchdog thread"),
+            }
+        }
     }
 
     fn fast() -> GuardTiming {
