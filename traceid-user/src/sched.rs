@@ -168,6 +168,15 @@ struct Shared {
 }
 
 impl Shared {
+    fn new() -> Arc<Shared> {
+        Arc::new(Shared {
+            origin: Instant::now(),
+            last_beat_ns: AtomicU64::new(0),
+            lifted: AtomicBool::new(false),
+            lifts: AtomicU64::new(0),
+        })
+    }
+
     fn now_ns(&self) -> u64 {
         u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
@@ -190,15 +199,9 @@ impl CpuGuard {
     /// it when starved. On error the thread's policy is unchanged (for `CannotLift`: idle was
     /// asked, but could not be left again without CAP_SYS_NICE).
     pub fn start(policy: CpuPolicy, timing: GuardTiming) -> Result<CpuGuard, SchedError> {
-        let shared = Arc::new(Shared {
-            origin: Instant::now(),
-            last_beat_ns: AtomicU64::new(0),
-            lifted: AtomicBool::new(false),
-            lifts: AtomicU64::new(0),
-        });
         let mut guard = CpuGuard {
             policy,
-            shared,
+            shared: Shared::new(),
             timing,
             keeping_up_since: None,
             _stop: None,
@@ -230,12 +233,7 @@ impl CpuGuard {
     pub fn inactive() -> CpuGuard {
         CpuGuard {
             policy: CpuPolicy::Normal,
-            shared: Arc::new(Shared {
-                origin: Instant::now(),
-                last_beat_ns: AtomicU64::new(0),
-                lifted: AtomicBool::new(false),
-                lifts: AtomicU64::new(0),
-            }),
+            shared: Shared::new(),
             timing: GuardTiming::default(),
             keeping_up_since: None,
             _stop: None,
@@ -270,11 +268,11 @@ impl CpuGuard {
             return;
         }
         let since = *self.keeping_up_since.get_or_insert_with(Instant::now);
-        let lifts = self.lifts().clamp(1, 32) as u32;
+        let doublings = self.lifts().saturating_sub(1).min(16) as u32;
         let hold = self
             .timing
             .first_hold
-            .saturating_mul(1 << (lifts - 1).min(16))
+            .saturating_mul(1 << doublings)
             .min(self.timing.max_hold);
         if since.elapsed() >= hold && set_policy(0, CpuPolicy::Idle).is_ok() {
             self.keeping_up_since = None;
