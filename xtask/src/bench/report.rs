@@ -416,12 +416,14 @@ pub fn report(
         md,
         "## Method\n\n\
          - The agent under test is the release `traceid diagnose --json --duration 1h` (all \
-         tracepoints attached, every request parsed and aggregated; stopped with SIGINT, its \
-         report gives the requests it saw). A fresh agent is started for each with-round.\n\
+         tracepoints attached, every request parsed and aggregated, its default `--cpu-policy`; \
+         stopped with SIGINT, its report gives the requests it saw). A fresh agent is started \
+         for each with-round.\n\
          - Request overhead: nginx ({ng}) on 127.0.0.1, one worker, `return 200 \"ok\"`; \
          `wrk -t1 -c32 -d{secs}s --latency`; requests/s and the 50%/99% latencies wrk prints. \
          nginx is pinned to CPU 0 and wrk to CPU 1 (the same placement every run); the agent \
-         is not pinned and takes its CPU from both.\n\
+         is not pinned and takes its CPU from both. Wake-ups = the agent's voluntary context \
+         switches per second.\n\
          - Fixed rate: {rate} req/s from 16 keep-alive Rust clients in the bench process, each on a \
          fixed schedule (a late request goes at once); a W3C traceparent on every request. \
          Latency: each request from the time it was due to the end of its response (so a \
