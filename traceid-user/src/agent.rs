@@ -16,6 +16,7 @@ use crate::lifecycle::{census_record, LiveCensus, Sysctls, TimeWaitReport};
 use crate::mem;
 use crate::pipeline::{loss_record, Pipeline, PipelineConfig};
 use crate::record::Record;
+use crate::sched::{CpuGuard, CpuPolicy, GuardTiming};
 
 /// CLOCK_REALTIME - CLOCK_MONOTONIC, ns.
 pub fn realtime_offset_ns() -> i128 {
@@ -44,6 +45,8 @@ pub enum Notice {
     /// A process of a Kubernetes pod was seen and these name sources cannot be read (said
     /// once): its lines lack the names they would give.
     IdentityNamesUnavailable(Vec<MissingSource>),
+    /// The CPU policy asked for could not be set; the loop runs at the one it had.
+    CpuPolicyUnavailable(String),
 }
 
 #[derive(thiserror::Error, Debug)]
@@ -65,10 +68,12 @@ pub struct RunSummary {
 }
 
 /// Runs the capture until `stop` is set or `duration` passes, handing every record to `sink`
-/// and every raw record to `raw` (for `record`); `identities` tells who each process is.
+/// and every raw record to `raw` (for `record`); `identities` tells who each process is; the
+/// loop runs under `cpu_policy` (crate::sched).
 #[allow(clippy::too_many_arguments)]
 pub fn run_live(
     capture_cfg: &CaptureConfig,
+    cpu_policy: CpuPolicy,
     pipeline_cfg: PipelineConfig,
     identities: Resolver,
     duration: Option<Duration>,
@@ -109,6 +114,11 @@ pub fn run_live(
         go_programs: cap.tls.go.attached.len(),
         duration,
     });
+    // Set here, after start-up (loading, BTF, the seeding scan): only the drain loop yields.
+    let mut cpu = CpuGuard::start(cpu_policy, GuardTiming::default()).unwrap_or_else(|e| {
+        (live.notify)(Notice::CpuPolicyUnavailable(e.to_string()));
+        CpuGuard::inactive()
+    });
     let start = Instant::now();
     let mut last_census = Instant::now();
     let mut last_loss_check = Instant::now();
@@ -118,10 +128,17 @@ pub fn run_live(
         if stop.load(Ordering::Relaxed) || duration.is_some_and(|d| start.elapsed() >= d) {
             break;
         }
+        let mut fed = 0u32;
         let polled = cap
-            .poll(Duration::from_millis(100), |rec| match exec_pid(rec) {
-                Some(pid) => execs.push(pid),
-                None => live.feed(rec),
+            .poll(Duration::from_millis(100), |rec| {
+                match exec_pid(rec) {
+                    Some(pid) => execs.push(pid),
+                    None => live.feed(rec),
+                }
+                fed += 1;
+                if fed.is_multiple_of(4096) {
+                    cpu.alive();
+                }
             })
             .map_err(AgentError::Ring)?;
         for pid in execs.drain(..) {
@@ -131,6 +148,7 @@ pub fn run_live(
         // The census is matched with the connections seen so far: take it when the ring
         // buffer is drained (a full drain is 65,536 records), at most 5 s late otherwise.
         let caught_up = polled < 65_536;
+        cpu.beat(caught_up);
         if last_census.elapsed() >= Duration::from_secs(if caught_up { 1 } else { 5 }) {
             last_census = Instant::now();
             live.census();

@@ -35,6 +35,7 @@ pub mod protocol;
 pub mod record;
 pub mod recording;
 pub mod report;
+pub mod sched;
 pub mod tracectx;
 
 #[cfg(any(test, feature = "test-util"))]

@@ -31,6 +31,7 @@ use traceid::metrics::{server as metrics_server, Metrics, MetricsConfig};
 use traceid::pipeline::{Pipeline, PipelineConfig};
 use traceid::record::{Finding, Record};
 use traceid::report::{self, diagnose::Aggregator, LineSink};
+use traceid::sched::CpuPolicy;
 use traceid::tracectx::HeaderNames;
 use traceid::{capture, check, recording};
 
@@ -176,6 +177,12 @@ struct Common {
     /// syscall are reported as truncated.
     #[arg(long, default_value_t = traceid_common::DEFAULT_CAPTURE)]
     capture_bytes: u32,
+    /// How the agent's drain loop is scheduled: `idle` runs it only on CPU time no other
+    /// thread wants, so it never delays the services it watches (lifted to normal when the
+    /// host starves it for 200 ms, so its ring buffer keeps draining; needs CAP_SYS_NICE, else
+    /// normal); `batch` and `normal` are the kernel's policies of those names.
+    #[arg(long, default_value_t = CpuPolicy::Idle, value_name = "POLICY")]
+    cpu_policy: CpuPolicy,
     /// Ring buffer size in MiB (power of two).
     #[arg(long, default_value_t = 16, hide = true)]
     ring_mib: u32,
@@ -468,6 +475,7 @@ fn run_agent(args: &RunArgs, common: &Common) -> anyhow::Result<ExitCode> {
     pipeline_cfg.lifecycle.observer = Some(traceid::lifecycle::Observer(metrics.clone()));
     agent::run_live(
         &capture_cfg,
+        common.cpu_policy,
         pipeline_cfg,
         common.identities(),
         args.duration,
@@ -516,6 +524,7 @@ fn live(
     let mut write_err = None;
     let summary = agent::run_live(
         &capture_cfg,
+        common.cpu_policy,
         common.pipeline_config(offset),
         common.identities(),
         duration,
@@ -559,6 +568,7 @@ fn print_notice(n: Notice) {
             }
         ),
         Notice::CensusUnavailable(e) => eprintln!("traceid: TIME_WAIT census unavailable: {e}"),
+        Notice::CpuPolicyUnavailable(e) => eprintln!("traceid: {e}"),
         Notice::IdentityNamesUnavailable(missing) => {
             for m in missing {
                 eprintln!(

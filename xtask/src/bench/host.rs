@@ -33,10 +33,11 @@ pub fn parse_stat_ticks(stat: &str) -> Option<u64> {
 /// A `kB` field of /proc/PID/status (VmRSS, VmHWM), in MiB.
 pub fn status_mib(pid: u32, field: &str) -> Option<f64> {
     let s = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    parse_status_kb(&s, field).map(|kb| kb as f64 / 1024.0)
+    parse_status_field(&s, field).map(|kb| kb as f64 / 1024.0)
 }
 
-pub fn parse_status_kb(status: &str, field: &str) -> Option<u64> {
+/// The number of a `Field: N [kB]` line of /proc/PID/status or /proc/meminfo.
+pub fn parse_status_field(status: &str, field: &str) -> Option<u64> {
     status
         .lines()
         .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
@@ -95,11 +96,25 @@ pub fn loadavg() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-/// CPU of a set of processes over an interval, in millicores.
+/// Voluntary context switches of every thread of a process: each is a sleep the thread was
+/// woken from (a wake-up that may preempt whatever runs on the CPU it lands on).
+fn wakeups(pid: u32) -> Option<u64> {
+    let tasks = fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    Some(
+        tasks
+            .flatten()
+            .filter_map(|t| fs::read_to_string(t.path().join("status")).ok())
+            .filter_map(|s| parse_status_field(&s, "voluntary_ctxt_switches"))
+            .sum(),
+    )
+}
+
+/// CPU (and wake-ups) of a set of processes over an interval.
 pub struct CpuMeter {
     pids: Vec<u32>,
     start: Instant,
     ticks: u64,
+    wakeups: u64,
 }
 
 impl CpuMeter {
@@ -108,12 +123,19 @@ impl CpuMeter {
             pids: pids.to_vec(),
             start: Instant::now(),
             ticks: pids.iter().filter_map(|p| cpu_ticks(*p)).sum(),
+            wakeups: pids.iter().filter_map(|p| wakeups(*p)).sum(),
         }
     }
+    /// CPU time since the start, in millicores (1000 = one core busy).
     pub fn millicores(&self) -> f64 {
         let ticks: u64 = self.pids.iter().filter_map(|p| cpu_ticks(*p)).sum();
         let secs = self.start.elapsed().as_secs_f64();
         ticks.saturating_sub(self.ticks) as f64 / clk_tck() / secs * 1000.0
+    }
+    /// Wake-ups per second since the start.
+    pub fn wakeups_per_s(&self) -> f64 {
+        let now: u64 = self.pids.iter().filter_map(|p| wakeups(*p)).sum();
+        now.saturating_sub(self.wakeups) as f64 / self.start.elapsed().as_secs_f64()
     }
 }
 
@@ -146,8 +168,13 @@ mod tests {
         let stat = "1234 (nginx: worker) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0 20 0 1 0 100 0 0";
         assert_eq!(parse_stat_ticks(stat), Some(300));
         let status = "Name:\ttraceid\nVmHWM:\t   20480 kB\nVmRSS:\t   10240 kB\n";
-        assert_eq!(parse_status_kb(status, "VmRSS"), Some(10240));
-        assert_eq!(parse_status_kb(status, "VmHWM"), Some(20480));
-        assert_eq!(parse_status_kb(status, "VmSwap"), None);
+        assert_eq!(parse_status_field(status, "VmRSS"), Some(10240));
+        assert_eq!(parse_status_field(status, "VmHWM"), Some(20480));
+        assert_eq!(parse_status_field(status, "VmSwap"), None);
+        let status = "voluntary_ctxt_switches:\t812\nnonvoluntary_ctxt_switches:\t31\n";
+        assert_eq!(
+            parse_status_field(status, "voluntary_ctxt_switches"),
+            Some(812)
+        );
     }
 }

@@ -16,7 +16,10 @@ use std::{
 use anyhow::{bail, Context, Result};
 use traceid_tests::{content_length, free_port, Nginx, NginxConfig};
 
-use super::host::{nproc, pin_process};
+use super::{
+    histogram::Histogram,
+    host::{nproc, pin_process},
+};
 
 /// wrk's `Requests/sec:` and, with `--latency`, its 50% and 99% latencies (µs).
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -133,9 +136,27 @@ pub fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> Result<()> {
     }
 }
 
+/// What the fixed-rate clients measured.
+pub struct PacedResult {
+    /// Responses per second over the window.
+    pub rps: f64,
+    /// Every request's latency, from the time it was scheduled to go to its response's end.
+    pub latency: Histogram,
+}
+
 /// Keep-alive clients sending `rate` requests/s in total for `secs`, each on a fixed
-/// schedule (a late request is sent at once, not skipped). Returns the achieved rate.
-pub fn paced_load(port: u16, rate: u64, secs: f64, on_window: impl FnOnce()) -> Result<f64> {
+/// schedule (a late request is sent at once, not skipped). `on_window` runs as the schedule
+/// starts.
+///
+/// A request's latency counts from when it was due, not from when it went: a client stalled
+/// behind one slow response sends its next requests late, and measuring those from their
+/// send time would hide the stall (coordinated omission).
+pub fn paced_load(
+    port: u16,
+    rate: u64,
+    secs: f64,
+    on_window: impl FnOnce(),
+) -> Result<PacedResult> {
     const CLIENTS: u64 = 16;
     let per_client = Duration::from_secs_f64(CLIENTS as f64 / rate as f64);
     let done = Arc::new(AtomicU64::new(0));
@@ -146,21 +167,23 @@ pub fn paced_load(port: u16, rate: u64, secs: f64, on_window: impl FnOnce()) -> 
         let done = Arc::clone(&done);
         let mut s = TcpStream::connect(("127.0.0.1", port))?;
         s.set_nodelay(true)?;
-        handles.push(thread::spawn(move || -> Result<()> {
+        handles.push(thread::spawn(move || -> Result<Histogram> {
             let mut buf = Vec::new();
-            let mut next = start + per_client.mul_f64(i as f64 / CLIENTS as f64);
+            let mut latency = Histogram::default();
+            let mut due = start + per_client.mul_f64(i as f64 / CLIENTS as f64);
             loop {
                 let now = Instant::now();
-                if next >= end {
-                    return Ok(());
+                if due >= end {
+                    return Ok(latency);
                 }
-                if next > now {
-                    thread::sleep(next - now);
+                if due > now {
+                    thread::sleep(due - now);
                 }
                 s.write_all(REQUEST)?;
                 read_response(&mut s, &mut buf)?;
+                latency.record(u64::try_from(due.elapsed().as_nanos()).unwrap_or(u64::MAX));
                 done.fetch_add(1, Ordering::Relaxed);
-                next += per_client;
+                due += per_client;
             }
         }));
     }
@@ -172,12 +195,18 @@ pub fn paced_load(port: u16, rate: u64, secs: f64, on_window: impl FnOnce()) -> 
     let before = done.load(Ordering::Relaxed);
     let t0 = Instant::now();
     on_window();
+    let mut latency = Histogram::default();
     for h in handles {
-        h.join()
+        let client = h
+            .join()
             .map_err(|_| anyhow::anyhow!("a load thread panicked"))??;
+        latency.merge(&client);
     }
     let n = done.load(Ordering::Relaxed) - before;
-    Ok(n as f64 / t0.elapsed().as_secs_f64())
+    Ok(PacedResult {
+        rps: n as f64 / t0.elapsed().as_secs_f64(),
+        latency,
+    })
 }
 
 #[cfg(test)]

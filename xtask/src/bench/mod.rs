@@ -17,6 +17,7 @@
 
 mod agent;
 mod helper;
+mod histogram;
 mod host;
 mod kernel_cost;
 mod load;
@@ -50,7 +51,7 @@ pub struct BenchArgs {
     /// Seconds of load per wrk run (request overhead at saturation).
     #[arg(long, default_value_t = 5)]
     secs: u64,
-    /// Requests per second of the fixed-rate run (agent CPU and RSS).
+    /// Requests per second of the fixed-rate run (latency, agent CPU and RSS).
     #[arg(long, default_value_t = 10_000)]
     rate: u64,
     /// Write+read round trips per kernel-cost measurement (each is 4 captured messages).

@@ -4,7 +4,7 @@
 use std::{fmt::Write as _, fs, process::Command, time::Instant};
 
 use super::{
-    host::parse_status_kb,
+    host::parse_status_field,
     kernel_cost::{BLOCKS, PAUSED_PINGPONGS},
     load::WrkResult,
     memory::MemoryResult,
@@ -47,7 +47,7 @@ pub fn machine() -> Vec<(String, String)> {
         .unwrap_or_else(|| "unknown".to_owned());
     let mem = fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|s| parse_status_kb(&s, "MemTotal"))
+        .and_then(|s| parse_status_field(&s, "MemTotal"))
         .map(|kb| format!("{:.1} GiB", kb as f64 / 1024.0 / 1024.0))
         .unwrap_or_default();
     let date = probe(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"])).unwrap_or_default();
@@ -159,6 +159,35 @@ pub fn report(
         verdict: "n/a",
     });
     // (b)
+    let fixed_p50_ratio = Spread::of(&ratios(&with.fixed_p50_us, &without.fixed_p50_us));
+    let fixed_p99_ratio = Spread::of(&ratios(&with.fixed_p99_us, &without.fixed_p99_us));
+    rows.push(Row {
+        figure: format!(
+            "p99 latency at a fixed {} req/s, with/without (each request timed from when it was due)",
+            a.rate
+        ),
+        result: format!(
+            "{}× [{} → {} µs]",
+            fmt_opt(fixed_p99_ratio, 3, ""),
+            fmt_opt(Spread::of(&without.fixed_p99_us), 0, ""),
+            fmt_opt(Spread::of(&with.fixed_p99_us), 0, "")
+        ),
+        before: "2.0–2.4×",
+        goal: "≤ 1.05×".into(),
+        verdict: verdict(fixed_p99_ratio.map(|s| s.median <= 1.05)),
+    });
+    rows.push(Row {
+        figure: format!("p50 latency at a fixed {} req/s, with/without", a.rate),
+        result: format!(
+            "{}× [{} → {} µs]",
+            fmt_opt(fixed_p50_ratio, 3, ""),
+            fmt_opt(Spread::of(&without.fixed_p50_us), 0, ""),
+            fmt_opt(Spread::of(&with.fixed_p50_us), 0, "")
+        ),
+        before: "",
+        goal: "(informational)".into(),
+        verdict: "n/a",
+    });
     let per10k: Vec<f64> = with
         .agent_mc
         .iter()
@@ -204,6 +233,17 @@ pub fn report(
         before: "63.7 MiB",
         goal: "≤ 48 MiB".into(),
         verdict: verdict(rss_s.map(|s| s.max <= 48.0)),
+    });
+    rows.push(Row {
+        figure: "Agent wake-ups per second at the fixed rate (voluntary context switches)".into(),
+        before: "",
+        result: format!(
+            "{} [during the saturation run: {}]",
+            fmt_opt(Spread::of(&with.agent_wakeups), 0, "/s"),
+            fmt_opt(Spread::of(&with.agent_wakeups_wrk), 0, "/s")
+        ),
+        goal: "(informational)".into(),
+        verdict: "n/a",
     });
     rows.push(Row {
         figure: "Agent CPU during the saturation run (raw)".into(),
@@ -376,14 +416,20 @@ pub fn report(
         md,
         "## Method\n\n\
          - The agent under test is the release `traceid diagnose --json --duration 1h` (all \
-         tracepoints attached, every request parsed and aggregated; stopped with SIGINT, its \
-         report gives the requests it saw). A fresh agent is started for each with-round.\n\
+         tracepoints attached, every request parsed and aggregated, its default `--cpu-policy`; \
+         stopped with SIGINT, its report gives the requests it saw). A fresh agent is started \
+         for each with-round.\n\
          - Request overhead: nginx ({ng}) on 127.0.0.1, one worker, `return 200 \"ok\"`; \
          `wrk -t1 -c32 -d{secs}s --latency`; requests/s and the 50%/99% latencies wrk prints. \
          nginx is pinned to CPU 0 and wrk to CPU 1 (the same placement every run); the agent \
-         is not pinned and takes its CPU from both.\n\
+         is not pinned and takes its CPU from both. Wake-ups = the agent's voluntary context \
+         switches per second.\n\
          - Fixed rate: {rate} req/s from 16 keep-alive Rust clients in the bench process, each on a \
          fixed schedule (a late request goes at once); a W3C traceparent on every request. \
+         Latency: each request from the time it was due to the end of its response (so a \
+         client held up by one slow response counts the wait of every request it sends late: \
+         no coordinated omission), all requests of the window in one log-linear histogram \
+         (buckets 1/128 of their value wide), p50 and p99 of it. \
          CPU = utime+stime from /proc/PID/stat over the {secs} s window, in millicores \
          (1000 = one core busy); normalised to 10,000 req/s by the achieved rate. RSS = VmRSS at \
          the end of the window. The nginx worker's CPU, with minus without, is the in-kernel \
@@ -455,7 +501,8 @@ pub fn report(
         let _ = writeln!(
             md,
             "- round {}: wrk {:.0} / {:.0} req/s ({}), p99 {:.0} / {:.0} µs; socket {:.0} (agent paused {:.0}) / {:.0} ns/op, \
-             pipe {:.0} / {:.0}, file {:.0} / {:.0}; fixed rate agent {:.0} mc, RSS {:.1} MiB",
+             pipe {:.0} / {:.0}, file {:.0} / {:.0}; fixed rate p99 {:.0} / {:.0} µs (p50 {:.0} / {:.0}), \
+             agent {:.0} mc, RSS {:.1} MiB",
             i + 1,
             w.rps,
             wo.rps,
@@ -469,6 +516,10 @@ pub fn report(
             without.pipe_ns.get(i).copied().unwrap_or(f64::NAN),
             with.file_ns.get(i).copied().unwrap_or(f64::NAN),
             without.file_ns.get(i).copied().unwrap_or(f64::NAN),
+            with.fixed_p99_us.get(i).copied().unwrap_or(f64::NAN),
+            without.fixed_p99_us.get(i).copied().unwrap_or(f64::NAN),
+            with.fixed_p50_us.get(i).copied().unwrap_or(f64::NAN),
+            without.fixed_p50_us.get(i).copied().unwrap_or(f64::NAN),
             with.agent_mc.get(i).copied().unwrap_or(f64::NAN),
             with.agent_rss.get(i).copied().unwrap_or(f64::NAN),
         );

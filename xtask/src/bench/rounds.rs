@@ -21,8 +21,14 @@ pub struct Phase {
     pub wrk: Vec<WrkResult>,
     /// Agent CPU during the wrk run (millicores), with the agent only.
     pub agent_mc_wrk: Vec<f64>,
+    /// Agent wake-ups per second during the wrk run and the fixed-rate run, with the agent only.
+    pub agent_wakeups_wrk: Vec<f64>,
+    pub agent_wakeups: Vec<f64>,
     /// Fixed-rate run: achieved req/s, nginx worker millicores, agent millicores and RSS.
     pub fixed_rps: Vec<f64>,
+    /// Fixed-rate run: p50 and p99 latency (µs), each request timed from when it was due.
+    pub fixed_p50_us: Vec<f64>,
+    pub fixed_p99_us: Vec<f64>,
     pub nginx_mc: Vec<f64>,
     pub agent_mc: Vec<f64>,
     pub agent_rss: Vec<f64>,
@@ -68,6 +74,7 @@ pub fn run_phase(
     let w = run_wrk(nginx.port, a.secs)?;
     if let Some(m) = meter {
         p.agent_mc_wrk.push(m.millicores());
+        p.agent_wakeups_wrk.push(m.wakeups_per_s());
     }
     sent += w.requests;
     step(format!(
@@ -80,24 +87,40 @@ pub fn run_phase(
     let workers = nginx.worker_pids();
     let mut meters = None;
     let fixed_secs = a.secs as f64;
-    let rps = paced_load(nginx.port, a.rate, fixed_secs, || {
+    let paced = paced_load(nginx.port, a.rate, fixed_secs, || {
         meters = Some((
             CpuMeter::start(&workers),
             apid.map(|pid| CpuMeter::start(&[pid])),
         ));
     })?;
+    let rps = paced.rps;
+    let (p50, p99) = (
+        paced.latency.quantile_us(0.5),
+        paced.latency.quantile_us(0.99),
+    );
     sent += (rps * fixed_secs) as u64;
     let (nm, am) = meters.context("fixed-rate window")?;
     let nginx_mc = nm.millicores();
     p.fixed_rps.push(rps);
+    p.fixed_p50_us.push(p50);
+    p.fixed_p99_us.push(p99);
     p.nginx_mc.push(nginx_mc);
-    let mut line = format!("  {label}: fixed rate {rps:.0} req/s, nginx {nginx_mc:.0} millicores");
+    let mut line = format!(
+        "  {label}: fixed rate {rps:.0} req/s, p50 {p50:.0} µs, p99 {p99:.0} µs (of {} requests), \
+         nginx {nginx_mc:.0} millicores",
+        paced.latency.samples()
+    );
     if let (Some(am), Some(pid)) = (am, apid) {
         let mc = am.millicores();
+        let wakeups = am.wakeups_per_s();
         let rss = status_mib(pid, "VmRSS").unwrap_or(f64::NAN);
         p.agent_mc.push(mc);
+        p.agent_wakeups.push(wakeups);
         p.agent_rss.push(rss);
-        let _ = write!(line, ", agent {mc:.0} millicores, RSS {rss:.1} MiB");
+        let _ = write!(
+            line,
+            ", agent {mc:.0} millicores, {wakeups:.0} wake-ups/s, RSS {rss:.1} MiB"
+        );
     }
     step(line);
 
