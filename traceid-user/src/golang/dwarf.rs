@@ -78,9 +78,9 @@ pub struct Member {
     pub type_name: Option<String>,
 }
 
-/// One step of a member path: `(structure, member, type of the member)`; the type is
-/// checked on every step but the last, so that a nested struct is never read through a
-/// member that became a pointer or another type in some Go version.
+/// One step of a member path: `(structure, member, type of the member)`. The type is
+/// checked on every step: a nested struct is never read through a member that became a
+/// pointer in some Go version, and the last member is the size the kernel reads.
 pub type Step<'a> = (&'a str, &'a str, &'a str);
 
 /// The members of the structures asked for, by structure name then member name.
