@@ -25,7 +25,7 @@ use super::tls::{error_chain, permission_denied, tracefs_root};
 use super::tracefs_uprobe::TracefsUprobes;
 use crate::golang::buildinfo::major_minor;
 use crate::golang::dwarf::{DwarfError, StructLayouts};
-use crate::golang::offsets::prefer_dwarf;
+use crate::golang::offsets::{prefer_dwarf, OffsetsSource};
 use crate::golang::{self, GoBinary, Probe};
 
 /// Probe programs: `Write` at entry, `Read` at entry and at each RET.
@@ -177,10 +177,10 @@ impl GoTlsAttacher {
                 Ok((offsets, sites))
             });
         match prepared {
-            Ok((offsets, sites)) => {
+            Ok(((offsets, offsets_from), sites)) => {
                 let path = shown_path(exe);
                 tracing::info!(
-                    "Go TLS probes attached to {path} (pid {pid}, {go_version}): {} RET sites of {READ_FUNCTION}",
+                    "Go TLS probes attached to {path} (pid {pid}, {go_version}, offsets from its {offsets_from}): {} RET sites of {READ_FUNCTION}",
                     sites.read_returns.len()
                 );
                 self.attached.push(GoTlsTarget {
@@ -307,13 +307,16 @@ fn table_offsets(go_version: &str) -> Option<GoTlsOffsets> {
     })
 }
 
-/// The offsets the probes read a process of `binary` with: from its DWARF when it has it,
-/// else by its Go version ([`prefer_dwarf`]). The `*net.TCPConn` itab is read from the
-/// symbol table of a fixed-address executable; a stripped or position-independent one
-/// leaves it 0 (unchecked).
-pub fn offsets_for(binary: &GoBinary, exe: &Path) -> Result<GoTlsOffsets, GoTlsError> {
+/// The offsets the probes read a process of `binary` with, and where they come from: its
+/// DWARF when it has it, else its Go version ([`prefer_dwarf`]). The `*net.TCPConn` itab is
+/// read from the symbol table of a fixed-address executable; a stripped or
+/// position-independent one leaves it 0 (unchecked).
+pub fn offsets_for(
+    binary: &GoBinary,
+    exe: &Path,
+) -> Result<(GoTlsOffsets, OffsetsSource), GoTlsError> {
     let go_version = &binary.build_info().go_version;
-    let (offsets, _) = prefer_dwarf(
+    let (offsets, source) = prefer_dwarf(
         "Go crypto/tls",
         exe,
         dwarf_offsets(exe),
@@ -323,10 +326,11 @@ pub fn offsets_for(binary: &GoBinary, exe: &Path) -> Result<GoTlsOffsets, GoTlsE
         go_version: go_version.clone(),
         dwarf,
     })?;
-    Ok(GoTlsOffsets {
+    let with_itab = GoTlsOffsets {
         tcp_conn_itab: tcp_conn_itab(exe).unwrap_or(0),
         ..offsets
-    })
+    };
+    Ok((with_itab, source))
 }
 
 /// The address of the `*net.TCPConn` itab for `net.Conn`, when the executable is loaded at
@@ -461,11 +465,13 @@ mod tests {
         };
         let normal_binary = GoBinary::open(&normal).unwrap();
         let stripped_binary = GoBinary::open(&stripped).unwrap();
-        let with_symbols = offsets_for(&normal_binary, &normal).unwrap();
+        let (with_symbols, source) = offsets_for(&normal_binary, &normal).unwrap();
+        assert_eq!(source, OffsetsSource::Dwarf);
         assert_eq!(with_symbols.tcp_conn_itab, nm_itab(&normal));
         assert_ne!(with_symbols.tcp_conn_itab, 0);
         // Stripped: the same offsets, the itab unknown (unchecked).
-        let without = offsets_for(&stripped_binary, &stripped).unwrap();
+        let (without, source) = offsets_for(&stripped_binary, &stripped).unwrap();
+        assert_eq!(source, OffsetsSource::VersionTable);
         assert_eq!(
             without,
             GoTlsOffsets {
