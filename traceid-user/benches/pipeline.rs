@@ -19,10 +19,11 @@ use std::time::Duration;
 // Dependencies of the library and the binary, not used here by name;
 // `unused_crate_dependencies` checks each target against the whole package's list.
 use {
-    anyhow as _, aya as _, btf_rs as _, bytemuck as _, clap as _, foldhash as _, httparse as _,
-    iced_x86 as _, libc as _, memchr as _, netlink_packet_core as _, netlink_packet_sock_diag as _,
-    netlink_sys as _, object as _, prometheus_client as _, serde as _, serde_json as _,
-    signal_hook as _, thiserror as _, tracing as _, tracing_subscriber as _,
+    anyhow as _, aya as _, btf_rs as _, bytemuck as _, clap as _, foldhash as _, gimli as _,
+    httparse as _, iced_x86 as _, libc as _, memchr as _, miniz_oxide as _,
+    netlink_packet_core as _, netlink_packet_sock_diag as _, netlink_sys as _, object as _,
+    prometheus_client as _, serde as _, serde_json as _, signal_hook as _, thiserror as _,
+    tracing as _, tracing_subscriber as _,
 };
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};

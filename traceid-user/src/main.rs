@@ -14,9 +14,10 @@ use clap::{Args, Parser, Subcommand};
 // Dependencies of the library, not used here by name; `unused_crate_dependencies` checks
 // each target against the whole package's list.
 use {
-    aya as _, btf_rs as _, bytemuck as _, foldhash as _, httparse as _, iced_x86 as _, libc as _,
-    memchr as _, netlink_packet_core as _, netlink_packet_sock_diag as _, netlink_sys as _,
-    object as _, prometheus_client as _, serde as _, thiserror as _, tracing as _,
+    aya as _, btf_rs as _, bytemuck as _, foldhash as _, gimli as _, httparse as _, iced_x86 as _,
+    libc as _, memchr as _, miniz_oxide as _, netlink_packet_core as _,
+    netlink_packet_sock_diag as _, netlink_sys as _, object as _, prometheus_client as _,
+    serde as _, thiserror as _, tracing as _,
 };
 // The benchmarks' dev-dependency, unused by the unit tests.
 #[cfg(test)]

@@ -2,10 +2,10 @@
 //! OpenSSL probes find their files: at start-up and at exec, through [`super::tls`].
 //!
 //! Each executable is inspected once, by (device, inode): its functions are located through
-//! its function table ([`crate::golang::plan`]), and its struct offsets come from the table
-//! of verified Go versions ([`crate::golang::offsets`]). Every process that runs an
-//! instrumented executable gets its offsets in the kernel's `GO_PROCS` table, by pid: the
-//! probes ignore a process without them.
+//! its function table ([`crate::golang::plan`]), and its struct offsets come from its DWARF
+//! when it has it, else from the table of verified Go versions ([`crate::golang::offsets`]).
+//! Every process that runs an instrumented executable gets its offsets in the kernel's
+//! `GO_PROCS` table, by pid: the probes ignore a process without them.
 
 use std::collections::HashMap;
 use std::fs;
@@ -135,16 +135,12 @@ impl GoAttacher {
         let shown = fs::read_link(exe)
             .map_or_else(|_| exe.display().to_string(), |p| p.display().to_string());
         let go_version = binary.build_info().go_version.clone();
-        let Some(offsets) = golang::offsets::for_version(&go_version) else {
-            self.refuse(
-                Severity::Warn,
-                shown,
-                format!(
-                    "{go_version}: struct offsets verified for Go {} only",
-                    golang::offsets::verified_versions()
-                ),
-            );
-            return None;
+        let (offsets, offsets_from) = match golang::offsets::for_binary(exe, &go_version) {
+            Ok(found) => found,
+            Err(e) => {
+                self.refuse(Severity::Warn, shown, e.to_string());
+                return None;
+            }
         };
         let plan = match golang::plan(&binary) {
             Ok(plan) => plan,
@@ -177,7 +173,9 @@ impl GoAttacher {
                 return None;
             }
         }
-        tracing::info!("Go probes attached to {shown} (pid {pid}, {go_version})");
+        tracing::info!(
+            "Go probes attached to {shown} (pid {pid}, {go_version}, offsets from its {offsets_from})"
+        );
         self.attached.push(GoTarget {
             path: shown,
             pid,

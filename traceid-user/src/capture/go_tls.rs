@@ -7,8 +7,8 @@
 //! ([`crate::golang`]), and probes attached at those file offsets: `Write` and `Read` at
 //! entry, plain uprobes on each RET of `Read` (never uretprobes: they crash Go programs).
 //! Every process running an instrumented file gets its offsets in the kernel's
-//! `GO_TLS_PROCS` table, from its Go version ([`offsets_for`]); the probes skip a process
-//! without an entry.
+//! `GO_TLS_PROCS` table, from the executable's DWARF when it has it, else from its Go
+//! version ([`offsets_for`]); the probes skip a process without an entry.
 
 use std::collections::HashMap;
 use std::fs;
@@ -24,6 +24,8 @@ use traceid_common::GoTlsOffsets;
 use super::tls::{error_chain, permission_denied, tracefs_root};
 use super::tracefs_uprobe::TracefsUprobes;
 use crate::golang::buildinfo::major_minor;
+use crate::golang::dwarf::{DwarfError, StructLayouts};
+use crate::golang::offsets::{prefer_dwarf, OffsetsSource};
 use crate::golang::{self, GoBinary, Probe};
 
 /// Probe programs: `Write` at entry, `Read` at entry and at each RET.
@@ -68,8 +70,11 @@ pub enum GoTlsError {
     Cannot(#[from] golang::CannotInstrument),
     #[error("{function}: {why}")]
     Function { function: &'static str, why: String },
-    #[error("no offsets known for {0} (runtime.g.goid): Go 1.17 to 1.26 are known")]
-    UnknownVersion(String),
+    #[error("no offsets for {go_version}: not in the table of Go 1.17 to 1.26, and not in the DWARF: {dwarf}")]
+    UnknownVersion {
+        go_version: String,
+        dwarf: DwarfError,
+    },
     #[error("attaching {what}: {why}")]
     Attach { what: String, why: String },
 }
@@ -172,10 +177,10 @@ impl GoTlsAttacher {
                 Ok((offsets, sites))
             });
         match prepared {
-            Ok((offsets, sites)) => {
+            Ok(((offsets, offsets_from), sites)) => {
                 let path = shown_path(exe);
                 tracing::info!(
-                    "Go TLS probes attached to {path} (pid {pid}, {go_version}): {} RET sites of {READ_FUNCTION}",
+                    "Go TLS probes attached to {path} (pid {pid}, {go_version}, offsets from its {offsets_from}): {} RET sites of {READ_FUNCTION}",
                     sites.read_returns.len()
                 );
                 self.attached.push(GoTlsTarget {
@@ -258,24 +263,74 @@ fn goid_offset(go_version: &str) -> Option<u32> {
     }
 }
 
-/// The offsets the probes read a process of `binary` with.
-///
-/// `tls.Conn.conn` is the struct's first field, `*net.TCPConn`'s `*netFD` its first word,
-/// and `poll.FD.Sysfd` follows the 16-byte `fdMutex` at the start of `netFD.pfd`: the same
-/// from Go 1.17 to 1.26 (checked on Debian's go1.19.8, docs/go.md). The `*net.TCPConn` itab
-/// is read from the symbol table of a fixed-address executable; a stripped or
-/// position-independent one leaves it 0 (unchecked).
-pub fn offsets_for(binary: &GoBinary, exe: &Path) -> Result<GoTlsOffsets, GoTlsError> {
-    let go_version = &binary.build_info().go_version;
-    let g_goid =
-        goid_offset(go_version).ok_or_else(|| GoTlsError::UnknownVersion(go_version.clone()))?;
+/// The structures [`GoTlsOffsets`] are read from in the DWARF.
+const DWARF_STRUCTS: &[&str] = &[
+    "runtime.g",
+    "crypto/tls.Conn",
+    "net.TCPConn",
+    "net.conn",
+    "net.netFD",
+    "internal/poll.FD",
+];
+
+/// The offsets from the DWARF of the executable at `exe` (its `*net.TCPConn` itab left 0):
+/// every member's type is checked, so a layout where one of them became something else is
+/// refused rather than read.
+fn dwarf_offsets(exe: &Path) -> Result<GoTlsOffsets, DwarfError> {
+    let layouts = StructLayouts::read(exe, DWARF_STRUCTS)?;
     Ok(GoTlsOffsets {
-        g_goid,
+        g_goid: layouts.offset(&[("runtime.g", "goid", "int64")])?,
+        tls_conn_conn: layouts.offset(&[("crypto/tls.Conn", "conn", "net.Conn")])?,
+        tcp_conn_fd: layouts.offset(&[
+            ("net.TCPConn", "conn", "net.conn"),
+            ("net.conn", "fd", "*net.netFD"),
+        ])?,
+        netfd_sysfd: layouts.offset(&[
+            ("net.netFD", "pfd", "internal/poll.FD"),
+            ("internal/poll.FD", "Sysfd", "int"),
+        ])?,
+        tcp_conn_itab: 0,
+    })
+}
+
+/// The offsets by Go version (the `*net.TCPConn` itab left 0): `tls.Conn.conn` is the
+/// struct's first field, `*net.TCPConn`'s `*netFD` its first word, and `poll.FD.Sysfd`
+/// follows the 16-byte `fdMutex` at the start of `netFD.pfd`: the same from Go 1.17 to 1.26
+/// (checked on Debian's go1.19.8, docs/go.md); `goid` by [`goid_offset`].
+fn table_offsets(go_version: &str) -> Option<GoTlsOffsets> {
+    Some(GoTlsOffsets {
+        g_goid: goid_offset(go_version)?,
         tls_conn_conn: 0,
         tcp_conn_fd: 0,
         netfd_sysfd: 16,
-        tcp_conn_itab: tcp_conn_itab(exe).unwrap_or(0),
+        tcp_conn_itab: 0,
     })
+}
+
+/// The offsets the probes read a process of `binary` with, and where they come from: its
+/// DWARF when it has it, else its Go version ([`prefer_dwarf`]). The `*net.TCPConn` itab is
+/// read from the symbol table of a fixed-address executable; a stripped or
+/// position-independent one leaves it 0 (unchecked).
+pub fn offsets_for(
+    binary: &GoBinary,
+    exe: &Path,
+) -> Result<(GoTlsOffsets, OffsetsSource), GoTlsError> {
+    let go_version = &binary.build_info().go_version;
+    let (offsets, source) = prefer_dwarf(
+        "Go crypto/tls",
+        exe,
+        dwarf_offsets(exe),
+        table_offsets(go_version),
+    )
+    .map_err(|dwarf| GoTlsError::UnknownVersion {
+        go_version: go_version.clone(),
+        dwarf,
+    })?;
+    let with_itab = GoTlsOffsets {
+        tcp_conn_itab: tcp_conn_itab(exe).unwrap_or(0),
+        ..offsets
+    };
+    Ok((with_itab, source))
 }
 
 /// The address of the `*net.TCPConn` itab for `net.Conn`, when the executable is loaded at
@@ -410,11 +465,13 @@ mod tests {
         };
         let normal_binary = GoBinary::open(&normal).unwrap();
         let stripped_binary = GoBinary::open(&stripped).unwrap();
-        let with_symbols = offsets_for(&normal_binary, &normal).unwrap();
+        let (with_symbols, source) = offsets_for(&normal_binary, &normal).unwrap();
+        assert_eq!(source, OffsetsSource::Dwarf);
         assert_eq!(with_symbols.tcp_conn_itab, nm_itab(&normal));
         assert_ne!(with_symbols.tcp_conn_itab, 0);
         // Stripped: the same offsets, the itab unknown (unchecked).
-        let without = offsets_for(&stripped_binary, &stripped).unwrap();
+        let (without, source) = offsets_for(&stripped_binary, &stripped).unwrap();
+        assert_eq!(source, OffsetsSource::VersionTable);
         assert_eq!(
             without,
             GoTlsOffsets {
@@ -422,10 +479,22 @@ mod tests {
                 ..with_symbols
             }
         );
+        // The unstripped binary's offsets are its DWARF's, the stripped one's the table's:
+        // the same values where the table knows the version (a 1.19 toolchain here).
+        let go_version = &normal_binary.build_info().go_version;
+        let from_dwarf = dwarf_offsets(&normal).unwrap();
         assert_eq!(
-            Some(with_symbols.g_goid),
-            goid_offset(&normal_binary.build_info().go_version)
+            with_symbols,
+            GoTlsOffsets {
+                tcp_conn_itab: with_symbols.tcp_conn_itab,
+                ..from_dwarf
+            }
         );
+        assert!(matches!(dwarf_offsets(&stripped), Err(DwarfError::Absent)));
+        match table_offsets(go_version) {
+            Some(table) => assert_eq!(from_dwarf, table),
+            None => eprintln!("{go_version} is not in the table: DWARF read, not compared"),
+        }
         // Both binaries have the same code: the same probe sites.
         let sites_normal = sites(&normal_binary).unwrap();
         assert!(!sites_normal.read_returns.is_empty());

@@ -40,7 +40,7 @@ func main() {
 /// linker and by the external one (cgo's, where `.text` starts with C code before
 /// `runtime.text`), once per test run; None after saying why when `go` is missing (a
 /// failure under CI=true).
-fn built() -> Option<&'static [(PathBuf, PathBuf); 2]> {
+pub(super) fn built() -> Option<&'static [(PathBuf, PathBuf); 2]> {
     static BUILT: OnceLock<Option<[(PathBuf, PathBuf); 2]>> = OnceLock::new();
     BUILT
         .get_or_init(|| {
