@@ -50,8 +50,8 @@ pub const INTEGRATION_PACKAGES: &[&str] = &[
 ];
 
 /// Debian packages the unit tests need: the Go inspection tests (traceid-user/src/golang)
-/// build real Go programs to read.
-pub const UNIT_TEST_PACKAGES: &[&str] = &["golang-go"];
+/// build real Go programs to read, and rewrite their DWARF sections with objcopy.
+pub const UNIT_TEST_PACKAGES: &[&str] = &["golang-go", "binutils"];
 
 /// Python packages the integration tests need beyond Debian's (`python3 -m pip install`).
 pub const PIP_PACKAGES: &[&str] = &[

@@ -243,7 +243,7 @@ fn clippy() -> Result<()> {
 fn unit_tests() -> Result<()> {
     prereq::ensure_debs(
         prereq::UNIT_TEST_PACKAGES,
-        "Go, to build the programs the Go inspection tests read",
+        "Go and objcopy, to build and rewrite the programs the Go inspection tests read",
     )
     .context("unit tests: prerequisites")?;
     step("cargo test --workspace --exclude traceid-tests");
