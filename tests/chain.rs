@@ -116,23 +116,12 @@ impl Service {
                 "Gin missing: install golang-github-gin-gonic-gin-dev"
             );
             let ldflags: &[&str] = if stripped { &["-ldflags=-s -w"] } else { &[] };
-            let status = Command::new("go")
-                .arg("build")
-                .args(ldflags)
-                .arg("-o")
-                .arg(&bin)
-                .arg("middle.go")
-                .current_dir(services_dir())
-                .env("GO111MODULE", "off")
-                .env("GOPATH", GIN_GOPATH)
-                .env(
-                    "GOCACHE",
-                    std::env::temp_dir().join("traceid-chain-gocache"),
-                )
-                .env("GOFLAGS", "")
-                .status()
-                .expect("`go` must be installed (Debian golang-go)");
-            assert!(status.success(), "go build middle.go failed");
+            go_build(
+                &services_dir().join("middle.go"),
+                &bin,
+                Path::new(GIN_GOPATH),
+                ldflags,
+            );
             bin
         });
         Service::spawn(

@@ -40,22 +40,7 @@ fn go(args: &[&str]) -> Option<String> {
 fn build(dir: &Path, name: &str, flags: &[&str]) -> PathBuf {
     let out = dir.join(name);
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("services/go-inspect/server.go");
-    let status = Command::new("go")
-        .arg("build")
-        .args(flags)
-        .arg("-o")
-        .arg(&out)
-        .arg(source)
-        .env("GO111MODULE", "off")
-        .env("GOPATH", dir.join("gopath"))
-        .env(
-            "GOCACHE",
-            std::env::temp_dir().join("traceid-go-binaries-gocache"),
-        )
-        .env("GOFLAGS", "")
-        .status()
-        .expect("running go build");
-    assert!(status.success(), "go build {flags:?} failed");
+    go_build(&source, &out, &dir.join("gopath"), flags);
     out
 }
 

@@ -76,22 +76,7 @@ impl Built {
         let source = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("services/go-tls")
             .join(format!("{program}.go"));
-        let status = Command::new("go")
-            .arg("build")
-            .args(flags)
-            .arg("-o")
-            .arg(&out)
-            .arg(source)
-            .env("GO111MODULE", "off")
-            .env("GOPATH", self.dir.join("gopath"))
-            .env(
-                "GOCACHE",
-                std::env::temp_dir().join("traceid-go-tls-gocache"),
-            )
-            .env("GOFLAGS", "")
-            .status()
-            .expect("running go build");
-        assert!(status.success(), "go build {program} {flags:?} failed");
+        go_build(&source, &out, &self.dir.join("gopath"), flags);
         out
     }
 

@@ -11,13 +11,12 @@
 //! Run by `cargo xtask integration-test` (as root, one test at a time).
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use traceid_tests::*;
 // Used by the harness library (tests/src), not by name here.
-use {serde_json as _, thiserror as _};
+use {libc as _, serde_json as _, thiserror as _};
 
 /// Calls per client. grpcio makes a few hundred channels per second here: the churn takes
 /// one or two seconds, well within one TIME_WAIT lifetime (60 s).
@@ -34,33 +33,12 @@ const THRESHOLD: u64 = 100;
 /// other work shares the host.
 const AGENT_ARGS: &[&str] = &["--ring-mib", "64", "--capture-bytes", "1024"];
 
-fn echo_py() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("services/grpc/echo.py")
-}
-
-/// The grpcio echo server on a free port of 127.0.0.1, and that port.
-fn grpc_server() -> (Peer, u16) {
-    let port = free_port();
-    let mut peer = Peer::spawn(
-        Command::new(PYTHON)
-            .arg(echo_py())
-            .args(["server", &port.to_string()])
-            .env("PYTHONDONTWRITEBYTECODE", "1")
-            .stdout(Stdio::null()),
-        libc::SIGTERM,
-    )
-    .expect("starting the grpcio server (cargo xtask integration-test installs grpcio)");
-    peer.wait_listening("grpc server", port, Duration::from_secs(30))
-        .unwrap_or_else(|e| panic!("{}", error_chain(&e)));
-    (peer, port)
-}
-
 /// Runs an echo.py client making CALLS calls in `mode` (`calls`: one channel; `channels`: a
 /// channel per call) to completion; returns its pid. Every call must succeed.
 fn grpc_client(port: u16, mode: &str) -> u32 {
     let started = Instant::now();
     let child = Command::new(PYTHON)
-        .arg(echo_py())
+        .arg(grpc_echo_py())
         .args(["client", &port.to_string(), mode, &CALLS.to_string()])
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .stdout(Stdio::piped())
@@ -99,7 +77,7 @@ fn channel_per_call_client_is_named_by_buildup_and_channel_reuse_is_not() {
     if !can_run() {
         return;
     }
-    let (_server, port) = grpc_server();
+    let (_server, port) = grpc_echo_server();
     let remote = format!("127.0.0.1:{port}");
     let port_arg = port.to_string();
     let threshold = THRESHOLD.to_string();

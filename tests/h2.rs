@@ -7,7 +7,6 @@
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -17,10 +16,6 @@ use {libc as _, serde_json as _, thiserror as _};
 
 const PYTHON: &str = "/usr/bin/python3";
 const WAIT: Duration = Duration::from_secs(15);
-
-fn echo_py() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("services/grpc/echo.py")
-}
 
 fn port_of(addr: &Value) -> Option<u16> {
     addr.as_str()?.rsplit_once(':')?.1.parse().ok()
@@ -116,18 +111,7 @@ struct GrpcServer {
 
 impl GrpcServer {
     fn start() -> GrpcServer {
-        let port = free_port();
-        let mut peer = Peer::spawn(
-            Command::new(PYTHON)
-                .arg(echo_py())
-                .args(["server", &port.to_string()])
-                .env("PYTHONDONTWRITEBYTECODE", "1")
-                .stdout(Stdio::null()),
-            libc::SIGTERM,
-        )
-        .expect("starting the grpcio server (cargo xtask integration-test installs grpcio)");
-        peer.wait_listening("grpc server", port, Duration::from_secs(30))
-            .unwrap_or_else(|e| panic!("{}", error_chain(&e)));
+        let (peer, port) = grpc_echo_server();
         GrpcServer { peer, port }
     }
 
@@ -139,7 +123,7 @@ impl GrpcServer {
     /// (`<trace id> <status>` per call).
     fn client(&self, mode: &str, n: usize) -> (u32, Vec<String>) {
         let child = Command::new(PYTHON)
-            .arg(echo_py())
+            .arg(grpc_echo_py())
             .args(["client", &self.port.to_string(), mode, &n.to_string()])
             .env("PYTHONDONTWRITEBYTECODE", "1")
             .stdout(Stdio::piped())
@@ -388,7 +372,7 @@ fn connection_opened_before_the_agent_keeps_being_decoded() {
 /// every line the agent printed and the client's pid.
 fn preexisting_round(server: &GrpcServer) -> (Vec<Value>, u32) {
     let mut client = Command::new(PYTHON)
-        .arg(echo_py())
+        .arg(grpc_echo_py())
         .args(["client", &server.port.to_string(), "preexisting", "20"])
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .stdin(Stdio::piped())

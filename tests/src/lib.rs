@@ -152,6 +152,62 @@ pub fn python_server(script: &str) -> Option<(Peer, u16)> {
     Some((server, port))
 }
 
+/// tests/services/grpc/echo.py, the grpcio server and clients of the HTTP/2 tests.
+pub fn grpc_echo_py() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("services/grpc/echo.py")
+}
+
+/// The grpcio echo server (`echo.py server PORT`) on a free port of 127.0.0.1, listening, and
+/// that port.
+pub fn grpc_echo_server() -> (Peer, u16) {
+    let port = free_port();
+    let mut peer = Peer::spawn(
+        Command::new(PYTHON)
+            .arg(grpc_echo_py())
+            .args(["server", &port.to_string()])
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .stdout(Stdio::null()),
+        libc::SIGTERM,
+    )
+    .expect("starting the grpcio server (cargo xtask integration-test installs grpcio)");
+    peer.wait_listening("grpc server", port, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{}", error_chain(&e)));
+    (peer, port)
+}
+
+/// Builds the Go program `source` (one .go file) into `out` with Debian's Go in GOPATH mode,
+/// packages from `gopath` (`/usr/share/gocode` for Debian's Go libraries such as Gin), with
+/// the extra `flags` (e.g. `-ldflags=-s -w`); the build cache is shared by the test runs.
+pub fn go_build(
+    source: &std::path::Path,
+    out: &std::path::Path,
+    gopath: &std::path::Path,
+    flags: &[&str],
+) {
+    let status = Command::new("go")
+        .arg("build")
+        .args(flags)
+        .arg("-o")
+        .arg(out)
+        .arg(source)
+        .env("GO111MODULE", "off")
+        .env("GOPATH", gopath)
+        .env(
+            "GOCACHE",
+            std::env::temp_dir().join("traceid-tests-gocache"),
+        )
+        .env("GOFLAGS", "")
+        .status()
+        .expect(
+            "`go` must be installed (Debian golang-go; cargo xtask integration-test installs it)",
+        );
+    assert!(
+        status.success(),
+        "go build {} {flags:?} failed",
+        source.display()
+    );
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

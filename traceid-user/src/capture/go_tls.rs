@@ -402,37 +402,15 @@ mod tests {
     /// tests/services/go-tls/server.go built normally and stripped (`-ldflags=-s -w`); None
     /// after saying why when `go` is missing (a failure under CI=true).
     fn built() -> Option<(PathBuf, PathBuf)> {
-        if Command::new("go").arg("version").output().is_err() {
-            assert!(
-                std::env::var("CI").map_or(true, |v| v != "true"),
-                "CI=true and `go` is missing (Debian golang-go)"
-            );
-            eprintln!("SKIPPED: `go` is missing (Debian golang-go)");
+        if !crate::golang::tests::go_present() {
             return None;
         }
         let source =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/services/go-tls/server.go");
         let dir = std::env::temp_dir().join(format!("traceid-go-tls-unit-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
-        let build = |out: &str, flags: &[&str]| {
-            let status = Command::new("go")
-                .arg("build")
-                .args(flags)
-                .arg("-o")
-                .arg(dir.join(out))
-                .arg(&source)
-                .env("GO111MODULE", "off")
-                .env("GOPATH", dir.join("gopath"))
-                .env(
-                    "GOCACHE",
-                    std::env::temp_dir().join("traceid-golang-gocache"),
-                )
-                .env("GOFLAGS", "")
-                .status()
-                .expect("running go build");
-            assert!(status.success(), "go build {flags:?} failed");
-            dir.join(out)
-        };
+        let build =
+            |out: &str, flags: &[&str]| crate::golang::tests::go_build(&dir, &source, out, flags);
         Some((
             build("server", &[]),
             build("server-stripped", &["-ldflags=-s -w"]),

@@ -25,4 +25,4 @@ pub use pclntab::{FunctionRange, Pclntab};
 pub use probes::{plan, CannotInstrument, Plan, Probe, ProbeSites};
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -36,6 +36,41 @@ func main() {
 }
 "#;
 
+/// Whether `go` can be run; when not, says why and returns false (a failure under CI=true).
+pub(crate) fn go_present() -> bool {
+    if Command::new("go").arg("version").output().is_ok() {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").map_or(true, |v| v != "true"),
+        "CI=true and `go` is missing (Debian golang-go)"
+    );
+    eprintln!("SKIPPED: `go` is missing (Debian golang-go)");
+    false
+}
+
+/// Builds the Go program `source` (one .go file) into `dir`/`out` in GOPATH mode with the
+/// extra `flags`; the path of the executable.
+pub(crate) fn go_build(dir: &Path, source: &Path, out: &str, flags: &[&str]) -> PathBuf {
+    let status = Command::new("go")
+        .arg("build")
+        .args(flags)
+        .arg("-o")
+        .arg(dir.join(out))
+        .arg(source)
+        .env("GO111MODULE", "off")
+        .env("GOPATH", dir.join("gopath"))
+        .env(
+            "GOCACHE",
+            std::env::temp_dir().join("traceid-golang-gocache"),
+        )
+        .env("GOFLAGS", "")
+        .status()
+        .expect("running go build");
+    assert!(status.success(), "go build {flags:?} failed");
+    dir.join(out)
+}
+
 /// The server built as (unstripped, stripped with `-ldflags=-s -w`) pairs, by Go's own
 /// linker and by the external one (cgo's, where `.text` starts with C code before
 /// `runtime.text`), once per test run; None after saying why when `go` is missing (a
@@ -44,36 +79,15 @@ pub(super) fn built() -> Option<&'static [(PathBuf, PathBuf); 2]> {
     static BUILT: OnceLock<Option<[(PathBuf, PathBuf); 2]>> = OnceLock::new();
     BUILT
         .get_or_init(|| {
-            if Command::new("go").arg("version").output().is_err() {
-                assert!(
-                    std::env::var("CI").map_or(true, |v| v != "true"),
-                    "CI=true and `go` is missing (Debian golang-go)"
-                );
-                eprintln!("SKIPPED: `go` is missing (Debian golang-go)");
+            if !go_present() {
                 return None;
             }
             let dir =
                 std::env::temp_dir().join(format!("traceid-golang-unit-{}", std::process::id()));
             std::fs::create_dir_all(&dir).unwrap();
-            std::fs::write(dir.join("server.go"), SERVER_GO).unwrap();
-            let build = |out: &str, flags: &[&str]| {
-                let status = Command::new("go")
-                    .arg("build")
-                    .args(flags)
-                    .args(["-o", out, "server.go"])
-                    .current_dir(&dir)
-                    .env("GO111MODULE", "off")
-                    .env("GOPATH", dir.join("gopath"))
-                    .env(
-                        "GOCACHE",
-                        std::env::temp_dir().join("traceid-golang-gocache"),
-                    )
-                    .env("GOFLAGS", "")
-                    .status()
-                    .expect("running go build");
-                assert!(status.success(), "go build {flags:?} failed");
-                dir.join(out)
-            };
+            let source = dir.join("server.go");
+            std::fs::write(&source, SERVER_GO).unwrap();
+            let build = |out: &str, flags: &[&str]| go_build(&dir, &source, out, flags);
             Some([
                 (
                     build("server", &[]),
