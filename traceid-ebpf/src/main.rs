@@ -22,6 +22,7 @@ mod conn;
 mod data;
 mod go;
 mod go_tls;
+mod goabi;
 mod maps;
 mod regs;
 mod sockets;
