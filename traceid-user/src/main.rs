@@ -178,11 +178,12 @@ struct Common {
     /// syscall are reported as truncated.
     #[arg(long, default_value_t = traceid_common::DEFAULT_CAPTURE)]
     capture_bytes: u32,
-    /// How the agent's drain loop is scheduled: `idle` runs it only on CPU time no other
-    /// thread wants, so it never delays the services it watches (lifted to normal when the
-    /// host starves it for 200 ms, so its ring buffer keeps draining; needs CAP_SYS_NICE, else
-    /// normal); `batch` and `normal` are the kernel's policies of those names.
-    #[arg(long, default_value_t = CpuPolicy::Idle, value_name = "POLICY")]
+    /// How the agent's drain loop is scheduled: `normal` (default) takes a fair share, so
+    /// nothing is lost under load; `idle` runs it only on CPU time no other thread wants, so
+    /// it delays the services it watches less, but a host saturated for long overflows its
+    /// ring buffer (lifted to normal when starved for 200 ms; needs CAP_SYS_NICE, else
+    /// normal); `batch` is the kernel's policy of that name.
+    #[arg(long, default_value_t = CpuPolicy::Normal, value_name = "POLICY")]
     cpu_policy: CpuPolicy,
     /// Ring buffer size in MiB (power of two).
     #[arg(long, default_value_t = 16, hide = true)]
