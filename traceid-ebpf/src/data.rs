@@ -204,32 +204,21 @@ pub fn emit(ids: &Ids, buf: u64, avail: u64, real_len: u64) {
     };
     // SAFETY: `rec` is a live map value of DataRecord size and `size` never exceeds it.
     let bytes = unsafe { core::slice::from_raw_parts(rec as *const _ as *const u8, size) };
-    if EVENTS
-        .output::<[u8]>(bytes, wakeup_flags(size as u64))
-        .is_err()
-    {
+    if EVENTS.output::<[u8]>(bytes, wakeup_flags()).is_err() {
         count(stat::RINGBUF_FULL);
     }
 }
 
-/// Ring-buffer flags for a data record of `size` bytes: no wake-up per record (the agent
-/// polls every 100 ms anyway; a wake-up per event cost about 3 µs per captured message), but a
-/// forced one when this record makes the waiting data cross a quarter of the ring, so a burst
-/// cannot fill it between polls. Only at the crossing: forcing one for every record while the
-/// agent lags behind (busy, or under its idle CPU policy) woke nobody new and cost each
-/// traced syscall an interrupt (`native_write_msr` was 28 % of nginx at saturation).
+/// Ring-buffer flags for a data record: no wake-up per record (the agent polls every 100 ms
+/// anyway; a wake-up per event cost about 3 µs per captured message), but a forced one once a
+/// quarter of the ring is waiting, so a burst cannot fill it between polls.
 #[inline(always)]
-fn wakeup_flags(size: u64) -> u64 {
+fn wakeup_flags() -> u64 {
     const BPF_RB_NO_WAKEUP: u64 = 1;
     const BPF_RB_FORCE_WAKEUP: u64 = 2;
     const BPF_RB_AVAIL_DATA: u64 = 0;
     const BPF_RB_RING_SIZE: u64 = 1;
-    let quarter = EVENTS.query(BPF_RB_RING_SIZE) / 4;
-    if quarter == 0 {
-        return BPF_RB_FORCE_WAKEUP;
-    }
-    let waiting = EVENTS.query(BPF_RB_AVAIL_DATA);
-    if waiting / quarter != (waiting + size) / quarter {
+    if EVENTS.query(BPF_RB_AVAIL_DATA) > EVENTS.query(BPF_RB_RING_SIZE) / 4 {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
