@@ -9,14 +9,14 @@
 //! into `GO_PROCS`, and a process without an entry is ignored.
 
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid,
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
     macros::{map, uprobe},
     maps::{HashMap, LruHashMap},
     programs::ProbeContext,
+    EbpfContext,
 };
 use traceid_common::{kind, stat, GoCallEvent, GoOffsets, GoServeEvent, GoSpawnEvent};
 
-use crate::goabi::{go_regs, goid, read_user, Goroutine};
 use crate::maps::{count, current_ids, fill_header, EVENTS};
 use crate::sockets;
 
@@ -36,6 +36,22 @@ pub static GO_SPAWNING: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16_3
 #[map]
 pub static GO_TRACKED: LruHashMap<Goroutine, u8> = LruHashMap::with_max_entries(65_536, 0);
 
+/// Key of `GO_TRACKED`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Goroutine {
+    pub pid: u32,
+    pub _pad: u32,
+    pub goid: u64,
+}
+
+impl Goroutine {
+    #[inline(always)]
+    fn new(pid: u32, goid: u64) -> Goroutine {
+        Goroutine { pid, _pad: 0, goid }
+    }
+}
+
 /// Starts reporting the children of goroutine `goid` of `pid`.
 #[inline(always)]
 fn track(pid: u32, goid: u64) {
@@ -48,18 +64,58 @@ const AF_INET: i64 = 2;
 const AF_INET6: i64 = 10;
 const SOCK_STREAM: i64 = 1;
 
+/// The registers the Go register ABI uses here, from the probe's saved user registers.
+#[derive(Clone, Copy)]
+enum Reg {
+    /// First argument or result.
+    Rax,
+    /// Second argument.
+    Rbx,
+    /// The current goroutine's `g`.
+    R14,
+}
+
+#[inline(always)]
+fn reg(ctx: &ProbeContext, r: Reg) -> u64 {
+    let regs = ctx.as_ptr() as *const aya_ebpf::bindings::pt_regs;
+    // SAFETY: a uprobe's context is the `struct pt_regs` of the probed task; the verifier
+    // checks loads from it.
+    unsafe {
+        match r {
+            Reg::Rax => (*regs).rax,
+            Reg::Rbx => (*regs).rbx,
+            Reg::R14 => (*regs).r14,
+        }
+    }
+}
+
+#[inline(always)]
+fn read<T: Copy>(addr: u64) -> Option<T> {
+    if addr == 0 {
+        return None;
+    }
+    // SAFETY: a read of user memory, which fails cleanly.
+    unsafe { bpf_probe_read_user(addr as *const T) }.ok()
+}
+
+/// The id of the goroutine whose `g` is at `g`.
+#[inline(always)]
+fn goid(g: u64, off: &GoOffsets) -> Option<u64> {
+    read::<u64>(g.checked_add(off.g_goid as u64)?)
+}
+
 /// The socket fd of the `net.Conn` interface at `iface`, when it holds a `*net.TCPConn`
 /// (checked through the netFD's family and socket type, not assumed).
 #[inline(always)]
 fn tcp_conn_fd(iface: u64, off: &GoOffsets) -> Option<i32> {
-    let tcp_conn: u64 = read_user(iface.checked_add(8)?)?;
-    let netfd: u64 = read_user(tcp_conn)?;
-    let family: i64 = read_user(netfd.checked_add(off.netfd_family as u64)?)?;
-    let sotype: i64 = read_user(netfd.checked_add(off.netfd_sotype as u64)?)?;
+    let tcp_conn: u64 = read(iface.checked_add(8)?)?;
+    let netfd: u64 = read(tcp_conn)?;
+    let family: i64 = read(netfd.checked_add(off.netfd_family as u64)?)?;
+    let sotype: i64 = read(netfd.checked_add(off.netfd_sotype as u64)?)?;
     if (family != AF_INET && family != AF_INET6) || sotype != SOCK_STREAM {
         return None;
     }
-    let fd: i64 = read_user(netfd.checked_add(off.netfd_sysfd as u64)?)?;
+    let fd: i64 = read(netfd.checked_add(off.netfd_sysfd as u64)?)?;
     i32::try_from(fd).ok().filter(|fd| *fd >= 0)
 }
 
@@ -80,8 +136,8 @@ fn emit_conn_goroutine(ctx: &ProbeContext, kind: u16, conn_field: impl Fn(&GoOff
         return;
     };
     let found = (|| {
-        let id = goid(go_regs(ctx).g, off.g_goid)?;
-        let iface = go_regs(ctx).arg0.checked_add(conn_field(&off) as u64)?;
+        let id = goid(reg(ctx, Reg::R14), &off)?;
+        let iface = reg(ctx, Reg::Rax).checked_add(conn_field(&off) as u64)?;
         let fd = tcp_conn_fd(iface, &off)?;
         let sock = sockets::lookup(pid, tid, fd)?;
         Some((id, fd, sock.conn_ts_ns))
@@ -127,7 +183,7 @@ pub fn go_newproc_enter(ctx: ProbeContext) -> u32 {
     let Some((pid, _, off)) = offsets() else {
         return 0;
     };
-    match goid(go_regs(&ctx).arg1, off.g_goid) {
+    match goid(reg(&ctx, Reg::Rbx), &off) {
         // SAFETY: only tested for presence.
         Some(parent) if unsafe { GO_TRACKED.get(Goroutine::new(pid, parent)) }.is_none() => {}
         Some(parent) => {
@@ -155,7 +211,7 @@ pub fn go_newproc_return(ctx: ProbeContext) -> u32 {
         return 0;
     };
     let _ = GO_SPAWNING.remove(key);
-    let Some(child) = goid(go_regs(&ctx).arg0, off.g_goid) else {
+    let Some(child) = goid(reg(&ctx, Reg::Rax), &off) else {
         count(stat::GO_READ_FAILED);
         return 0;
     };

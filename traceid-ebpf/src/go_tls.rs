@@ -21,14 +21,14 @@
 //! mistakes it for HTTP).
 
 use aya_ebpf::{
+    helpers::bpf_probe_read_user,
     macros::{map, uprobe},
     maps::LruHashMap,
     programs::ProbeContext,
 };
-use traceid_common::{source, stat, GoTlsOffsets};
+use traceid_common::{source, stat, GoTlsOffsets, DIR_EGRESS, DIR_INGRESS};
 
 use crate::data::{emit, Ids};
-use crate::goabi::{go_regs, goid, read_user, GoRegs, Goroutine};
 use crate::maps::{count, current_ids};
 use crate::sockets;
 
@@ -36,6 +36,15 @@ use crate::sockets;
 /// looks at a process (at start-up, and after each exec).
 #[map]
 pub static GO_TLS_PROCS: LruHashMap<u32, GoTlsOffsets> = LruHashMap::with_max_entries(16_384, 0);
+
+/// A goroutine: the key of a `Read` in progress.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Goroutine {
+    pub pid: u32,
+    pub _pad: u32,
+    pub goid: u64,
+}
 
 /// A `crypto/tls.(*Conn).Read` in progress: its receiver and its buffer.
 #[repr(C)]
@@ -50,17 +59,70 @@ pub struct GoRead {
 #[map]
 pub static GO_TLS_READS: LruHashMap<Goroutine, GoRead> = LruHashMap::with_max_entries(16_384, 0);
 
+/// The Go register ABI's integer registers the probes read, from the probe's saved user
+/// registers.
+#[derive(Clone, Copy)]
+struct GoRegs {
+    /// First integer argument / result (amd64 RAX, arm64 X0).
+    arg0: u64,
+    /// Second (RBX, X1).
+    arg1: u64,
+    /// Third (RCX, X2).
+    arg2: u64,
+    /// The current goroutine's `g` (R14, X28).
+    g: u64,
+}
+
+#[cfg(bpf_target_arch = "x86_64")]
+#[inline(always)]
+fn go_regs(ctx: &ProbeContext) -> GoRegs {
+    // SAFETY: a uprobe's context is the `struct pt_regs` of the probed user thread, which the
+    // verifier lets the program load from directly.
+    let regs = unsafe { &*ctx.regs };
+    GoRegs {
+        arg0: regs.rax,
+        arg1: regs.rbx,
+        arg2: regs.rcx,
+        g: regs.r14,
+    }
+}
+
+#[cfg(bpf_target_arch = "aarch64")]
+#[inline(always)]
+fn go_regs(ctx: &ProbeContext) -> GoRegs {
+    // arm64's context is `struct user_pt_regs`: `regs[31]` first, 8 bytes each.
+    let regs = ctx.regs as *const u64;
+    // SAFETY: loads of `regs[0]`, `regs[1]`, `regs[2]` and `regs[28]` from the probe's
+    // context, all within `user_pt_regs`.
+    unsafe {
+        GoRegs {
+            arg0: *regs,
+            arg1: *regs.add(1),
+            arg2: *regs.add(2),
+            g: *regs.add(28),
+        }
+    }
+}
+
+/// A word of the probed process's memory; None when it cannot be read.
+#[inline(always)]
+fn user_u64(addr: u64) -> Option<u64> {
+    // SAFETY: bpf_probe_read_user copies with fault handling: a bad address gives Err, never
+    // a fault; any 8 bytes are a valid u64.
+    unsafe { bpf_probe_read_user(addr as *const u64) }.ok()
+}
+
 /// The socket fd under a `*tls.Conn`, or None when its `net.Conn` is not a `*net.TCPConn`
 /// (when the process's itab for one is known) or a pointer cannot be read.
 #[inline(always)]
 fn conn_fd(off: &GoTlsOffsets, conn: u64) -> Option<i32> {
     let iface = conn + u64::from(off.tls_conn_conn);
-    if off.tcp_conn_itab != 0 && read_user::<u64>(iface)? != off.tcp_conn_itab {
+    if off.tcp_conn_itab != 0 && user_u64(iface)? != off.tcp_conn_itab {
         return None;
     }
-    let tcp_conn = read_user::<u64>(iface + 8)?;
-    let netfd = read_user::<u64>(tcp_conn + u64::from(off.tcp_conn_fd))?;
-    let sysfd = read_user::<u64>(netfd + u64::from(off.netfd_sysfd))?;
+    let tcp_conn = user_u64(iface + 8)?;
+    let netfd = user_u64(tcp_conn + u64::from(off.tcp_conn_fd))?;
+    let sysfd = user_u64(netfd + u64::from(off.netfd_sysfd))?;
     // A Go int; an fd fits in 32 bits, anything else is not an fd.
     i32::try_from(sysfd as i64).ok().filter(|fd| *fd >= 0)
 }
@@ -77,8 +139,10 @@ fn report(off: &GoTlsOffsets, pid: u32, tid: u32, conn: u64, buf: u64, len: u64,
     let Some(info) = sockets::lookup(pid, tid, fd) else {
         return;
     };
-    let Some(direction) = source::direction(src) else {
-        return;
+    let direction = if src == source::GO_TLS_READ {
+        DIR_INGRESS
+    } else {
+        DIR_EGRESS
     };
     let ids = Ids {
         pid,
@@ -121,7 +185,8 @@ pub fn go_tls_write_enter(ctx: ProbeContext) -> u32 {
 /// The current goroutine, from the `g` register and the process's `goid` offset.
 #[inline(always)]
 fn goroutine(off: &GoTlsOffsets, pid: u32, regs: &GoRegs) -> Option<Goroutine> {
-    Some(Goroutine::new(pid, goid(regs.g, off.g_goid)?))
+    let goid = user_u64(regs.g + u64::from(off.g_goid))?;
+    Some(Goroutine { pid, _pad: 0, goid })
 }
 
 /// `(*Conn).Read(c, b)` at entry: remembers the receiver and the buffer for the return.

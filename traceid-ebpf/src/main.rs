@@ -22,7 +22,6 @@ mod conn;
 mod data;
 mod go;
 mod go_tls;
-mod goabi;
 mod maps;
 mod regs;
 mod sockets;
