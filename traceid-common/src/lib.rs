@@ -394,6 +394,10 @@ pub mod stat {
     /// A Go probe could not read the goroutine or the connection's socket from the program's
     /// memory (or the socket was not a known TCP connection): that link evidence is lost.
     pub const GO_READ_FAILED: u32 = 6;
+    /// Bytes moved on a known socket by a call whose buffer the data hooks do not read
+    /// (sendmmsg, recvmmsg, splice, io_uring...): reported as an uncaptured gap when the
+    /// socket's owner made the call, else not reported at all.
+    pub const OTHER_CALL: u32 = 7;
     /// Number of counters.
     pub const COUNT: u32 = 8;
 }

@@ -8,11 +8,12 @@
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use traceid_common::{kind, stat, EventHeader, ROLE_CLIENT, ROLE_SERVER};
 
-use crate::data::SYSCALL_RET;
 use crate::maps::{count, current_ids, fill_header, EVENTS};
 use crate::regs::SyscallArgs;
 use crate::sockets;
 
+/// Offset of `ret` in every sys_exit_* tracepoint record.
+const SYSCALL_RET: usize = 16;
 /// Offset of args[0] in a sys_enter_* tracepoint record.
 const SYSCALL_ARG0: usize = 16;
 /// Offset of `skaddr` in tcp:tcp_destroy_sock (stable since it was added in 4.15).

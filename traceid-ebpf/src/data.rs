@@ -1,27 +1,43 @@
-//! Data hooks: the read and write families on known sockets.
+//! Data hooks: every transfer on a known TCP socket.
 //!
-//! Exit only: the return value says how many bytes really moved, and the fd and buffer are
-//! read from the syscall's saved registers (`regs`), so there is no entry program and no
-//! argument table, and a call that was already blocked when the agent attached is seen too.
-//! Failed calls (ret <= 0) and fds that are not known sockets are dropped first, before
-//! anything is copied (files and pipes cost a register read and one lookup). Then the first
-//! `CAPTURE_BYTES` bytes (per iovec for vectored calls) are copied and the real length is
-//! reported, so userspace knows what it did not see; failed calls copy nothing: their buffers
-//! hold stale bytes.
+//! The socket layer's own tracepoints (`sock:sock_recv_length` and `sock:sock_send_length`,
+//! Linux 6.3+) fire once for each recvmsg/sendmsg a socket serves, after the bytes moved, with
+//! the `struct sock *` and the real length. Reads and writes of pipes, files, terminals and
+//! every other fd never reach them, so those pay nothing (syscall exit tracepoints on
+//! read/write ran for every fd of the host: 200–400 ns per call). Non-TCP sockets, failed
+//! calls and peeks stop at the tracepoint's own fields; a known socket costs one lookup by
+//! its `struct sock *` (see `sockets`). The fd and the buffer come from the syscall's saved
+//! registers (`regs`), which also say which call it is: the bytes are laid out per call (flat,
+//! an iovec array, a msghdr, or a file for sendfile). A call that was already blocked when
+//! the agent attached is seen too, as it returns. Then the first `CAPTURE_BYTES` bytes (per
+//! iovec for vectored calls) are copied and the real length is reported, so userspace knows
+//! what it did not see.
 
 use aya_ebpf::{
     helpers::{bpf_probe_read_user, generated as gen},
     macros::tracepoint,
     programs::TracePointContext,
 };
-use traceid_common::{kind, source, stat, DataEvent, MAX_CAPTURE, MAX_IOVECS};
+use traceid_common::{
+    kind, source, stat, DataEvent, DIR_EGRESS, DIR_INGRESS, MAX_CAPTURE, MAX_IOVECS,
+};
 
-use crate::maps::{capture_bytes, count, current_ids, fill_header, EVENTS, SCRATCH};
-use crate::regs::SyscallArgs;
+use crate::maps::{
+    capture_bytes, count, current_ids, fill_header, DATA_TAIL, EVENTS, SCRATCH, SOCKS, VECTORED,
+};
+use crate::regs::{nr, SyscallArgs};
 use crate::sockets;
 
-/// Offset of `ret` in every sys_exit_* tracepoint record.
-pub const SYSCALL_RET: usize = 16;
+/// Offsets in the sock:sock_{recv,send}_length record (events/sock/*/format): `void *sk`,
+/// `__u16 protocol`, `int ret` (bytes moved, or -errno), `int flags` (the MSG_* flags).
+const TP_SK: usize = 8;
+const TP_PROTOCOL: usize = 18;
+const TP_RET: usize = 20;
+const TP_FLAGS: usize = 24;
+
+const IPPROTO_TCP: u16 = 6;
+/// recv flag: the bytes stay queued; the read that takes them reports them.
+const MSG_PEEK: i32 = 2;
 
 /// `struct iovec` as user space lays it out.
 #[repr(C)]
@@ -35,41 +51,50 @@ struct IoVec {
 const MSGHDR_IOV: u64 = 16;
 const MSGHDR_IOVLEN: u64 = 24;
 
-macro_rules! data_hook {
-    ($exit:ident, $source:expr) => {
-        #[tracepoint]
-        pub fn $exit(ctx: TracePointContext) -> u32 {
-            on_exit(&ctx, $source);
-            0
-        }
-    };
+#[tracepoint]
+pub fn sock_recv_length(ctx: TracePointContext) -> u32 {
+    on_transfer(&ctx, DIR_INGRESS);
+    0
 }
 
-data_hook!(sys_exit_read, source::READ);
-data_hook!(sys_exit_write, source::WRITE);
-data_hook!(sys_exit_readv, source::READV);
-data_hook!(sys_exit_writev, source::WRITEV);
-data_hook!(sys_exit_recvfrom, source::RECVFROM);
-data_hook!(sys_exit_sendto, source::SENDTO);
-data_hook!(sys_exit_recvmsg, source::RECVMSG);
-data_hook!(sys_exit_sendmsg, source::SENDMSG);
-// sendfile(out_fd, in_fd, ...): the bytes come from a file, only their count is reported, so a
-// response body sent with sendfile (nginx) keeps the HTTP framing in step.
-data_hook!(sys_exit_sendfile64, source::SENDFILE);
+#[tracepoint]
+pub fn sock_send_length(ctx: TracePointContext) -> u32 {
+    on_transfer(&ctx, DIR_EGRESS);
+    0
+}
 
 #[inline(always)]
-fn on_exit(ctx: &TracePointContext, src: u8) {
-    let Some((pid, tid)) = current_ids() else {
-        return;
-    };
-    // SAFETY: `ret` is at this offset in every sys_exit_* tracepoint.
-    let ret: i64 = unsafe { ctx.read_at(SYSCALL_RET) }.unwrap_or(-1);
+fn on_transfer(ctx: &TracePointContext, direction: u8) {
+    // SAFETY: each read_at reads a field of the sock:sock_*_length record at its offset.
+    let ret: i32 = unsafe { ctx.read_at(TP_RET) }.unwrap_or(-1);
     if ret <= 0 {
         return;
     }
-    let args = SyscallArgs::current();
-    let fd = args.arg0 as i32;
-    let Some(info) = sockets::lookup(pid, tid, fd) else {
+    // SAFETY: as above.
+    let protocol: u16 = unsafe { ctx.read_at(TP_PROTOCOL) }.unwrap_or(0);
+    if protocol != IPPROTO_TCP {
+        return;
+    }
+    if direction == DIR_INGRESS {
+        // SAFETY: as above.
+        let flags: i32 = unsafe { ctx.read_at(TP_FLAGS) }.unwrap_or(0);
+        if flags & MSG_PEEK != 0 {
+            return;
+        }
+    }
+    let Some((pid, tid)) = current_ids() else {
+        return;
+    };
+    // SAFETY: as above.
+    let sk: u64 = unsafe { ctx.read_at(TP_SK) }.unwrap_or(0);
+    let total = ret as u64;
+    let call = SyscallArgs::current();
+    let Some(src) = source_of(call.nr, direction) else {
+        other_call(pid, tid, sk, direction, total);
+        return;
+    };
+    let fd = call.arg0 as i32;
+    let Some(info) = sockets::lookup_sk(pid, tid, fd, sk) else {
         return;
     };
     // Inside SSL_read/SSL_write: the bytes are ciphertext; the plaintext comes from the
@@ -77,12 +102,6 @@ fn on_exit(ctx: &TracePointContext, src: u8) {
     if crate::tls::note_syscall_fd(fd) {
         return;
     }
-    let total = ret as u64;
-    // A source without a known direction is a bug in this build: report nothing for it
-    // rather than guess (a read reported as a write would corrupt the stream's framing).
-    let Some(direction) = source::direction(src) else {
-        return;
-    };
     let ids = Ids {
         pid,
         tid,
@@ -91,11 +110,15 @@ fn on_exit(ctx: &TracePointContext, src: u8) {
         direction,
         source: src,
         role: info.role,
+        _pad: 0,
     };
-    let ptr = args.arg1;
-    match src {
-        source::SENDFILE => emit(&ids, 0, 0, total),
-        source::READV | source::WRITEV => emit_iovecs(&ids, ptr, u64::from(MAX_IOVECS), total),
+    let ptr = call.arg1;
+    let (iov, iovcnt) = match src {
+        source::SENDFILE => {
+            emit(&ids, 0, 0, total);
+            return;
+        }
+        source::READV | source::WRITEV => (ptr, u64::from(MAX_IOVECS)),
         source::RECVMSG | source::SENDMSG => {
             // SAFETY: bpf_probe_read_user copies from an address the process passed, with fault
             // handling: a bad or unmapped pointer gives Err (then 0), never a fault; the result
@@ -105,20 +128,123 @@ fn on_exit(ctx: &TracePointContext, src: u8) {
             // SAFETY: as for `iov`, at the msghdr's `msg_iovlen`.
             let iovlen: u64 =
                 unsafe { bpf_probe_read_user((ptr + MSGHDR_IOVLEN) as *const u64) }.unwrap_or(0);
-            emit_iovecs(&ids, iov, iovlen, total)
+            (iov, iovlen)
         }
-        _ => emit(&ids, ptr, total, total),
+        _ => {
+            emit(&ids, ptr, total, total);
+            return;
+        }
+    };
+    // The iovec walk runs in a program of its own: with it inlined here, this program's
+    // verification passes the kernel's 1 M-instruction budget.
+    if let Some(slot) = VECTORED.get_ptr_mut(0) {
+        // SAFETY: per-CPU scratch, read by the continuation on this CPU right after.
+        unsafe {
+            *slot = Vectored {
+                ids,
+                iov,
+                iovcnt,
+                total,
+            };
+            DATA_TAIL.tail_call(ctx, 0);
+        }
+    }
+    // Reached only when the continuation is not installed: the bytes are reported as not
+    // captured, so the stream's framing stays honest.
+    count(stat::READ_USER_FAILED);
+    emit(&ids, 0, 0, total);
+}
+
+/// What the data hook hands its iovec continuation (`VECTORED`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Vectored {
+    pub ids: Ids,
+    /// User address of the `struct iovec` array, and its length.
+    pub iov: u64,
+    pub iovcnt: u64,
+    /// Bytes the call moved.
+    pub total: u64,
+}
+
+/// The data hooks' continuation for calls with an iovec array (readv, writev, recvmsg,
+/// sendmsg), reached by tail call from `sock_*_length` (slot 0 of `DATA_TAIL`); never
+/// attached itself.
+#[tracepoint]
+pub fn sock_data_iovecs(_ctx: TracePointContext) -> u32 {
+    // Written by the hook that tail-called here, on this CPU; copied out at once.
+    if let Some(v) = VECTORED.get(0).copied() {
+        emit_iovecs(&v.ids, v.iov, v.iovcnt, v.total);
+    }
+    0
+}
+
+/// The source a syscall is when it moves bytes in `direction` through a buffer these hooks
+/// know how to read; None for any other call.
+#[inline(always)]
+fn source_of(syscall: u64, direction: u8) -> Option<u8> {
+    let src = match syscall {
+        nr::READ => source::READ,
+        nr::WRITE => source::WRITE,
+        nr::READV => source::READV,
+        nr::WRITEV => source::WRITEV,
+        nr::RECVFROM => source::RECVFROM,
+        nr::SENDTO => source::SENDTO,
+        nr::RECVMSG => source::RECVMSG,
+        nr::SENDMSG => source::SENDMSG,
+        nr::SENDFILE => source::SENDFILE,
+        _ => return None,
+    };
+    if source::direction(src) == Some(direction) {
+        Some(src)
+    } else {
+        None
     }
 }
 
+/// Bytes moved on a socket by a call whose buffer these hooks do not read (sendmmsg,
+/// recvmmsg, splice, io_uring...). On a known socket they are counted, and reported as a gap
+/// when its owner moved them (its fd is then known), so the stream's framing stays honest.
+#[inline(always)]
+fn other_call(pid: u32, tid: u32, sk: u64, direction: u8, total: u64) {
+    // SAFETY: copied out at once; map memory is RCU-protected.
+    let Some(state) = (unsafe { SOCKS.get(sk) }).copied() else {
+        return;
+    };
+    count(stat::OTHER_CALL);
+    if state.owner_pid != pid {
+        return;
+    }
+    let ids = Ids {
+        pid,
+        tid,
+        fd: state.owner_fd,
+        conn_ts_ns: state.conn_ts_ns,
+        direction,
+        source: if direction == DIR_INGRESS {
+            source::READ
+        } else {
+            source::WRITE
+        },
+        role: state.role,
+        _pad: 0,
+    };
+    emit(&ids, 0, 0, total);
+}
+
+/// Who moved the bytes of one transfer, and how. No implicit padding: it is copied whole into
+/// a map (`VECTORED`), and the verifier refuses uninitialised stack bytes.
+#[repr(C)]
+#[derive(Clone, Copy)]
 pub struct Ids {
+    pub conn_ts_ns: u64,
     pub pid: u32,
     pub tid: u32,
     pub fd: i32,
-    pub conn_ts_ns: u64,
     pub direction: u8,
     pub source: u8,
     pub role: u8,
+    pub _pad: u8,
 }
 
 /// Reports `total` bytes spread over an iovec array, one record per iovec, so each record is

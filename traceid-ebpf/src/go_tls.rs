@@ -152,6 +152,7 @@ fn report(off: &GoTlsOffsets, pid: u32, tid: u32, conn: u64, buf: u64, len: u64,
         direction,
         source: src,
         role: info.role,
+        _pad: 0,
     };
     emit(&ids, buf, len, len);
 }

@@ -3,9 +3,10 @@
 //! - `conn`: accept/accept4/connect/close and tcp_destroy_sock tracepoints maintain the table
 //!   of known TCP sockets (`SOCKS`, keyed by the kernel socket: see `sockets`) and report
 //!   connections opening and closing.
-//! - `data`: read/write/readv/writev/recvfrom/sendto/recvmsg/sendmsg/sendfile exit tracepoints
-//!   copy the first bytes of every transfer on a known socket into the ring buffer; `regs`
-//!   gives them the syscall's arguments from the saved user registers.
+//! - `data`: the socket layer's `sock:sock_recv_length`/`sock_send_length` tracepoints copy
+//!   the first bytes of every transfer on a known socket into the ring buffer (other fds never
+//!   reach them); `regs` gives them the syscall and its arguments from the saved user
+//!   registers (read/write/readv/writev/recvfrom/sendto/recvmsg/sendmsg/sendfile).
 //! - `state`: `sock:inet_sock_set_state` reports TCP sockets leaving ESTABLISHED (who closed
 //!   first), tagged with the `struct sock *` that `conn` reported at registration.
 //!

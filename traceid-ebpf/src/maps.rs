@@ -3,7 +3,7 @@
 use aya_ebpf::{
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::map,
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use traceid_common::{
     stat, EventHeader, KernelOffsets, SockInfo, COMM_LEN, DEFAULT_CAPTURE, MAX_CAPTURE,
@@ -34,6 +34,15 @@ pub static ANNOUNCED: LruHashMap<Holder, u8> = LruHashMap::with_max_entries(65_5
 /// Scratch space for one data record: too large for the 512-byte eBPF stack.
 #[map]
 pub static SCRATCH: PerCpuArray<DataRecord> = PerCpuArray::with_max_entries(1, 0);
+
+/// The data hooks' iovec continuation (`data::sock_data_iovecs`), installed by the agent before
+/// the hooks are attached: a program of its own, so each verifies within the kernel's budget.
+#[map]
+pub static DATA_TAIL: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// What a data hook hands its continuation, per CPU.
+#[map]
+pub static VECTORED: PerCpuArray<crate::data::Vectored> = PerCpuArray::with_max_entries(1, 0);
 
 /// Loss and health counters, indexed by `traceid_common::stat`.
 #[map]

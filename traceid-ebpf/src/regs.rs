@@ -15,6 +15,8 @@ use aya_ebpf::helpers::{bpf_get_current_task_btf, bpf_task_pt_regs};
 /// What the returning syscall was called with.
 #[derive(Clone, Copy)]
 pub struct SyscallArgs {
+    /// The syscall's number (this architecture's; see `nr`).
+    pub nr: u64,
     /// The first argument: the fd for every call the programs follow.
     pub arg0: u64,
     /// The second argument: a buffer, an iovec array, a msghdr or a sockaddr.
@@ -36,10 +38,26 @@ mod arch {
     /// syscall arguments. `ax` holds the return value by now; `di` and `si` are intact.
     const DI: usize = 14 * 8;
     const SI: usize = 13 * 8;
+    /// `orig_ax`: the syscall number (`ax` is the return value by now).
+    const ORIG_AX: usize = 15 * 8;
+
+    /// Syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl).
+    pub mod nr {
+        pub const READ: u64 = 0;
+        pub const WRITE: u64 = 1;
+        pub const READV: u64 = 19;
+        pub const WRITEV: u64 = 20;
+        pub const SENDFILE: u64 = 40;
+        pub const SENDTO: u64 = 44;
+        pub const RECVFROM: u64 = 45;
+        pub const SENDMSG: u64 = 46;
+        pub const RECVMSG: u64 = 47;
+    }
 
     #[inline(always)]
     pub fn read(regs: *const u8) -> super::SyscallArgs {
         super::SyscallArgs {
+            nr: super::load(regs, ORIG_AX),
             arg0: super::load(regs, DI),
             arg1: super::load(regs, SI),
         }
@@ -53,10 +71,27 @@ mod arch {
     /// `regs[1]`.
     const ORIG_X0: usize = 34 * 8;
     const X1: usize = 8;
+    /// `syscallno` (s32), right after `orig_x0`.
+    const SYSCALLNO: usize = 35 * 8;
+
+    /// Syscall numbers (include/uapi/asm-generic/unistd.h).
+    pub mod nr {
+        pub const READ: u64 = 63;
+        pub const WRITE: u64 = 64;
+        pub const READV: u64 = 65;
+        pub const WRITEV: u64 = 66;
+        pub const SENDFILE: u64 = 71;
+        pub const SENDTO: u64 = 206;
+        pub const RECVFROM: u64 = 207;
+        pub const SENDMSG: u64 = 211;
+        pub const RECVMSG: u64 = 212;
+    }
 
     #[inline(always)]
     pub fn read(regs: *const u8) -> super::SyscallArgs {
         super::SyscallArgs {
+            // Little-endian: the low half of the 8-byte load is the s32 `syscallno`.
+            nr: super::load(regs, SYSCALLNO) & 0xffff_ffff,
             arg0: super::load(regs, ORIG_X0),
             arg1: super::load(regs, X1),
         }
@@ -68,6 +103,8 @@ compile_error!(
     "traceid-ebpf reads syscall arguments from saved registers on x86_64 and aarch64 only: \
      add this architecture's layout to src/regs.rs"
 );
+
+pub use arch::nr;
 
 impl SyscallArgs {
     /// The arguments of the current task's syscall, from its saved user registers.

@@ -100,10 +100,35 @@ pub fn lookup(pid: u32, tid: u32, fd: i32) -> Option<SockState> {
         Some(state) => *state,
         None => adopt_seeded(pid, fd, s)?,
     };
+    Some(as_used_by(pid, tid, fd, s.sk, state))
+}
+
+/// The known socket `sk` (handed over by a socket tracepoint) as used by (pid, fd) of the
+/// current task. A known socket costs one lookup; only an unknown one is walked to from the
+/// fd, in case it was seeded at start-up.
+#[inline(always)]
+pub fn lookup_sk(pid: u32, tid: u32, fd: i32, sk: u64) -> Option<SockState> {
+    // SAFETY: copied out at once; map memory is RCU-protected.
+    let state = match unsafe { SOCKS.get(sk) } {
+        Some(state) => *state,
+        None => {
+            let s = socket_of(fd)?;
+            if s.sk != sk {
+                return None;
+            }
+            adopt_seeded(pid, fd, s)?
+        }
+    };
+    Some(as_used_by(pid, tid, fd, sk, state))
+}
+
+/// `state`, after announcing (pid, fd) when it is a holder other than the socket's owner.
+#[inline(always)]
+fn as_used_by(pid: u32, tid: u32, fd: i32, sk: u64, state: SockState) -> SockState {
     if state.owner_pid != pid || state.owner_fd != fd {
-        announce_holder(pid, tid, fd, s.sk, &state);
+        announce_holder(pid, tid, fd, sk, &state);
     }
-    Some(state)
+    state
 }
 
 /// A socket found at start-up (by inode number, which is all /proc tells) becomes known by its

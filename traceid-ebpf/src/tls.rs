@@ -127,6 +127,7 @@ fn on_exit(ctx: &RetProbeContext, src: u8) {
         direction,
         source: reported,
         role: info.role,
+        _pad: 0,
     };
     emit(&ids, call.buf, n, n);
 }

@@ -26,7 +26,7 @@ pub const CAPABILITIES: &[(u32, &str, bool, &str)] = &[
         21,
         "CAP_SYS_ADMIN",
         false,
-        "mounting tracefs when missing, creating uprobes through perf on recent kernels (else through tracefs), loading on kernels older than 5.8",
+        "mounting tracefs when missing, creating uprobes through perf on recent kernels (else through tracefs), loading on kernels older than 6.3",
     ),
     (
         12,
@@ -103,12 +103,15 @@ pub fn run_checks() -> Vec<CheckLine> {
     let (major, minor) = parse_release(&release);
     lines.push(CheckLine {
         name: "kernel".into(),
-        ok: (major, minor) >= (5, 8),
+        ok: (major, minor) >= (6, 3),
         required: true,
-        detail: if (major, minor) >= (5, 8) {
-            format!("{release} (ring buffer and BPF tracepoints available)")
+        detail: if (major, minor) >= (6, 3) {
+            format!("{release} (ring buffer and socket tracepoints available)")
         } else {
-            format!("{release}: needs Linux 5.8 or newer for the BPF ring buffer")
+            format!(
+                "{release}: needs Linux 6.3 or newer (the socket tracepoints \
+                 sock:sock_recv_length and sock:sock_send_length carry the captured data)"
+            )
         },
     });
     let btf = std::path::Path::new(crate::capture::btf::VMLINUX_BTF).exists();

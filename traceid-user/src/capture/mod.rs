@@ -20,7 +20,7 @@ use std::{
 };
 
 use aya::{
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, ProgramArray, RingBuf},
     programs::TracePoint,
     Ebpf, EbpfLoader,
 };
@@ -36,19 +36,45 @@ pub const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("sys_exit_accept4", "syscalls", "sys_exit_accept4"),
     ("sys_exit_connect", "syscalls", "sys_exit_connect"),
     ("sys_enter_close", "syscalls", "sys_enter_close"),
-    ("sys_exit_read", "syscalls", "sys_exit_read"),
-    ("sys_exit_write", "syscalls", "sys_exit_write"),
-    ("sys_exit_readv", "syscalls", "sys_exit_readv"),
-    ("sys_exit_writev", "syscalls", "sys_exit_writev"),
-    ("sys_exit_recvfrom", "syscalls", "sys_exit_recvfrom"),
-    ("sys_exit_sendto", "syscalls", "sys_exit_sendto"),
-    ("sys_exit_recvmsg", "syscalls", "sys_exit_recvmsg"),
-    ("sys_exit_sendmsg", "syscalls", "sys_exit_sendmsg"),
-    ("sys_exit_sendfile64", "syscalls", "sys_exit_sendfile64"),
+    ("sock_recv_length", "sock", "sock_recv_length"),
+    ("sock_send_length", "sock", "sock_send_length"),
     ("tcp_destroy_sock", "tcp", "tcp_destroy_sock"),
     ("inet_sock_set_state", "sock", "inet_sock_set_state"),
     ("sched_process_exec", "sched", "sched_process_exec"),
 ];
+
+/// The data hooks' iovec continuation: loaded, put in `DATA_TAIL`, never attached.
+const DATA_CONTINUATION: &str = "sock_data_iovecs";
+
+/// Loads the tracepoint program `name` and puts it in slot `index` of the program array `map`,
+/// for the attached programs to tail-call. The array stays in `ebpf`, which keeps the entry.
+fn install_tail(
+    ebpf: &mut Ebpf,
+    map: &'static str,
+    index: u32,
+    name: &'static str,
+) -> Result<(), CaptureError> {
+    let prog: &mut TracePoint = ebpf
+        .program_mut(name)
+        .ok_or(CaptureError::MissingProgram(name))?
+        .try_into()
+        .map_err(|source| CaptureError::Program { name, source })?;
+    prog.load()
+        .map_err(|source| CaptureError::Program { name, source })?;
+    let fd = prog
+        .fd()
+        .map_err(|source| CaptureError::Program { name, source })?
+        .try_clone()
+        .map_err(|e| CaptureError::Map(map, e.to_string()))?;
+    let mut table: ProgramArray<_> = ProgramArray::try_from(
+        ebpf.map_mut(map)
+            .ok_or(CaptureError::Map(map, "missing".into()))?,
+    )
+    .map_err(|e| CaptureError::Map(map, e.to_string()))?;
+    table
+        .set(index, &fd, 0)
+        .map_err(|e| CaptureError::Map(map, e.to_string()))
+}
 
 #[derive(thiserror::Error, Debug)]
 pub enum CaptureError {
@@ -148,6 +174,9 @@ impl Capture {
             .load(EBPF_OBJECT)
             .map_err(CaptureError::Load)?;
 
+        // The data hooks' continuation goes in before the hooks are attached: a tail call to
+        // an empty slot would report their bytes as not captured.
+        install_tail(&mut ebpf, "DATA_TAIL", 0, DATA_CONTINUATION)?;
         for &(name, category, event) in TRACEPOINTS {
             let prog: &mut TracePoint = ebpf
                 .program_mut(name)
@@ -288,6 +317,7 @@ pub fn stat_name(index: u32) -> Option<&'static str> {
         stat::SOCK_READ_FAILED => "kernel_socket_read_failed",
         stat::TLS_NO_FD => "kernel_tls_socket_unknown",
         stat::GO_READ_FAILED => "kernel_go_read_failed",
+        stat::OTHER_CALL => "kernel_socket_other_call",
         _ => return None,
     })
 }

@@ -287,7 +287,7 @@ pub fn report(
         let d = Spread::of(&diffs(w, wo));
         rows.push(Row {
             figure: format!(
-                "Cost added to a {name} write/read (not a socket: filtered in the kernel)"
+                "Cost added to a {name} write/read (not a socket: never reaches the socket tracepoints)"
             ),
             result: format!(
                 "{} [{} → {} ns/op]",
@@ -443,7 +443,7 @@ pub fn report(
          in a thread pinned to CPU 0 and the agent is pinned to the other CPUs meanwhile \
          ({pin}), so the agent's userspace work does not take the core from the loop: ns per \
          op with minus without = the time the kernel programs add inside each syscall \
-         (tracepoint entry/exit, socket lookup, copy into the ring buffer, wake-up). \
+         (the socket tracepoints, socket lookup, copy into the ring buffer, wake-up). \
          With the agent, the socket loop runs once more ({paused} round trips) with the agent \
          stopped by SIGSTOP: the programs still copy every message into the ring buffer (it \
          holds them all) but no reader is woken and nothing is parsed, which isolates the \
