@@ -9,16 +9,13 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::os::fd::AsFd as _;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 
 use aya::maps::HashMap as BpfHashMap;
-use aya::programs::{uprobe::UProbeScope, UProbe};
 use aya::Ebpf;
 use traceid_common::GoOffsets;
 
-use super::tls::{error_chain, permission_denied, tracefs_root};
 use super::tracefs_uprobe::TracefsUprobes;
 use crate::golang::{self, GoBinary};
 
@@ -61,14 +58,7 @@ pub struct GoAttacher {
 impl GoAttacher {
     /// Loads the Go probe programs into the kernel (once).
     pub fn load(&mut self, ebpf: &mut Ebpf) -> Result<(), String> {
-        for (name, _, _) in PROBES {
-            let prog: &mut UProbe = ebpf
-                .program_mut(name)
-                .ok_or_else(|| format!("program {name} missing"))?
-                .try_into()
-                .map_err(|e| format!("{name}: {e}"))?;
-            prog.load().map_err(|e| format!("loading {name}: {e}"))?;
-        }
+        super::uprobes::load(ebpf, PROBES.iter().map(|p| p.0))?;
         self.loaded = true;
         Ok(())
     }
@@ -164,7 +154,9 @@ impl GoAttacher {
             }
         }
         for (program, offset) in sites {
-            if let Err(e) = attach_at(ebpf, program, exe, offset, tracefs) {
+            if let Err(e) =
+                super::uprobes::attach_at(ebpf, program, exe, offset, tracefs, "Go probes")
+            {
                 self.refuse(
                     Severity::Warn,
                     shown,
@@ -200,35 +192,4 @@ enum Severity {
     Info,
     /// Its calls could have been linked exactly.
     Warn,
-}
-
-/// A plain uprobe running `program` at `offset` in the file at `path`: through perf, or
-/// through tracefs once perf has refused (as for the TLS probes).
-fn attach_at(
-    ebpf: &mut Ebpf,
-    program: &str,
-    path: &Path,
-    offset: u64,
-    tracefs: &mut Option<TracefsUprobes>,
-) -> Result<(), String> {
-    let prog: &mut UProbe = ebpf
-        .program_mut(program)
-        .ok_or_else(|| format!("program {program} missing"))?
-        .try_into()
-        .map_err(|e| format!("{program}: {e}"))?;
-    if tracefs.is_none() {
-        match prog.attach(offset, path, UProbeScope::AllProcesses) {
-            Ok(_) => return Ok(()),
-            Err(e) if !permission_denied(&e) => return Err(error_chain(&e)),
-            Err(e) => tracing::info!(
-                "perf refuses to create uprobes ({}): creating the Go probes through tracefs",
-                error_chain(&e)
-            ),
-        }
-    }
-    let tracefs = tracefs.get_or_insert_with(|| TracefsUprobes::new(tracefs_root()));
-    let fd = prog.fd().map_err(|e| error_chain(&e))?;
-    tracefs
-        .attach(fd.as_fd(), false, path, offset)
-        .map_err(|e| e.to_string())
 }

@@ -12,16 +12,13 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::os::fd::AsFd as _;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
 
 use aya::maps::HashMap as BpfHashMap;
-use aya::programs::{uprobe::UProbeScope, UProbe};
 use aya::Ebpf;
 use traceid_common::GoTlsOffsets;
 
-use super::tls::{error_chain, permission_denied, tracefs_root};
 use super::tracefs_uprobe::TracefsUprobes;
 use crate::golang::buildinfo::major_minor;
 use crate::golang::dwarf::{DwarfError, StructLayouts};
@@ -101,11 +98,7 @@ pub struct GoTlsAttacher {
 impl GoTlsAttacher {
     /// Loads the probe programs into the kernel (once).
     pub fn load(&mut self, ebpf: &mut Ebpf) -> Result<(), String> {
-        for name in PROGRAMS {
-            program(ebpf, name)?
-                .load()
-                .map_err(|e| format!("loading {name}: {}", error_chain(&e)))?;
-        }
+        super::uprobes::load(ebpf, PROGRAMS)?;
         self.loaded = true;
         Ok(())
     }
@@ -210,13 +203,6 @@ impl GoTlsAttacher {
 /// The executable's path as its process names it, else the `/proc` link.
 fn shown_path(exe: &Path) -> String {
     fs::read_link(exe).map_or_else(|_| exe.display().to_string(), |p| p.display().to_string())
-}
-
-fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe, String> {
-    ebpf.program_mut(name)
-        .ok_or_else(|| format!("program {name} missing"))?
-        .try_into()
-        .map_err(|e| format!("{name}: {e}"))
 }
 
 /// The file offsets of the probes in `binary`.
@@ -367,28 +353,8 @@ fn attach(
             what: format!("{name} at {offset:#x}"),
             why,
         };
-        let prog = program(ebpf, name).map_err(failed)?;
-        let via_perf = match tracefs {
-            Some(_) => None,
-            None => Some(prog.attach(offset, exe, UProbeScope::AllProcesses)),
-        };
-        match via_perf {
-            Some(Ok(_)) => {}
-            Some(Err(e)) if !permission_denied(&e) => return Err(failed(error_chain(&e))),
-            refused => {
-                if let Some(Err(e)) = refused {
-                    tracing::info!(
-                        "perf refuses to create uprobes ({}): creating the Go TLS probes through tracefs",
-                        error_chain(&e)
-                    );
-                }
-                let fd = prog.fd().map_err(|e| failed(error_chain(&e)))?;
-                tracefs
-                    .get_or_insert_with(|| TracefsUprobes::new(tracefs_root()))
-                    .attach(fd.as_fd(), false, exe, offset)
-                    .map_err(|e| failed(e.to_string()))?;
-            }
-        }
+        super::uprobes::attach_at(ebpf, name, exe, offset, tracefs, "Go TLS probes")
+            .map_err(failed)?;
     }
     Ok(())
 }

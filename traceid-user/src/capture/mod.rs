@@ -13,6 +13,7 @@ pub mod seed;
 pub mod tls;
 pub mod tracefs;
 mod tracefs_uprobe;
+mod uprobes;
 
 use std::{
     os::fd::{AsFd, AsRawFd},

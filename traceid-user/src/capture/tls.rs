@@ -73,14 +73,7 @@ pub struct TlsAttacher {
 impl TlsAttacher {
     /// Loads the probe programs into the kernel (once).
     pub fn load(&mut self, ebpf: &mut Ebpf) -> Result<(), String> {
-        for (name, _) in PROBES {
-            let prog: &mut UProbe = ebpf
-                .program_mut(name)
-                .ok_or_else(|| format!("program {name} missing"))?
-                .try_into()
-                .map_err(|e| format!("{name}: {e}"))?;
-            prog.load().map_err(|e| format!("loading {name}: {e}"))?;
-        }
+        super::uprobes::load(ebpf, PROBES.iter().map(|p| p.0))?;
         self.loaded = true;
         Ok(())
     }
