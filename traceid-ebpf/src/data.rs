@@ -14,7 +14,7 @@
 //! what it did not see.
 
 use aya_ebpf::{
-    helpers::{bpf_probe_read_user, generated as gen},
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_user, generated as gen},
     macros::tracepoint,
     programs::TracePointContext,
 };
@@ -23,7 +23,8 @@ use traceid_common::{
 };
 
 use crate::maps::{
-    capture_bytes, count, current_ids, fill_header, DATA_TAIL, EVENTS, SCRATCH, SOCKS, VECTORED,
+    capture_bytes, count, current_ids, fill_header, DATA_TAIL, EVENTS, FORCED_WAKEUP_AT, SCRATCH,
+    SOCKS, VECTORED,
 };
 use crate::regs::{nr, SyscallArgs};
 use crate::sockets;
@@ -336,17 +337,30 @@ pub fn emit(ids: &Ids, buf: u64, avail: u64, real_len: u64) {
 }
 
 /// Ring-buffer flags for a data record: no wake-up per record (the agent polls every 100 ms
-/// anyway; a wake-up per event cost about 3 µs per captured message), but a forced one once a
-/// quarter of the ring is waiting, so a burst cannot fill it between polls.
+/// anyway; a wake-up per event cost about 3 µs per captured message), but a forced one while a
+/// quarter of the ring is waiting, so a burst cannot fill it between polls: at most one per CPU
+/// per `FORCED_WAKEUP_GAP_NS`. Each forced wake-up is an interrupt in the traced process; one
+/// per record, while the agent lags, cost more than the copy itself.
 #[inline(always)]
 fn wakeup_flags() -> u64 {
     const BPF_RB_NO_WAKEUP: u64 = 1;
     const BPF_RB_FORCE_WAKEUP: u64 = 2;
     const BPF_RB_AVAIL_DATA: u64 = 0;
     const BPF_RB_RING_SIZE: u64 = 1;
-    if EVENTS.query(BPF_RB_AVAIL_DATA) > EVENTS.query(BPF_RB_RING_SIZE) / 4 {
-        BPF_RB_FORCE_WAKEUP
-    } else {
-        BPF_RB_NO_WAKEUP
+    const FORCED_WAKEUP_GAP_NS: u64 = 1_000_000;
+    if EVENTS.query(BPF_RB_AVAIL_DATA) <= EVENTS.query(BPF_RB_RING_SIZE) / 4 {
+        return BPF_RB_NO_WAKEUP;
     }
+    let Some(next) = FORCED_WAKEUP_AT.get_ptr_mut(0) else {
+        return BPF_RB_FORCE_WAKEUP;
+    };
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: this CPU's slot; programs on one CPU do not run concurrently.
+    let next = unsafe { &mut *next };
+    if now < *next {
+        return BPF_RB_NO_WAKEUP;
+    }
+    *next = now + FORCED_WAKEUP_GAP_NS;
+    BPF_RB_FORCE_WAKEUP
 }
