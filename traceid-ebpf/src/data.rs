@@ -37,8 +37,12 @@ const TP_RET: usize = 20;
 const TP_FLAGS: usize = 24;
 
 const IPPROTO_TCP: u16 = 6;
-/// recv flag: the bytes stay queued; the read that takes them reports them.
-const MSG_PEEK: i32 = 2;
+/// recv flags. A peek leaves the bytes queued (the read that takes them reports them); the
+/// error queue holds no stream bytes; MSG_TRUNC on TCP discards the bytes without copying
+/// them, so the buffer holds none of them.
+const MSG_PEEK: i32 = 0x2;
+const MSG_TRUNC: i32 = 0x20;
+const MSG_ERRQUEUE: i32 = 0x2000;
 
 /// `struct iovec` as user space lays it out.
 #[repr(C)]
@@ -76,12 +80,14 @@ fn on_transfer(ctx: &TracePointContext, direction: u8) {
     if protocol != IPPROTO_TCP {
         return;
     }
+    let mut discarded = false;
     if direction == DIR_INGRESS {
         // SAFETY: as above.
         let flags: i32 = unsafe { ctx.read_at(TP_FLAGS) }.unwrap_or(0);
-        if flags & MSG_PEEK != 0 {
+        if flags & (MSG_PEEK | MSG_ERRQUEUE) != 0 {
             return;
         }
+        discarded = flags & MSG_TRUNC != 0;
     }
     let Some((pid, tid)) = current_ids() else {
         return;
@@ -114,6 +120,10 @@ fn on_transfer(ctx: &TracePointContext, direction: u8) {
         _pad: 0,
     };
     let ptr = call.arg1;
+    if discarded {
+        emit(&ids, 0, 0, total);
+        return;
+    }
     let (iov, iovcnt) = match src {
         source::SENDFILE => {
             emit(&ids, 0, 0, total);
