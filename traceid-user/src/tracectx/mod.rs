@@ -262,18 +262,19 @@ enum Class {
     RequestId(usize),
 }
 
+/// Names of at least this many bytes share the last bucket of [`HeaderNames::by_len`].
+const LONG_NAME: usize = 32;
+
 /// The header names the extractor reads, including extra request-id names given at run time.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HeaderNames {
     /// Request-id family: the built-ins then the extras, lowercase, without duplicates.
     request_ids: Vec<String>,
-    /// Which name lengths (bit n: length n, up to 63) and first letters (bit of the lowercase
-    /// byte's low 6 bits) any read header has: most headers of a head are rejected by these
-    /// two bit tests without a string comparison.
-    lengths: u64,
-    first_bytes: u64,
-    /// Some read header is 64 bytes or longer (the length filter does not cover it).
-    long_names: bool,
+    /// Every read name with its class, grouped by length: `by_len[n]` holds the names of `n`
+    /// bytes (the last bucket those of [`LONG_NAME`] or more). Asked for every header of
+    /// every head, a lookup compares at most the few names of one length (three at most among
+    /// the built-ins), and most headers find their bucket empty.
+    by_len: Vec<Vec<(Box<str>, Class)>>,
 }
 
 impl Default for HeaderNames {
@@ -298,24 +299,29 @@ impl HeaderNames {
             }
             request_ids.push(name);
         }
-        let mut names = HeaderNames {
-            request_ids,
-            lengths: 0,
-            first_bytes: 0,
-            long_names: false,
-        };
-        let all: Vec<(usize, u8)> = names
+        let fixed = fixed_headers().enumerate().map(|(index, h)| {
+            (
+                h.name,
+                Class::Fixed {
+                    index,
+                    role: h.role,
+                },
+            )
+        });
+        let by_id = request_ids
             .iter()
-            .map(|n| (n.len(), n.as_bytes().first().copied().unwrap_or(0)))
-            .collect();
-        for (len, first) in all {
-            match 1u64.checked_shl(len as u32) {
-                Some(bit) if len < 64 => names.lengths |= bit,
-                _ => names.long_names = true,
+            .enumerate()
+            .map(|(i, n)| (n.as_str(), Class::RequestId(i)));
+        let mut by_len: Vec<Vec<(Box<str>, Class)>> = vec![Vec::new(); LONG_NAME + 1];
+        for (name, class) in fixed.chain(by_id) {
+            if let Some(bucket) = by_len.get_mut(name.len().min(LONG_NAME)) {
+                bucket.push((name.into(), class));
             }
-            names.first_bytes |= 1 << (first.to_ascii_lowercase() & 63);
         }
-        names
+        HeaderNames {
+            request_ids,
+            by_len,
+        }
     }
 
     /// Case-insensitive. True for every header name any format reads (traceparent, tracestate,
@@ -340,31 +346,14 @@ impl HeaderNames {
         self.request_ids.iter().map(String::as_str)
     }
 
-    /// On the hot path (every header of every HTTP head): allocation-free, and
-    /// `eq_ignore_ascii_case` rejects a different length before looking at any byte.
+    /// On the hot path (every header of every HTTP head): allocation-free, and only names of
+    /// the same length are compared.
     fn classify(&self, name: &str) -> Option<Class> {
-        let first = name.as_bytes().first().copied().unwrap_or(0);
-        let length_possible = if name.len() < 64 {
-            self.lengths & (1 << name.len()) != 0
-        } else {
-            self.long_names
-        };
-        if !length_possible || self.first_bytes & (1 << (first.to_ascii_lowercase() & 63)) == 0 {
-            return None;
-        }
-        if let Some((index, h)) = fixed_headers()
-            .enumerate()
-            .find(|(_, h)| h.name.eq_ignore_ascii_case(name))
-        {
-            return Some(Class::Fixed {
-                index,
-                role: h.role,
-            });
-        }
-        self.request_ids
+        self.by_len
+            .get(name.len().min(LONG_NAME))?
             .iter()
-            .position(|k| k.eq_ignore_ascii_case(name))
-            .map(Class::RequestId)
+            .find(|(known, _)| known.eq_ignore_ascii_case(name))
+            .map(|(_, class)| *class)
     }
 
     fn request_id_name(&self, idx: usize) -> &str {

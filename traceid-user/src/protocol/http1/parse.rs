@@ -4,6 +4,8 @@
 //! Nothing here allocates in proportion to the input except the few header
 //! values the caller asked to keep (each capped).
 
+use std::mem::MaybeUninit;
+
 use super::{MAX_HEADER_VALUE_BYTES, MAX_PATH_BYTES};
 
 /// Longest method token accepted by the cheap request signature.
@@ -165,9 +167,11 @@ pub(super) fn parse_request(
 ) -> Result<ParsedHead, &'static str> {
     let cfg = request_config();
     {
-        let mut hs = [httparse::EMPTY_HEADER; STACK_HEADERS];
-        let mut req = httparse::Request::new(&mut hs);
-        match cfg.parse_request(&mut req, bytes) {
+        // Uninitialised slots: httparse writes each before it hands it back, and zeroing
+        // 128 headers per head cost more than parsing a small head.
+        let mut hs = [const { MaybeUninit::uninit() }; STACK_HEADERS];
+        let mut req = httparse::Request::new(&mut []);
+        match cfg.parse_request_with_uninit_headers(&mut req, bytes, &mut hs) {
             Ok(httparse::Status::Complete(_)) => return Ok(request_head(&req, keep)),
             Err(httparse::Error::TooManyHeaders) => {}
             Ok(httparse::Status::Partial) => return Err(INCOMPLETE),
@@ -191,9 +195,10 @@ pub(super) fn parse_response(
 ) -> Result<ParsedHead, &'static str> {
     let cfg = response_config();
     {
-        let mut hs = [httparse::EMPTY_HEADER; STACK_HEADERS];
-        let mut resp = httparse::Response::new(&mut hs);
-        match cfg.parse_response(&mut resp, bytes) {
+        // Uninitialised, as in `parse_request`.
+        let mut hs = [const { MaybeUninit::uninit() }; STACK_HEADERS];
+        let mut resp = httparse::Response::new(&mut []);
+        match cfg.parse_response_with_uninit_headers(&mut resp, bytes, &mut hs) {
             Ok(httparse::Status::Complete(_)) => return Ok(response_head(&resp, keep)),
             Err(httparse::Error::TooManyHeaders) => {}
             Ok(httparse::Status::Partial) => return Err(INCOMPLETE),
@@ -226,6 +231,26 @@ fn response_head(resp: &httparse::Response<'_, '_>, keep: &dyn Fn(&str) -> bool)
     head
 }
 
+/// The headers the reassembler itself reads (their values are never stored).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    ContentLength,
+    TransferEncoding,
+    Upgrade,
+}
+
+/// Which framing header `name` is, if any (any case). The length decides before a byte is
+/// compared: most names are rejected by it.
+fn framing_header(name: &str) -> Option<Framing> {
+    let (framing, canonical) = match name.len() {
+        14 => (Framing::ContentLength, "content-length"),
+        17 => (Framing::TransferEncoding, "transfer-encoding"),
+        7 => (Framing::Upgrade, "upgrade"),
+        _ => return None,
+    };
+    name.eq_ignore_ascii_case(canonical).then_some(framing)
+}
+
 /// Reads the framing headers (never stored unless kept) and copies the kept ones.
 fn scan_headers(headers: &[httparse::Header<'_>], keep: &dyn Fn(&str) -> bool) -> ParsedHead {
     let mut out = ParsedHead {
@@ -241,35 +266,26 @@ fn scan_headers(headers: &[httparse::Header<'_>], keep: &dyn Fn(&str) -> bool) -
     };
     for h in headers {
         let name = h.name;
-        if name.eq_ignore_ascii_case("content-length") {
-            out.content_length = merge_content_length(out.content_length, h.value);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            out.transfer_encoding = transfer_encoding(h.value, out.transfer_encoding);
-        } else if name.eq_ignore_ascii_case("upgrade") {
-            out.upgrade = true;
-            out.upgrade_h2c |= h
-                .value
-                .split(|&b| b == b',')
-                .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"h2c"));
+        match framing_header(name) {
+            Some(Framing::ContentLength) => {
+                out.content_length = merge_content_length(out.content_length, h.value);
+            }
+            Some(Framing::TransferEncoding) => {
+                out.transfer_encoding = transfer_encoding(h.value, out.transfer_encoding);
+            }
+            Some(Framing::Upgrade) => {
+                out.upgrade = true;
+                out.upgrade_h2c |= h
+                    .value
+                    .split(|&b| b == b',')
+                    .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"h2c"));
+            }
+            None => {}
         }
-        // Lowercased on the stack: this runs for every header of every head, and most are
-        // not kept.
-        let mut stack = [0u8; 64];
-        let lower: std::borrow::Cow<'_, str> = if !name.bytes().any(|b| b.is_ascii_uppercase()) {
-            std::borrow::Cow::Borrowed(name)
-        } else if let Some(buf) = stack.get_mut(..name.len()) {
-            buf.copy_from_slice(name.as_bytes());
-            buf.make_ascii_lowercase();
-            // SAFETY: `buf` is a copy of the valid UTF-8 of `name` with only ASCII letters
-            // changed to other ASCII letters, which keeps it valid UTF-8 (validating it again
-            // cost 3.5% of the pipeline).
-            std::borrow::Cow::Borrowed(unsafe { std::str::from_utf8_unchecked(buf) })
-        } else {
-            std::borrow::Cow::Owned(name.to_ascii_lowercase())
-        };
-        if keep(&lower) {
-            out.headers
-                .push((lower.into_owned(), header_value(h.value)));
+        // `keep` compares names in any case: only the few headers kept are lowercased.
+        let kept = keep(name).then(|| name.to_ascii_lowercase());
+        if let Some(lower) = kept {
+            out.headers.push((lower, header_value(h.value)));
         }
     }
     out
@@ -279,7 +295,12 @@ fn scan_headers(headers: &[httparse::Header<'_>], keep: &dyn Fn(&str) -> bool) -
 /// trimmed, and again capped at `MAX_HEADER_VALUE_BYTES` bytes of UTF-8.
 fn header_value(v: &[u8]) -> String {
     let raw = v.get(..MAX_HEADER_VALUE_BYTES).unwrap_or(v);
-    let s = String::from_utf8_lossy(raw);
+    // Valid UTF-8 (the rule: trace headers are ASCII) is checked far faster than it is
+    // decoded lossily.
+    let s = match std::str::from_utf8(raw) {
+        Ok(s) => std::borrow::Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(raw),
+    };
     truncate_str(s.trim(), MAX_HEADER_VALUE_BYTES).to_owned()
 }
 
