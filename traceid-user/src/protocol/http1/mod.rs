@@ -27,6 +27,7 @@ use super::{
 };
 
 mod parse;
+mod plain;
 #[cfg(test)]
 mod tests;
 
@@ -374,6 +375,17 @@ impl HttpConn {
         }
         let room = max.saturating_sub(d.buf.len());
         let window = rest.get(..rest.len().min(room)).unwrap_or(rest);
+        if d.buf.is_empty() {
+            // Most heads arrive whole and in the common shape: read in one pass.
+            let plain = match cx.flow {
+                Flow::ClientToServer => plain::request(window, cx.keep),
+                Flow::ServerToClient => plain::response(window, cx.keep),
+            };
+            if let Some((head, end)) = plain {
+                self.on_head(cx.flow, head, false, out);
+                return skip + end;
+            }
+        }
         match parse::find_head_end(parse::tail2(&d.buf), window) {
             Some(end) => {
                 let head = window.get(..end).unwrap_or(window);

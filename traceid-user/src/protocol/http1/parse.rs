@@ -11,7 +11,7 @@ use super::{MAX_HEADER_VALUE_BYTES, MAX_PATH_BYTES};
 /// Longest method token accepted by the cheap request signature.
 pub(super) const MAX_METHOD_LEN: usize = 16;
 /// Headers parsed on the stack first; a head with more is retried once with this many on the heap.
-const STACK_HEADERS: usize = 128;
+pub(super) const STACK_HEADERS: usize = 128;
 const HEAP_HEADERS: usize = 1024;
 /// Longest chunk-size line (size + extensions) accepted.
 const MAX_CHUNK_LINE: u32 = 4096;
@@ -215,19 +215,22 @@ pub(super) fn parse_response(
 }
 
 fn request_head(req: &httparse::Request<'_, '_>, keep: &dyn Fn(&str) -> bool) -> ParsedHead {
-    let mut head = scan_headers(req.headers, keep);
-    head.method = req.method.unwrap_or("").to_owned();
-    let path = req.path.unwrap_or("");
-    let path = path.split('?').next().unwrap_or("");
-    head.path = truncate_str(path, MAX_PATH_BYTES).to_owned();
-    head.version = req.version.unwrap_or(1);
+    let mut head = ParsedHead::request(
+        req.method.unwrap_or(""),
+        req.path.unwrap_or(""),
+        req.version.unwrap_or(1),
+    );
+    for h in req.headers.iter() {
+        head.add_header(h.name, h.value, keep);
+    }
     head
 }
 
 fn response_head(resp: &httparse::Response<'_, '_>, keep: &dyn Fn(&str) -> bool) -> ParsedHead {
-    let mut head = scan_headers(resp.headers, keep);
-    head.status = resp.code.unwrap_or(0);
-    head.version = resp.version.unwrap_or(1);
+    let mut head = ParsedHead::response(resp.code.unwrap_or(0), resp.version.unwrap_or(1));
+    for h in resp.headers.iter() {
+        head.add_header(h.name, h.value, keep);
+    }
     head
 }
 
@@ -251,44 +254,84 @@ fn framing_header(name: &str) -> Option<Framing> {
     name.eq_ignore_ascii_case(canonical).then_some(framing)
 }
 
-/// Reads the framing headers (never stored unless kept) and copies the kept ones.
-fn scan_headers(headers: &[httparse::Header<'_>], keep: &dyn Fn(&str) -> bool) -> ParsedHead {
-    let mut out = ParsedHead {
-        method: String::new(),
-        path: String::new(),
-        version: 1,
-        status: 0,
-        headers: Vec::new(),
-        content_length: ContentLength::Absent,
-        transfer_encoding: TransferEncoding::Absent,
-        upgrade: false,
-        upgrade_h2c: false,
-    };
-    for h in headers {
-        let name = h.name;
-        match framing_header(name) {
+impl ParsedHead {
+    /// A request head with its request line, before its headers.
+    pub(super) fn request(method: &str, target: &str, version: u8) -> ParsedHead {
+        let path = target.split('?').next().unwrap_or("");
+        ParsedHead {
+            method: method.to_owned(),
+            path: truncate_str(path, MAX_PATH_BYTES).to_owned(),
+            version,
+            ..ParsedHead::response(0, version)
+        }
+    }
+
+    /// A response head with its status line, before its headers.
+    pub(super) fn response(status: u16, version: u8) -> ParsedHead {
+        ParsedHead {
+            method: String::new(),
+            path: String::new(),
+            version,
+            status,
+            headers: Vec::new(),
+            content_length: ContentLength::Absent,
+            transfer_encoding: TransferEncoding::Absent,
+            upgrade: false,
+            upgrade_h2c: false,
+        }
+    }
+
+    /// One header line, in wire order: reads the framing headers (never stored unless kept)
+    /// and copies the kept ones.
+    pub(super) fn add_header(&mut self, name: &str, value: &[u8], keep: &dyn Fn(&str) -> bool) {
+        self.add_header_as(HeaderUse::of(name, keep), name, value);
+    }
+
+    /// [`ParsedHead::add_header`] with what the header is to the head already known.
+    pub(super) fn add_header_as(&mut self, header: HeaderUse, name: &str, value: &[u8]) {
+        match header.framing {
             Some(Framing::ContentLength) => {
-                out.content_length = merge_content_length(out.content_length, h.value);
+                self.content_length = merge_content_length(self.content_length, value);
             }
             Some(Framing::TransferEncoding) => {
-                out.transfer_encoding = transfer_encoding(h.value, out.transfer_encoding);
+                self.transfer_encoding = transfer_encoding(value, self.transfer_encoding);
             }
             Some(Framing::Upgrade) => {
-                out.upgrade = true;
-                out.upgrade_h2c |= h
-                    .value
+                self.upgrade = true;
+                self.upgrade_h2c |= value
                     .split(|&b| b == b',')
                     .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"h2c"));
             }
             None => {}
         }
-        // `keep` compares names in any case: only the few headers kept are lowercased.
-        let kept = keep(name).then(|| name.to_ascii_lowercase());
-        if let Some(lower) = kept {
-            out.headers.push((lower, header_value(h.value)));
+        if header.kept {
+            self.headers
+                .push((name.to_ascii_lowercase(), header_value(value)));
         }
     }
-    out
+}
+
+/// What a header is to the head: read for the framing, kept, both, or neither (then its
+/// value is never looked at).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct HeaderUse {
+    framing: Option<Framing>,
+    kept: bool,
+}
+
+impl HeaderUse {
+    pub(super) fn of(name: &str, keep: &dyn Fn(&str) -> bool) -> HeaderUse {
+        HeaderUse {
+            framing: framing_header(name),
+            // `keep` compares names in any case: only the few headers kept are lowercased.
+            kept: keep(name),
+        }
+    }
+
+    /// Neither read nor kept.
+    pub(super) fn is_ignored(self) -> bool {
+        self.framing.is_none() && !self.kept
+    }
 }
 
 /// Header value: at most `MAX_HEADER_VALUE_BYTES` raw bytes, lossily decoded,
