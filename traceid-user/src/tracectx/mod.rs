@@ -274,7 +274,25 @@ pub struct HeaderNames {
     /// bytes (the last bucket those of [`LONG_NAME`] or more). Asked for every header of
     /// every head, a lookup compares at most the few names of one length (three at most among
     /// the built-ins), and most headers find their bucket empty.
-    by_len: Vec<Vec<(Box<str>, Class)>>,
+    by_len: Vec<Vec<KnownName>>,
+}
+
+/// One name [`HeaderNames`] reads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct KnownName {
+    /// Lowercase.
+    name: Box<str>,
+    /// Its first byte: most names of the same length differ there already.
+    first: u8,
+    class: Class,
+}
+
+impl KnownName {
+    /// `name` in any case is this one.
+    fn is(&self, name: &str) -> bool {
+        name.as_bytes().first().map(u8::to_ascii_lowercase) == Some(self.first)
+            && self.name.eq_ignore_ascii_case(name)
+    }
 }
 
 impl Default for HeaderNames {
@@ -312,10 +330,14 @@ impl HeaderNames {
             .iter()
             .enumerate()
             .map(|(i, n)| (n.as_str(), Class::RequestId(i)));
-        let mut by_len: Vec<Vec<(Box<str>, Class)>> = vec![Vec::new(); LONG_NAME + 1];
+        let mut by_len: Vec<Vec<KnownName>> = vec![Vec::new(); LONG_NAME + 1];
         for (name, class) in fixed.chain(by_id) {
             if let Some(bucket) = by_len.get_mut(name.len().min(LONG_NAME)) {
-                bucket.push((name.into(), class));
+                bucket.push(KnownName {
+                    name: name.into(),
+                    first: name.as_bytes().first().copied().unwrap_or(0),
+                    class,
+                });
             }
         }
         HeaderNames {
@@ -352,8 +374,8 @@ impl HeaderNames {
         self.by_len
             .get(name.len().min(LONG_NAME))?
             .iter()
-            .find(|(known, _)| known.eq_ignore_ascii_case(name))
-            .map(|(_, class)| *class)
+            .find(|known| known.is(name))
+            .map(|known| known.class)
     }
 
     fn request_id_name(&self, idx: usize) -> &str {
