@@ -42,7 +42,7 @@ pub(super) fn request(bytes: &[u8], keep: &dyn Fn(&str) -> bool) -> Option<(Pars
     if !method_ok || !target_ok {
         return None;
     }
-    let mut head = ParsedHead::request(ascii(method)?, ascii(target)?, version);
+    let mut head = ParsedHead::request(visible(method)?, visible(target)?, version);
     let end = headers(bytes, headers_at, &mut head, keep)?;
     Some((head, end))
 }
@@ -95,17 +95,19 @@ fn headers(
         if rest.starts_with(b"\r\n") {
             return Some(at + 2);
         }
-        let colon = rest.iter().position(|&b| !NAME_BYTES[usize::from(b)])?;
-        if colon == 0 || rest.get(colon) != Some(&b':') {
+        // Past the end of the line when it has no colon: then the name holds its CRLF.
+        let colon = memchr(b':', rest)?;
+        let name = visible(rest.get(..colon)?).filter(|name| !name.is_empty())?;
+        let header = HeaderUse::of(name, keep);
+        // A header read or kept must be plain, name and value. Any other header only must not
+        // change the lines (a bare LF ends one for httparse, a NUL fails the head, a space
+        // before the colon is skipped in responses); a byte httparse refuses otherwise only
+        // makes it drop the header, which nothing reads.
+        if !header.is_ignored() && !name.bytes().all(|b| NAME_BYTES[usize::from(b)]) {
             return None;
         }
-        let name = ascii(rest.get(..colon)?)?;
         let value_at = at + colon + 1;
         let value_rest = bytes.get(value_at..)?;
-        let header = HeaderUse::of(name, keep);
-        // The value of a header read or kept must be plain. Any other header only must not
-        // change the lines (a bare LF ends one for httparse, a NUL fails the head); a byte
-        // httparse refuses otherwise only makes it drop the header, which nothing reads.
         let cr = memchr3(b'\r', b'\n', 0, value_rest)?;
         if value_rest.get(cr..cr + 2) != Some(b"\r\n") {
             return None;
@@ -147,6 +149,20 @@ const NAME_BYTES: [bool; 256] = {
 /// Printable ASCII and spaces only (no tab, no control byte, nothing above `~`): a bare LF
 /// or CR, or anything httparse would weigh, sends the head the general way.
 fn printable(v: &[u8]) -> bool {
+    all_from(v, b' ')
+}
+
+/// Visible ASCII only (`!` to `~`), as text.
+fn visible(v: &[u8]) -> Option<&str> {
+    if !all_from(v, b'!') {
+        return None;
+    }
+    // SAFETY: every byte was just checked to be ASCII, which is valid UTF-8.
+    Some(unsafe { std::str::from_utf8_unchecked(v) })
+}
+
+/// Every byte of `v` is from `low` (at least 1) to `~`.
+fn all_from(v: &[u8], low: u8) -> bool {
     // Eight bytes per step: every line of every head goes through here.
     const ONES: u64 = u64::from_ne_bytes([1; 8]);
     const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
@@ -156,27 +172,15 @@ fn printable(v: &[u8]) -> bool {
             return false;
         };
         let w = u64::from_le_bytes(word);
-        // A byte below ' ' sets its high bit when ' ' is taken from it, one above '~' (0x7f
-        // and up) when 1 is added or, from 0xa0 up, already after the subtraction. Borrows
-        // and carries leave a byte only out of one that is outside the range itself, so the
-        // lowest such byte is always caught.
-        if (w.wrapping_sub(ONES * u64::from(b' ')) | w.wrapping_add(ONES)) & HIGH != 0 {
+        // A byte below `low` sets its high bit when `low` is taken from it, one above '~'
+        // (0x7f and up) when 1 is added or, from `low + 0x80` up, already after the
+        // subtraction. Borrows and carries leave a byte only out of one that is outside the
+        // range itself, so the lowest such byte is always caught.
+        if (w.wrapping_sub(ONES * u64::from(low)) | w.wrapping_add(ONES)) & HIGH != 0 {
             return false;
         }
     }
-    words
-        .remainder()
-        .iter()
-        .all(|&b| (b' '..=b'~').contains(&b))
-}
-
-/// ASCII bytes as text (None for any other byte).
-fn ascii(v: &[u8]) -> Option<&str> {
-    if !v.is_ascii() {
-        return None;
-    }
-    // SAFETY: ASCII is valid UTF-8 (validating it again cost more than the line's parse).
-    Some(unsafe { std::str::from_utf8_unchecked(v) })
+    words.remainder().iter().all(|&b| (low..=b'~').contains(&b))
 }
 
 #[cfg(test)]
@@ -188,12 +192,24 @@ mod tests {
         true
     }
 
+    fn keep_tp(name: &str) -> bool {
+        name.eq_ignore_ascii_case("traceparent")
+    }
+
     /// The one-pass reading of `head` (a complete head), checked against httparse's.
     fn same_as_httparse(head: &[u8], is_request: bool) -> Option<ParsedHead> {
+        same_as_httparse_keeping(head, is_request, &keep_all)
+    }
+
+    fn same_as_httparse_keeping(
+        head: &[u8],
+        is_request: bool,
+        keep: &dyn Fn(&str) -> bool,
+    ) -> Option<ParsedHead> {
         let (plain, general) = if is_request {
-            (request(head, &keep_all), parse_request(head, &keep_all))
+            (request(head, keep), parse_request(head, keep))
         } else {
-            (response(head, &keep_all), parse_response(head, &keep_all))
+            (response(head, keep), parse_response(head, keep))
         };
         let (parsed, end) = plain?;
         assert_eq!(end, head.len(), "{:?}", String::from_utf8_lossy(head));
@@ -235,18 +251,50 @@ mod tests {
     }
 
     #[test]
-    fn printable_checks_every_byte_at_every_place() {
-        for b in 0..=u8::MAX {
-            for at in 0..19 {
-                let mut line = *b"abcdefghijklmnopqrs";
-                line[at] = b;
-                let want = (b' '..=b'~').contains(&b);
-                assert_eq!(printable(&line), want, "byte {b:#x} at {at}");
-                // Next to a byte that is out of range itself.
-                line[(at + 1) % line.len()] = 0x7f;
-                assert!(!printable(&line), "byte {b:#x} at {at}");
+    fn byte_ranges_are_checked_for_every_byte_at_every_place() {
+        for low in [b' ', b'!'] {
+            for b in 0..=u8::MAX {
+                for at in 0..19 {
+                    let mut line = *b"abcdefghijklmnopqrs";
+                    line[at] = b;
+                    let want = (low..=b'~').contains(&b);
+                    assert_eq!(all_from(&line, low), want, "byte {b:#x} at {at}");
+                    // Next to a byte that is out of range itself.
+                    line[(at + 1) % line.len()] = 0x7f;
+                    assert!(!all_from(&line, low), "byte {b:#x} at {at}");
+                }
             }
         }
+        assert!(printable(b"a b") && visible(b"a b").is_none());
+        assert_eq!(visible(b"Host"), Some("Host"));
+    }
+
+    #[test]
+    fn headers_nobody_reads_are_not_checked_byte_by_byte() {
+        // httparse drops these lines (a byte it refuses in the name or the value), the one
+        // pass lets them by: neither reads them, so both read the same head.
+        let head = b"GET / HTTP/1.1\r\nX(y: 1\r\nCookie: a\x01b\xff\r\ntraceparent: 00-1\r\n\r\n";
+        let p = same_as_httparse_keeping(head, true, &keep_tp).expect("one pass");
+        assert_eq!(p.headers, [("traceparent".to_string(), "00-1".to_string())]);
+        // Read or kept, the same bytes send the head the general way.
+        for head in [
+            &b"GET / HTTP/1.1\r\ntraceparent: a\x01b\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nContent-Length: \xff\r\n\r\n",
+        ] {
+            assert!(request(head, &keep_tp).is_none(), "{head:?}");
+        }
+        assert!(request(b"GET / HTTP/1.1\r\nX(y: 1\r\n\r\n", &keep_all).is_none());
+        // What would change the lines does too, read or not.
+        for head in [
+            &b"GET / HTTP/1.1\r\nCookie: a\nb: c\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nCookie: a\x00\r\n\r\n",
+            b"GET / HTTP/1.1\r\nCookie: a\rb\r\n\r\n",
+            b"GET / HTTP/1.1\r\nCoo kie: a\r\n\r\n",
+        ] {
+            assert!(request(head, &keep_tp).is_none(), "{head:?}");
+        }
+        let spaced = b"HTTP/1.1 200 OK\r\nContent-Length : 0\r\n\r\n";
+        assert!(response(spaced, &keep_tp).is_none());
     }
 
     #[test]
