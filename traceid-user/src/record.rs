@@ -270,7 +270,7 @@ pub struct RequestRecord {
     pub identity: Option<Arc<Identity>>,
     /// Header the trace id was read from (evidence for reports).
     #[serde(skip)]
-    pub header: Option<String>,
+    pub header: Option<std::borrow::Cow<'static, str>>,
     /// Local port, for grouping by service.
     #[serde(skip)]
     pub local_port: Option<u16>,

@@ -30,6 +30,7 @@
 //! its own file with its tests; `tests.rs` holds the cross-format tests. Adding a format is a
 //! file, a table row and a [`TraceFormat`] variant: see `docs/adding-a-trace-format.md`.
 
+use std::borrow::Cow;
 use std::fmt;
 
 mod aws;
@@ -395,8 +396,9 @@ impl HeaderNames {
 pub struct TraceContext {
     pub format: TraceFormat,
     /// Lowercase header name it came from (for B3 multi: `x-b3-traceid`; Datadog:
-    /// `x-datadog-trace-id`).
-    pub header: String,
+    /// `x-datadog-trace-id`). Borrowed for the built-in names: the context is cloned into every
+    /// record and every request in flight.
+    pub header: Cow<'static, str>,
     /// The trace id as carried, lowercase for hex formats (Jaeger: leading zeros as carried;
     /// AWS: the whole Root `1-xxxxxxxx-xxx...`; Datadog: the decimal as carried; sw8: the
     /// base64-decoded trace id; request ids: the value).

@@ -127,7 +127,7 @@ fn header_names_extras_are_normalised_and_deduplicated() {
     let e = ex_with(&names, &[("X-Amz-Cf-Id", "abc-123")]);
     let c = ctx(&e);
     assert_eq!(
-        (c.format, c.header.as_str(), c.trace_id.as_str()),
+        (c.format, c.header.as_ref(), c.trace_id.as_str()),
         (TraceFormat::RequestId, "x-amz-cf-id", "abc-123")
     );
 }
@@ -208,7 +208,7 @@ fn every_format_honours_its_header_roles() {
         let c = ctx(&e);
         let trace_id_header = spec.headers.iter().find(|h| h.role == Role::TraceId);
         assert_eq!(
-            (c.format, Some(c.header.as_str())),
+            (c.format, Some(c.header.as_ref())),
             (spec.format, trace_id_header.map(|h| h.name)),
             "a context is reported under its TraceId header"
         );

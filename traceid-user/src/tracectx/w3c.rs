@@ -97,7 +97,7 @@ fn parse_traceparent(s: &[u8]) -> Result<TraceContext, String> {
     let tid = ascii_string(trace_id);
     Ok(TraceContext {
         format: TraceFormat::W3c,
-        header: TRACEPARENT.to_string(),
+        header: TRACEPARENT.into(),
         normalized: tid.clone(),
         trace_id: tid,
         span_id: Some(ascii_string(parent_id)),
