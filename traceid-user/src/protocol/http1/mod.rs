@@ -132,6 +132,10 @@ impl Dir {
 
     /// Signature of the current head: buffered bytes followed by `rest`.
     fn head_sig(&self, rest: &[u8]) -> Sig {
+        if self.buf.is_empty() {
+            // The common case: the head starts in this chunk.
+            return self.sig(rest);
+        }
         let mut peek = [0u8; parse::MAX_METHOD_LEN + 1];
         let mut n = 0usize;
         for (slot, &b) in peek.iter_mut().zip(self.buf.iter().chain(rest.iter())) {
