@@ -97,6 +97,25 @@ fn is_trace_header_false_for_others() {
 }
 
 #[test]
+fn names_sharing_a_length_or_a_first_letter_are_told_apart() {
+    // Names of 32 bytes or more share one bucket whatever their length.
+    let long = "x-very-long-request-identifier-header";
+    let longer = "x-very-long-request-identifier-headers";
+    let names = HeaderNames::new(&[long.to_string(), longer.to_uppercase()]);
+    assert!(names.is_trace_header(long) && names.is_trace_header(longer));
+    assert!(names.is_trace_header(&long.to_uppercase()));
+    for n in [
+        "x-very-long-request-identifier-headerz",
+        "x-very-long-request-identifier-heade",
+        // The length and first letter of x-trace-id and x-b3-flags.
+        "x-trace-ie",
+        "X-B3-Flagz",
+    ] {
+        assert!(!names.is_trace_header(n), "{n}");
+    }
+}
+
+#[test]
 fn header_names_extras_are_normalised_and_deduplicated() {
     let names = HeaderNames::new(&[
         " X-Amz-Cf-Id ".to_string(),

@@ -261,13 +261,17 @@ impl ParsedHead {
         ParsedHead {
             method: method.to_owned(),
             path: truncate_str(path, MAX_PATH_BYTES).to_owned(),
-            version,
-            ..ParsedHead::response(0, version)
+            ..ParsedHead::before_headers(version, 0)
         }
     }
 
     /// A response head with its status line, before its headers.
     pub(super) fn response(status: u16, version: u8) -> ParsedHead {
+        ParsedHead::before_headers(version, status)
+    }
+
+    /// No request line (method and path empty), no header yet.
+    fn before_headers(version: u8, status: u16) -> ParsedHead {
         ParsedHead {
             method: String::new(),
             path: String::new(),
