@@ -185,7 +185,7 @@ fn all_from(v: &[u8], low: u8) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::super::parse::{parse_request, parse_response};
+    use super::super::parse::{find_head_end, parse_request, parse_response};
     use super::*;
 
     fn keep_all(_: &str) -> bool {
@@ -295,6 +295,99 @@ mod tests {
         }
         let spaced = b"HTTP/1.1 200 OK\r\nContent-Length : 0\r\n\r\n";
         assert!(response(spaced, &keep_tp).is_none());
+    }
+
+    /// A head of the common shape from random parts, then perhaps one byte changed.
+    fn random_head(rng: &mut crate::test_util::Rng, is_request: bool) -> Vec<u8> {
+        fn pick<'a>(rng: &mut crate::test_util::Rng, from: &[&'a str]) -> &'a str {
+            from[rng.index(from.len())]
+        }
+        let mut head = if is_request {
+            let method = pick(rng, &["GET", "POST", "M-SEARCH", "CONNECT", "HEAD"]);
+            let target = pick(rng, &["/", "/a?b=c", "*", "/x/y.json", "http://h/p"]);
+            let version = pick(rng, &["HTTP/1.1", "HTTP/1.0"]);
+            format!("{method} {target} {version}\r\n")
+        } else {
+            let version = pick(rng, &["HTTP/1.1", "HTTP/1.0"]);
+            let status = pick(
+                rng,
+                &["200 OK", "101 Switching Protocols", "404", "204 ", "304  x"],
+            );
+            format!("{version} {status}\r\n")
+        };
+        for _ in 0..rng.below(6) {
+            let name = pick(
+                rng,
+                &[
+                    "Host",
+                    "traceparent",
+                    "X-B3-TraceId",
+                    "Content-Length",
+                    "content-length",
+                    "Transfer-Encoding",
+                    "Upgrade",
+                    "Cookie",
+                    "X_Odd-Name",
+                ],
+            );
+            let value = pick(
+                rng,
+                &[
+                    "",
+                    " ",
+                    "5",
+                    " 5 ",
+                    "1, 1",
+                    "chunked",
+                    "gzip, chunked",
+                    "h2c",
+                    "a b",
+                ],
+            );
+            let sep = pick(rng, &[":", ": ", ":  "]);
+            head.push_str(&format!("{name}{sep}{value}\r\n"));
+        }
+        head.push_str("\r\n");
+        let mut head = head.into_bytes();
+        if rng.pct(70) {
+            let at = rng.index(head.len());
+            let bytes = [
+                b' ', b'\t', b'\r', b'\n', 0, 0x7f, 0xe9, b':', b'(', b'A', b'0',
+            ];
+            head[at] = bytes[rng.index(bytes.len())];
+        }
+        head
+    }
+
+    #[test]
+    fn whenever_the_one_pass_reads_a_head_httparse_reads_it_the_same() {
+        let mut rng = crate::test_util::Rng::new(11);
+        let mut read = 0;
+        for i in 0..40_000 {
+            let is_request = i % 2 == 0;
+            let keep: &dyn Fn(&str) -> bool = if i % 4 < 2 { &keep_tp } else { &keep_all };
+            let mut bytes = random_head(&mut rng, is_request);
+            // What follows a head is not looked at.
+            bytes.extend_from_slice(b"\n\r\nGET / HTTP/1.1\r\n\r\n");
+            let plain = if is_request {
+                request(&bytes, keep)
+            } else {
+                response(&bytes, keep)
+            };
+            let Some((head, end)) = plain else { continue };
+            read += 1;
+            let shown = String::from_utf8_lossy(&bytes);
+            assert_eq!(find_head_end([0, 0], &bytes), Some(end), "{shown:?}");
+            let general = if is_request {
+                parse_request(&bytes[..end], keep)
+            } else {
+                parse_response(&bytes[..end], keep)
+            };
+            assert_eq!(general, Ok(head), "{shown:?}");
+        }
+        // Many heads (unchanged ones, and some changed) are read in one pass: the comparison
+        // is not an empty one.
+        assert!(read > 10_000, "{read}");
     }
 
     #[test]
