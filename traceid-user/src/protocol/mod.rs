@@ -72,7 +72,10 @@ pub fn sniff(egress: bool, payload: &[u8]) -> Sniff {
 /// One protocol's parser for one stream of one connection (both directions).
 ///
 /// Contract: never panics and stays bounded on any input (bytes are untrusted and may be cut
-/// anywhere); `keep(name)` (lowercase name) says which headers to store.
+/// anywhere); `keep(name)` says which headers to store. It is asked about names as they came
+/// (HTTP/1 names in any case: lowercasing every name of every head only to drop most of them
+/// cost more than the parse), so it must compare without regard to case; stored names are
+/// lowercase.
 pub trait ProtocolParser {
     /// Feeds one captured chunk of one direction.
     fn on_data(

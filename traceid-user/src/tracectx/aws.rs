@@ -85,7 +85,7 @@ fn parse(s: &[u8]) -> Result<TraceContext, String> {
     normalized.push_str(&ascii_string(rand));
     Ok(TraceContext {
         format: TraceFormat::Aws,
-        header: X_AMZN_TRACE_ID.to_string(),
+        header: X_AMZN_TRACE_ID.into(),
         trace_id: ascii_string(root),
         normalized,
         span_id: parent.map(ascii_string),

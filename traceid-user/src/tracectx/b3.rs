@@ -135,7 +135,7 @@ pub(super) fn extract_multi(h: &FormatHeaders<'_, '_>, out: &mut Extraction) {
     }
     out.contexts.push(TraceContext {
         format: f,
-        header: X_B3_TRACEID.to_string(),
+        header: X_B3_TRACEID.into(),
         trace_id: ascii_string(trace_id),
         normalized: pad32(trace_id),
         span_id: Some(ascii_string(span_id)),
@@ -188,7 +188,7 @@ fn parse_single(s: &[u8]) -> Result<TraceContext, String> {
     }
     Ok(TraceContext {
         format: TraceFormat::B3Single,
-        header: B3.to_string(),
+        header: B3.into(),
         trace_id: ascii_string(trace_id),
         normalized: pad32(trace_id),
         span_id: Some(ascii_string(span_id)),

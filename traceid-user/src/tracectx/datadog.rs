@@ -86,7 +86,7 @@ pub(super) fn extract(h: &FormatHeaders<'_, '_>, out: &mut Extraction) {
     };
     out.contexts.push(TraceContext {
         format: f,
-        header: X_DATADOG_TRACE_ID.to_string(),
+        header: X_DATADOG_TRACE_ID.into(),
         // The decimal as carried; the comparison key is the 64-bit value as padded hex.
         trace_id: ascii_string(t),
         normalized: format!("{id:032x}"),

@@ -65,7 +65,7 @@ fn parse(s: &[u8]) -> Result<TraceContext, String> {
     let id = hex(trace_id);
     Ok(TraceContext {
         format: TraceFormat::GrpcBin,
-        header: GRPC_TRACE_BIN.to_string(),
+        header: GRPC_TRACE_BIN.into(),
         normalized: id.clone(),
         trace_id: id,
         span_id,

@@ -100,7 +100,7 @@ fn parse(s: &[u8]) -> Result<TraceContext, String> {
     });
     Ok(TraceContext {
         format: TraceFormat::Jaeger,
-        header: UBER_TRACE_ID.to_string(),
+        header: UBER_TRACE_ID.into(),
         trace_id: lower_string(trace_id),
         normalized: pad32(trace_id),
         span_id: Some(lower_string(span_id)),

@@ -30,6 +30,7 @@
 //! its own file with its tests; `tests.rs` holds the cross-format tests. Adding a format is a
 //! file, a table row and a [`TraceFormat`] variant: see `docs/adding-a-trace-format.md`.
 
+use std::borrow::Cow;
 use std::fmt;
 
 mod aws;
@@ -262,18 +263,37 @@ enum Class {
     RequestId(usize),
 }
 
+/// Names of at least this many bytes share the last bucket of [`HeaderNames::by_len`].
+const LONG_NAME: usize = 32;
+
 /// The header names the extractor reads, including extra request-id names given at run time.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HeaderNames {
     /// Request-id family: the built-ins then the extras, lowercase, without duplicates.
     request_ids: Vec<String>,
-    /// Which name lengths (bit n: length n, up to 63) and first letters (bit of the lowercase
-    /// byte's low 6 bits) any read header has: most headers of a head are rejected by these
-    /// two bit tests without a string comparison.
-    lengths: u64,
-    first_bytes: u64,
-    /// Some read header is 64 bytes or longer (the length filter does not cover it).
-    long_names: bool,
+    /// Every read name with its class, grouped by length: `by_len[n]` holds the names of `n`
+    /// bytes (the last bucket those of [`LONG_NAME`] or more). Asked for every header of
+    /// every head, a lookup compares at most the few names of one length (three at most among
+    /// the built-ins), and most headers find their bucket empty.
+    by_len: Vec<Vec<KnownName>>,
+}
+
+/// One name [`HeaderNames`] reads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct KnownName {
+    /// Lowercase.
+    name: Box<str>,
+    /// Its first byte: most names of the same length differ there already.
+    first: u8,
+    class: Class,
+}
+
+impl KnownName {
+    /// `name` in any case is this one.
+    fn is(&self, name: &str) -> bool {
+        name.as_bytes().first().map(u8::to_ascii_lowercase) == Some(self.first)
+            && self.name.eq_ignore_ascii_case(name)
+    }
 }
 
 impl Default for HeaderNames {
@@ -298,24 +318,33 @@ impl HeaderNames {
             }
             request_ids.push(name);
         }
-        let mut names = HeaderNames {
-            request_ids,
-            lengths: 0,
-            first_bytes: 0,
-            long_names: false,
-        };
-        let all: Vec<(usize, u8)> = names
+        let fixed = fixed_headers().enumerate().map(|(index, h)| {
+            (
+                h.name,
+                Class::Fixed {
+                    index,
+                    role: h.role,
+                },
+            )
+        });
+        let by_id = request_ids
             .iter()
-            .map(|n| (n.len(), n.as_bytes().first().copied().unwrap_or(0)))
-            .collect();
-        for (len, first) in all {
-            match 1u64.checked_shl(len as u32) {
-                Some(bit) if len < 64 => names.lengths |= bit,
-                _ => names.long_names = true,
+            .enumerate()
+            .map(|(i, n)| (n.as_str(), Class::RequestId(i)));
+        let mut by_len: Vec<Vec<KnownName>> = vec![Vec::new(); LONG_NAME + 1];
+        for (name, class) in fixed.chain(by_id) {
+            if let Some(bucket) = by_len.get_mut(name.len().min(LONG_NAME)) {
+                bucket.push(KnownName {
+                    name: name.into(),
+                    first: name.as_bytes().first().copied().unwrap_or(0),
+                    class,
+                });
             }
-            names.first_bytes |= 1 << (first.to_ascii_lowercase() & 63);
         }
-        names
+        HeaderNames {
+            request_ids,
+            by_len,
+        }
     }
 
     /// Case-insensitive. True for every header name any format reads (traceparent, tracestate,
@@ -340,31 +369,14 @@ impl HeaderNames {
         self.request_ids.iter().map(String::as_str)
     }
 
-    /// On the hot path (every header of every HTTP head): allocation-free, and
-    /// `eq_ignore_ascii_case` rejects a different length before looking at any byte.
+    /// On the hot path (every header of every HTTP head): allocation-free, and only names of
+    /// the same length are compared.
     fn classify(&self, name: &str) -> Option<Class> {
-        let first = name.as_bytes().first().copied().unwrap_or(0);
-        let length_possible = if name.len() < 64 {
-            self.lengths & (1 << name.len()) != 0
-        } else {
-            self.long_names
-        };
-        if !length_possible || self.first_bytes & (1 << (first.to_ascii_lowercase() & 63)) == 0 {
-            return None;
-        }
-        if let Some((index, h)) = fixed_headers()
-            .enumerate()
-            .find(|(_, h)| h.name.eq_ignore_ascii_case(name))
-        {
-            return Some(Class::Fixed {
-                index,
-                role: h.role,
-            });
-        }
-        self.request_ids
+        self.by_len
+            .get(name.len().min(LONG_NAME))?
             .iter()
-            .position(|k| k.eq_ignore_ascii_case(name))
-            .map(Class::RequestId)
+            .find(|known| known.is(name))
+            .map(|known| known.class)
     }
 
     fn request_id_name(&self, idx: usize) -> &str {
@@ -384,8 +396,9 @@ impl HeaderNames {
 pub struct TraceContext {
     pub format: TraceFormat,
     /// Lowercase header name it came from (for B3 multi: `x-b3-traceid`; Datadog:
-    /// `x-datadog-trace-id`).
-    pub header: String,
+    /// `x-datadog-trace-id`). Borrowed for the built-in names: the context is cloned into every
+    /// record and every request in flight.
+    pub header: Cow<'static, str>,
     /// The trace id as carried, lowercase for hex formats (Jaeger: leading zeros as carried;
     /// AWS: the whole Root `1-xxxxxxxx-xxx...`; Datadog: the decimal as carried; sw8: the
     /// base64-decoded trace id; request ids: the value).
@@ -642,9 +655,12 @@ pub fn extract<'a, I: IntoIterator<Item = (&'a str, &'a [u8])>>(
     names: &HeaderNames,
 ) -> Extraction {
     let mut c = Collected::default();
+    let mut trace_headers = 0usize;
     for (name, value) in headers {
         let value = trim_ows(value);
-        match names.classify(name) {
+        let class = names.classify(name);
+        trace_headers += usize::from(class.is_some());
+        match class {
             None => {}
             Some(Class::Fixed {
                 index,
@@ -665,6 +681,10 @@ pub fn extract<'a, I: IntoIterator<Item = (&'a str, &'a [u8])>>(
     }
 
     let mut out = Extraction::default();
+    if trace_headers == 0 {
+        // Most requests of a service that loses the trace: no format to ask.
+        return out;
+    }
     let mut first = 0;
     for spec in FORMATS {
         let carried = FormatHeaders {
@@ -738,18 +758,28 @@ enum Hex {
 }
 
 fn hex_class(v: &[u8]) -> Hex {
-    if v.is_empty() {
-        return Hex::Invalid;
-    }
-    let mut upper = false;
-    for &b in v {
-        match b {
-            b'0'..=b'9' | b'a'..=b'f' => {}
-            b'A'..=b'F' => upper = true,
-            _ => return Hex::Invalid,
+    /// What each byte is to [`hex_class`]: a bit per kind, or-ed over the field.
+    const LOWER: u8 = 1;
+    const UPPER: u8 = 2;
+    const OTHER: u8 = 4;
+    const KIND: [u8; 256] = {
+        let mut table = [OTHER; 256];
+        let mut b = 0;
+        while b < 256 {
+            table[b] = match b as u8 {
+                b'0'..=b'9' | b'a'..=b'f' => LOWER,
+                b'A'..=b'F' => UPPER,
+                _ => OTHER,
+            };
+            b += 1;
         }
-    }
-    if upper {
+        table
+    };
+    // Every byte of every id is classified (32 of a W3C trace id): no branch per byte.
+    let kinds = v.iter().fold(0u8, |kinds, &b| kinds | KIND[usize::from(b)]);
+    if v.is_empty() || kinds & OTHER != 0 {
+        Hex::Invalid
+    } else if kinds & UPPER != 0 {
         Hex::Upper
     } else {
         Hex::Lower

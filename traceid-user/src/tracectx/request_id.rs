@@ -27,7 +27,7 @@ pub(super) fn extract(name: &str, v: Value<'_>, out: &mut Extraction) {
         let value = ascii_string(s);
         out.contexts.push(TraceContext {
             format: f,
-            header: name.to_string(),
+            header: name.to_string().into(),
             trace_id: value.clone(),
             normalized: value,
             span_id: None,

@@ -67,7 +67,7 @@ fn parse(s: &[u8]) -> Result<TraceContext, String> {
     let tid = ascii_string(&decoded);
     Ok(TraceContext {
         format: TraceFormat::Sw8,
-        header: SW8.to_string(),
+        header: SW8.into(),
         normalized: tid.clone(),
         trace_id: tid,
         span_id: Some(ascii_string(span_id)),

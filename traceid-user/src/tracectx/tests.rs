@@ -97,6 +97,25 @@ fn is_trace_header_false_for_others() {
 }
 
 #[test]
+fn names_sharing_a_length_or_a_first_letter_are_told_apart() {
+    // Names of 32 bytes or more share one bucket whatever their length.
+    let long = "x-very-long-request-identifier-header";
+    let longer = "x-very-long-request-identifier-headers";
+    let names = HeaderNames::new(&[long.to_string(), longer.to_uppercase()]);
+    assert!(names.is_trace_header(long) && names.is_trace_header(longer));
+    assert!(names.is_trace_header(&long.to_uppercase()));
+    for n in [
+        "x-very-long-request-identifier-headerz",
+        "x-very-long-request-identifier-heade",
+        // The length and first letter of x-trace-id and x-b3-flags.
+        "x-trace-ie",
+        "X-B3-Flagz",
+    ] {
+        assert!(!names.is_trace_header(n), "{n}");
+    }
+}
+
+#[test]
 fn header_names_extras_are_normalised_and_deduplicated() {
     let names = HeaderNames::new(&[
         " X-Amz-Cf-Id ".to_string(),
@@ -127,7 +146,7 @@ fn header_names_extras_are_normalised_and_deduplicated() {
     let e = ex_with(&names, &[("X-Amz-Cf-Id", "abc-123")]);
     let c = ctx(&e);
     assert_eq!(
-        (c.format, c.header.as_str(), c.trace_id.as_str()),
+        (c.format, c.header.as_ref(), c.trace_id.as_str()),
         (TraceFormat::RequestId, "x-amz-cf-id", "abc-123")
     );
 }
@@ -208,7 +227,7 @@ fn every_format_honours_its_header_roles() {
         let c = ctx(&e);
         let trace_id_header = spec.headers.iter().find(|h| h.role == Role::TraceId);
         assert_eq!(
-            (c.format, Some(c.header.as_str())),
+            (c.format, Some(c.header.as_ref())),
             (spec.format, trace_id_header.map(|h| h.name)),
             "a context is reported under its TraceId header"
         );

@@ -53,7 +53,6 @@ fn parse_traceparent(s: &[u8]) -> Result<TraceContext, String> {
     if version == b"ff" {
         return Err("version ff is invalid".into());
     }
-    let vs = ascii_string(version);
     let n = s.len();
     if version == b"00" {
         // §3.2.2.1/§3.2.4: version 00 has exactly four fields, 55 characters.
@@ -63,13 +62,16 @@ fn parse_traceparent(s: &[u8]) -> Result<TraceContext, String> {
     } else {
         // §3.2.4 (versioning): a higher version is parsed as 00 on its first 55 chars; it must
         // be at least 55 long and, if longer, the flags must be followed by '-'.
+        // Only a malformed value spells its version out: no string for the valid ones.
+        let vs = || ascii_string(version);
         if n < V00_LEN {
             return Err(format!(
-                "wrong length ({n}, version {vs} needs at least 55)"
+                "wrong length ({n}, version {} needs at least 55)",
+                vs()
             ));
         }
         if n > V00_LEN && s.get(V00_LEN) != Some(&b'-') {
-            return Err(format!("version {vs}: no '-' after flags"));
+            return Err(format!("version {}: no '-' after flags", vs()));
         }
     }
     let s = s.get(..V00_LEN).unwrap_or(s);
@@ -95,7 +97,7 @@ fn parse_traceparent(s: &[u8]) -> Result<TraceContext, String> {
     let tid = ascii_string(trace_id);
     Ok(TraceContext {
         format: TraceFormat::W3c,
-        header: TRACEPARENT.to_string(),
+        header: TRACEPARENT.into(),
         normalized: tid.clone(),
         trace_id: tid,
         span_id: Some(ascii_string(parent_id)),

@@ -27,6 +27,7 @@ use super::{
 };
 
 mod parse;
+mod plain;
 #[cfg(test)]
 mod tests;
 
@@ -131,6 +132,10 @@ impl Dir {
 
     /// Signature of the current head: buffered bytes followed by `rest`.
     fn head_sig(&self, rest: &[u8]) -> Sig {
+        if self.buf.is_empty() {
+            // The common case: the head starts in this chunk.
+            return self.sig(rest);
+        }
         let mut peek = [0u8; parse::MAX_METHOD_LEN + 1];
         let mut n = 0usize;
         for (slot, &b) in peek.iter_mut().zip(self.buf.iter().chain(rest.iter())) {
@@ -374,6 +379,17 @@ impl HttpConn {
         }
         let room = max.saturating_sub(d.buf.len());
         let window = rest.get(..rest.len().min(room)).unwrap_or(rest);
+        if d.buf.is_empty() {
+            // Most heads arrive whole and in the common shape: read in one pass.
+            let plain = match cx.flow {
+                Flow::ClientToServer => plain::request(window, cx.keep),
+                Flow::ServerToClient => plain::response(window, cx.keep),
+            };
+            if let Some((head, end)) = plain {
+                self.on_head(cx.flow, head, false, out);
+                return skip + end;
+            }
+        }
         match parse::find_head_end(parse::tail2(&d.buf), window) {
             Some(end) => {
                 let head = window.get(..end).unwrap_or(window);

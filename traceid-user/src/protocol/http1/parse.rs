@@ -4,12 +4,14 @@
 //! Nothing here allocates in proportion to the input except the few header
 //! values the caller asked to keep (each capped).
 
+use std::mem::MaybeUninit;
+
 use super::{MAX_HEADER_VALUE_BYTES, MAX_PATH_BYTES};
 
 /// Longest method token accepted by the cheap request signature.
 pub(super) const MAX_METHOD_LEN: usize = 16;
 /// Headers parsed on the stack first; a head with more is retried once with this many on the heap.
-const STACK_HEADERS: usize = 128;
+pub(super) const STACK_HEADERS: usize = 128;
 const HEAP_HEADERS: usize = 1024;
 /// Longest chunk-size line (size + extensions) accepted.
 const MAX_CHUNK_LINE: u32 = 4096;
@@ -165,9 +167,11 @@ pub(super) fn parse_request(
 ) -> Result<ParsedHead, &'static str> {
     let cfg = request_config();
     {
-        let mut hs = [httparse::EMPTY_HEADER; STACK_HEADERS];
-        let mut req = httparse::Request::new(&mut hs);
-        match cfg.parse_request(&mut req, bytes) {
+        // Uninitialised slots: httparse writes each before it hands it back, and zeroing
+        // 128 headers per head cost more than parsing a small head.
+        let mut hs = [const { MaybeUninit::uninit() }; STACK_HEADERS];
+        let mut req = httparse::Request::new(&mut []);
+        match cfg.parse_request_with_uninit_headers(&mut req, bytes, &mut hs) {
             Ok(httparse::Status::Complete(_)) => return Ok(request_head(&req, keep)),
             Err(httparse::Error::TooManyHeaders) => {}
             Ok(httparse::Status::Partial) => return Err(INCOMPLETE),
@@ -191,9 +195,10 @@ pub(super) fn parse_response(
 ) -> Result<ParsedHead, &'static str> {
     let cfg = response_config();
     {
-        let mut hs = [httparse::EMPTY_HEADER; STACK_HEADERS];
-        let mut resp = httparse::Response::new(&mut hs);
-        match cfg.parse_response(&mut resp, bytes) {
+        // Uninitialised, as in `parse_request`.
+        let mut hs = [const { MaybeUninit::uninit() }; STACK_HEADERS];
+        let mut resp = httparse::Response::new(&mut []);
+        match cfg.parse_response_with_uninit_headers(&mut resp, bytes, &mut hs) {
             Ok(httparse::Status::Complete(_)) => return Ok(response_head(&resp, keep)),
             Err(httparse::Error::TooManyHeaders) => {}
             Ok(httparse::Status::Partial) => return Err(INCOMPLETE),
@@ -210,76 +215,139 @@ pub(super) fn parse_response(
 }
 
 fn request_head(req: &httparse::Request<'_, '_>, keep: &dyn Fn(&str) -> bool) -> ParsedHead {
-    let mut head = scan_headers(req.headers, keep);
-    head.method = req.method.unwrap_or("").to_owned();
-    let path = req.path.unwrap_or("");
-    let path = path.split('?').next().unwrap_or("");
-    head.path = truncate_str(path, MAX_PATH_BYTES).to_owned();
-    head.version = req.version.unwrap_or(1);
+    let mut head = ParsedHead::request(
+        req.method.unwrap_or(""),
+        req.path.unwrap_or(""),
+        req.version.unwrap_or(1),
+    );
+    for h in req.headers.iter() {
+        head.add_header(h.name, h.value, keep);
+    }
     head
 }
 
 fn response_head(resp: &httparse::Response<'_, '_>, keep: &dyn Fn(&str) -> bool) -> ParsedHead {
-    let mut head = scan_headers(resp.headers, keep);
-    head.status = resp.code.unwrap_or(0);
-    head.version = resp.version.unwrap_or(1);
+    let mut head = ParsedHead::response(resp.code.unwrap_or(0), resp.version.unwrap_or(1));
+    for h in resp.headers.iter() {
+        head.add_header(h.name, h.value, keep);
+    }
     head
 }
 
-/// Reads the framing headers (never stored unless kept) and copies the kept ones.
-fn scan_headers(headers: &[httparse::Header<'_>], keep: &dyn Fn(&str) -> bool) -> ParsedHead {
-    let mut out = ParsedHead {
-        method: String::new(),
-        path: String::new(),
-        version: 1,
-        status: 0,
-        headers: Vec::new(),
-        content_length: ContentLength::Absent,
-        transfer_encoding: TransferEncoding::Absent,
-        upgrade: false,
-        upgrade_h2c: false,
+/// The headers the reassembler itself reads (their values are never stored).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    ContentLength,
+    TransferEncoding,
+    Upgrade,
+}
+
+/// Which framing header `name` is, if any (any case). The length decides before a byte is
+/// compared: most names are rejected by it.
+fn framing_header(name: &str) -> Option<Framing> {
+    let (framing, canonical) = match name.len() {
+        14 => (Framing::ContentLength, "content-length"),
+        17 => (Framing::TransferEncoding, "transfer-encoding"),
+        7 => (Framing::Upgrade, "upgrade"),
+        _ => return None,
     };
-    for h in headers {
-        let name = h.name;
-        if name.eq_ignore_ascii_case("content-length") {
-            out.content_length = merge_content_length(out.content_length, h.value);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            out.transfer_encoding = transfer_encoding(h.value, out.transfer_encoding);
-        } else if name.eq_ignore_ascii_case("upgrade") {
-            out.upgrade = true;
-            out.upgrade_h2c |= h
-                .value
-                .split(|&b| b == b',')
-                .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"h2c"));
-        }
-        // Lowercased on the stack: this runs for every header of every head, and most are
-        // not kept.
-        let mut stack = [0u8; 64];
-        let lower: std::borrow::Cow<'_, str> = if !name.bytes().any(|b| b.is_ascii_uppercase()) {
-            std::borrow::Cow::Borrowed(name)
-        } else if let Some(buf) = stack.get_mut(..name.len()) {
-            buf.copy_from_slice(name.as_bytes());
-            buf.make_ascii_lowercase();
-            // SAFETY: `buf` is a copy of the valid UTF-8 of `name` with only ASCII letters
-            // changed to other ASCII letters, which keeps it valid UTF-8 (validating it again
-            // cost 3.5% of the pipeline).
-            std::borrow::Cow::Borrowed(unsafe { std::str::from_utf8_unchecked(buf) })
-        } else {
-            std::borrow::Cow::Owned(name.to_ascii_lowercase())
-        };
-        if keep(&lower) {
-            out.headers
-                .push((lower.into_owned(), header_value(h.value)));
+    name.eq_ignore_ascii_case(canonical).then_some(framing)
+}
+
+impl ParsedHead {
+    /// A request head with its request line, before its headers.
+    pub(super) fn request(method: &str, target: &str, version: u8) -> ParsedHead {
+        let path = target.split('?').next().unwrap_or("");
+        ParsedHead {
+            method: method.to_owned(),
+            path: truncate_str(path, MAX_PATH_BYTES).to_owned(),
+            ..ParsedHead::before_headers(version, 0)
         }
     }
-    out
+
+    /// A response head with its status line, before its headers.
+    pub(super) fn response(status: u16, version: u8) -> ParsedHead {
+        ParsedHead::before_headers(version, status)
+    }
+
+    /// No request line (method and path empty), no header yet.
+    fn before_headers(version: u8, status: u16) -> ParsedHead {
+        ParsedHead {
+            method: String::new(),
+            path: String::new(),
+            version,
+            status,
+            headers: Vec::new(),
+            content_length: ContentLength::Absent,
+            transfer_encoding: TransferEncoding::Absent,
+            upgrade: false,
+            upgrade_h2c: false,
+        }
+    }
+
+    /// One header line, in wire order: reads the framing headers (never stored unless kept)
+    /// and copies the kept ones.
+    pub(super) fn add_header(&mut self, name: &str, value: &[u8], keep: &dyn Fn(&str) -> bool) {
+        self.add_header_as(HeaderUse::of(name, keep), name, value);
+    }
+
+    /// [`ParsedHead::add_header`] with what the header is to the head already known.
+    pub(super) fn add_header_as(&mut self, header: HeaderUse, name: &str, value: &[u8]) {
+        match header.framing {
+            Some(Framing::ContentLength) => {
+                self.content_length = merge_content_length(self.content_length, value);
+            }
+            Some(Framing::TransferEncoding) => {
+                self.transfer_encoding = transfer_encoding(value, self.transfer_encoding);
+            }
+            Some(Framing::Upgrade) => {
+                self.upgrade = true;
+                self.upgrade_h2c |= value
+                    .split(|&b| b == b',')
+                    .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"h2c"));
+            }
+            None => {}
+        }
+        if header.kept {
+            self.headers
+                .push((name.to_ascii_lowercase(), header_value(value)));
+        }
+    }
+}
+
+/// What a header is to the head: read for the framing, kept, both, or neither (then its
+/// value is never looked at).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct HeaderUse {
+    framing: Option<Framing>,
+    kept: bool,
+}
+
+impl HeaderUse {
+    pub(super) fn of(name: &str, keep: &dyn Fn(&str) -> bool) -> HeaderUse {
+        HeaderUse {
+            framing: framing_header(name),
+            // `keep` compares names in any case: only the few headers kept are lowercased.
+            kept: keep(name),
+        }
+    }
+
+    /// Neither read nor kept.
+    pub(super) fn is_ignored(self) -> bool {
+        self.framing.is_none() && !self.kept
+    }
 }
 
 /// Header value: at most `MAX_HEADER_VALUE_BYTES` raw bytes, lossily decoded,
 /// trimmed, and again capped at `MAX_HEADER_VALUE_BYTES` bytes of UTF-8.
 fn header_value(v: &[u8]) -> String {
     let raw = v.get(..MAX_HEADER_VALUE_BYTES).unwrap_or(v);
-    let s = String::from_utf8_lossy(raw);
+    // Valid UTF-8 (the rule: trace headers are ASCII) is checked far faster than it is
+    // decoded lossily.
+    let s = match std::str::from_utf8(raw) {
+        Ok(s) => std::borrow::Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(raw),
+    };
     truncate_str(s.trim(), MAX_HEADER_VALUE_BYTES).to_owned()
 }
 

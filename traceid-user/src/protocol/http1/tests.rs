@@ -86,7 +86,7 @@ fn ok(body: &str) -> Vec<u8> {
 }
 
 fn keep_tp(name: &str) -> bool {
-    name == "traceparent"
+    name.eq_ignore_ascii_case("traceparent")
 }
 
 fn keep_all(_: &str) -> bool {
@@ -1440,7 +1440,9 @@ fn fuzz_random_streams_never_panic_and_stay_bounded() {
         let mut pos = [0usize, 0usize];
         let mut out = Vec::new();
         let mut ts = 0u64;
-        let keep = |n: &str| n == "traceparent" || n.starts_with('x');
+        let keep = |n: &str| {
+            n.eq_ignore_ascii_case("traceparent") || n.starts_with('x') || n.starts_with('X')
+        };
         while pos[0] < streams[0].len() || pos[1] < streams[1].len() {
             let side = if pos[0] >= streams[0].len() {
                 1
