@@ -17,7 +17,7 @@ pub mod node;
 pub mod wire;
 pub mod workload;
 
-use std::collections::HashMap;
+use crate::mem::FastMap;
 use std::sync::Arc;
 
 use traceid_common::kind;
@@ -44,7 +44,7 @@ struct Known {
 #[derive(Debug)]
 pub struct Resolver {
     node: NodeFiles,
-    known: HashMap<u32, Known>,
+    known: FastMap<u32, Known>,
     cap: usize,
     tick: u64,
     /// Whether the unreadable name sources were already reported.
@@ -57,7 +57,7 @@ impl Resolver {
     pub fn new(node: NodeFiles, cap: usize) -> Resolver {
         Resolver {
             node,
-            known: HashMap::new(),
+            known: FastMap::default(),
             cap: cap.max(1),
             tick: 0,
             told_unavailable: false,
@@ -149,7 +149,7 @@ impl Resolver {
 /// The pipeline side: identities announced so far, by pid.
 #[derive(Debug, Default)]
 pub struct IdentityTable {
-    by_pid: HashMap<u32, Arc<Identity>>,
+    by_pid: FastMap<u32, Arc<Identity>>,
 }
 
 /// Most processes the table holds: an agent-written recording never announces more than the

@@ -9,6 +9,9 @@
 //! into `other`.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use crate::mem::FastMap;
 use std::fmt::Write as _;
 
 use serde::Serialize;
@@ -130,7 +133,12 @@ impl Group {
         }
         if let Some(f) = r.trace_format {
             self.with_trace += 1;
-            *self.formats.entry(f.as_str().to_string()).or_default() += 1;
+            match self.formats.get_mut(f.as_str()) {
+                Some(n) => *n += 1,
+                None => {
+                    self.formats.insert(f.as_str().to_string(), 1);
+                }
+            }
         }
         for f in &r.findings {
             self.findings.entry(*f).or_default().add(r);
@@ -204,36 +212,38 @@ pub struct Diagnosis {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Caller {
     /// A process of a workload (or pod): named by it, whatever its pid.
-    Owner(String),
+    Owner(Arc<str>),
     /// A process that serves requests: named by its service, which its inbound requests tell
     /// (they usually complete after the calls they make).
     Server {
         pid: u32,
-        comm: String,
+        comm: Arc<str>,
     },
     /// A process that only calls: its name, all its processes together.
-    Client(String),
+    Client(Arc<str>),
     Other,
 }
 
 /// A server as the hops name it: process name and service name.
 #[derive(Debug, Clone)]
 struct Served {
-    comm: String,
+    comm: Arc<str>,
     service: String,
 }
 
 #[derive(Default)]
 pub struct Aggregator {
-    services: HashMap<(String, Option<u16>), Group>,
-    clients: HashMap<String, Group>,
-    hops: HashMap<(Caller, String), Hop>,
+    // Keyed by shared names (`Arc<str>`, as records carry them) on the fast hasher: a request
+    // that adds to known groups allocates nothing.
+    services: FastMap<(Arc<str>, Option<u16>), Group>,
+    clients: FastMap<Arc<str>, Group>,
+    hops: FastMap<(Caller, Arc<str>), Hop>,
     /// Listening address -> server, learned from inbound requests.
-    servers: HashMap<String, Served>,
+    servers: FastMap<Arc<str>, Served>,
     /// Listening port -> server (for peers seen through another address).
-    server_ports: HashMap<u16, Served>,
+    server_ports: FastMap<u16, Served>,
     /// Serving pid -> its service name (for callers without a workload).
-    server_pids: HashMap<u32, String>,
+    server_pids: FastMap<u32, String>,
     malformed: BTreeMap<String, Counted>,
     links: BTreeMap<String, u64>,
     lost: BTreeMap<String, u64>,
@@ -243,7 +253,7 @@ pub struct Aggregator {
 }
 
 /// `namespace/workload` or `namespace/pod` of a request's process, when it is in a pod.
-fn owner(r: &RequestRecord) -> Option<String> {
+fn owner(r: &RequestRecord) -> Option<Arc<str>> {
     let id = r.identity.as_deref()?;
     let name = match (&id.workload, &id.pod) {
         (Some(w), _) => &w.name,
@@ -251,12 +261,17 @@ fn owner(r: &RequestRecord) -> Option<String> {
         (None, None) => return None,
     };
     Some(match &id.namespace {
-        Some(ns) => format!("{ns}/{name}"),
-        None => name.clone(),
+        Some(ns) => format!("{ns}/{name}").into(),
+        None => name.as_str().into(),
     })
 }
 
-fn bounded_key<K: std::hash::Hash + Eq, V>(map: &HashMap<K, V>, key: K, other: K) -> K {
+/// The key every group, client or hop past `MAX_KEYS` is folded into.
+fn other() -> Arc<str> {
+    Arc::from("other")
+}
+
+fn bounded_key<K: std::hash::Hash + Eq, V>(map: &FastMap<K, V>, key: K, other: K) -> K {
     if map.len() >= MAX_KEYS && !map.contains_key(&key) {
         other
     } else {
@@ -285,58 +300,73 @@ impl Aggregator {
         match r.direction {
             Direction::Inbound => {
                 self.inbound += 1;
-                let who = owner(r).unwrap_or_else(|| r.comm.to_string());
-                let key = bounded_key(
-                    &self.services,
-                    (who, r.local_port),
-                    ("other".to_string(), None),
-                );
-                let g = self
-                    .services
-                    .entry(key.clone())
-                    .or_insert_with(|| match key.0.as_str() {
-                        "other" if key.1.is_none() => Group {
-                            comm: "other".into(),
-                            ..Group::default()
-                        },
-                        _ => Group::new(&r.comm, key.1, r),
-                    });
-                g.add(r);
-                let served = Served {
-                    comm: r.comm.to_string(),
-                    service: owner(r).unwrap_or_else(|| g.name()),
+                let who = owner(r).unwrap_or_else(|| Arc::clone(&r.comm));
+                let key = bounded_key(&self.services, (who, r.local_port), (other(), None));
+                let g = match self.services.get_mut(&key) {
+                    Some(g) => g,
+                    None => self
+                        .services
+                        .entry(key.clone())
+                        .or_insert_with(|| match &*key.0 {
+                            "other" if key.1.is_none() => Group {
+                                comm: "other".into(),
+                                ..Group::default()
+                            },
+                            _ => Group::new(&r.comm, key.1, r),
+                        }),
                 };
-                if self.server_pids.len() < MAX_KEYS * 4 {
-                    self.server_pids
-                        .entry(r.pid)
-                        .or_insert_with(|| served.service.clone());
+                g.add(r);
+                // Who serves here, for the hops that call it; the latest server of an address
+                // or port names it. Built only when an entry is new or its server changed.
+                let served = || Served {
+                    comm: Arc::clone(&r.comm),
+                    service: owner(r).map_or_else(|| g.name(), |o| o.to_string()),
+                };
+                let fresh = |s: &Served| *s.comm == *r.comm;
+                if self.server_pids.len() < MAX_KEYS * 4 && !self.server_pids.contains_key(&r.pid) {
+                    self.server_pids.insert(r.pid, served().service);
                 }
                 if let Some(local) = &r.local {
-                    if self.servers.len() < MAX_KEYS * 4 {
-                        self.servers.insert(local.to_string(), served.clone());
+                    let room = self.servers.len() < MAX_KEYS * 4;
+                    match self.servers.get_mut(local) {
+                        Some(s) if fresh(s) => {}
+                        Some(s) => *s = served(),
+                        None if room => {
+                            self.servers.insert(Arc::clone(local), served());
+                        }
+                        None => {}
                     }
                 }
                 if let Some(p) = r.local_port {
-                    if self.server_ports.len() < MAX_KEYS * 4 {
-                        self.server_ports.insert(p, served);
+                    let room = self.server_ports.len() < MAX_KEYS * 4;
+                    match self.server_ports.get_mut(&p) {
+                        Some(s) if fresh(s) => {}
+                        Some(s) => *s = served(),
+                        None if room => {
+                            self.server_ports.insert(p, served());
+                        }
+                        None => {}
                     }
                 }
             }
             Direction::Outbound => {
                 self.outbound += 1;
                 let owner = owner(r);
-                let who = owner.clone().unwrap_or_else(|| r.comm.to_string());
-                let key = bounded_key(&self.clients, who, "other".to_string());
-                let g = self
-                    .clients
-                    .entry(key.clone())
-                    .or_insert_with(|| match key.as_str() {
-                        "other" => Group {
-                            comm: key.clone(),
-                            ..Group::default()
-                        },
-                        _ => Group::new(&r.comm, None, r),
-                    });
+                let who = owner.clone().unwrap_or_else(|| Arc::clone(&r.comm));
+                let key = bounded_key(&self.clients, who, other());
+                let g = match self.clients.get_mut(&key) {
+                    Some(g) => g,
+                    None => self
+                        .clients
+                        .entry(key.clone())
+                        .or_insert_with(|| match &*key {
+                            "other" => Group {
+                                comm: "other".into(),
+                                ..Group::default()
+                            },
+                            _ => Group::new(&r.comm, None, r),
+                        }),
+                };
                 g.add(r);
                 // A process that serves (its call is linked, or the linker knows it serves and
                 // could not link the call) is named by its service, one that only calls by its
@@ -345,20 +375,23 @@ impl Aggregator {
                     Some(o) => Caller::Owner(o),
                     None if r.inbound.is_some() || r.has(Finding::Unlinked) => Caller::Server {
                         pid: r.pid,
-                        comm: r.comm.to_string(),
+                        comm: Arc::clone(&r.comm),
                     },
-                    None => Caller::Client(r.comm.to_string()),
+                    None => Caller::Client(Arc::clone(&r.comm)),
                 };
-                let addr = r.peer.as_deref().unwrap_or("?").to_string();
-                let key = bounded_key(&self.hops, (caller, addr), (Caller::Other, "other".into()));
-                let hop = self.hops.entry(key.clone()).or_insert_with(|| Hop {
-                    client: match key.0 {
-                        Caller::Other => "other".to_string(),
-                        _ => r.comm.to_string(),
-                    },
-                    server_addr: key.1.clone(),
-                    ..Hop::default()
-                });
+                let addr = r.peer.clone().unwrap_or_else(|| "?".into());
+                let key = bounded_key(&self.hops, (caller, addr), (Caller::Other, other()));
+                let hop = match self.hops.get_mut(&key) {
+                    Some(hop) => hop,
+                    None => self.hops.entry(key.clone()).or_insert_with(|| Hop {
+                        client: match key.0 {
+                            Caller::Other => "other".to_string(),
+                            _ => r.comm.to_string(),
+                        },
+                        server_addr: key.1.to_string(),
+                        ..Hop::default()
+                    }),
+                };
                 hop.requests += 1;
                 for f in &r.findings {
                     if matches!(
@@ -382,7 +415,12 @@ impl Aggregator {
                     None if r.has(Finding::Unlinked) => "unlinked",
                     None => "chain_start",
                 };
-                *self.links.entry(link.to_string()).or_default() += 1;
+                match self.links.get_mut(link) {
+                    Some(n) => *n += 1,
+                    None => {
+                        self.links.insert(link.to_string(), 1);
+                    }
+                }
             }
         }
         if let Some(reason) = &r.reason {
@@ -407,7 +445,7 @@ impl Aggregator {
         let mut merged: HashMap<(String, String), Hop> = HashMap::new();
         for ((caller, addr), hop) in &self.hops {
             let caller = match caller {
-                Caller::Owner(name) | Caller::Client(name) => name.clone(),
+                Caller::Owner(name) | Caller::Client(name) => name.to_string(),
                 Caller::Server { pid, comm } => self
                     .server_pids
                     .get(pid)
@@ -415,7 +453,7 @@ impl Aggregator {
                     .unwrap_or_else(|| format!("{comm}[{pid}]")),
                 Caller::Other => "other".to_string(),
             };
-            match merged.entry((caller.clone(), addr.clone())) {
+            match merged.entry((caller.clone(), addr.to_string())) {
                 std::collections::hash_map::Entry::Occupied(mut e) => e.get_mut().merge(hop),
                 std::collections::hash_map::Entry::Vacant(e) => {
                     let served = self.servers.get(addr).or_else(|| {
@@ -425,7 +463,7 @@ impl Aggregator {
                     });
                     e.insert(Hop {
                         caller,
-                        server: served.map(|s| s.comm.clone()),
+                        server: served.map(|s| s.comm.to_string()),
                         callee: served.map(|s| s.service.clone()),
                         ..hop.clone()
                     });
