@@ -172,6 +172,11 @@ impl Engine {
         self.conns.len()
     }
 
+    /// The keys of the connections currently followed, in no particular order.
+    pub fn connection_keys(&self) -> impl Iterator<Item = ConnKey> + '_ {
+        self.conns.keys().copied()
+    }
+
     pub fn process_event(&mut self, ev: &Event<'_>, out: &mut Vec<Record>) {
         let h = *ev.header();
         let key = ConnKey::of(&h);

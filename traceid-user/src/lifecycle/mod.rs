@@ -292,6 +292,11 @@ impl Lifecycle {
         self.census_error = Some(e);
     }
 
+    /// The keys of the connections open now, in no particular order.
+    pub fn open_keys(&self) -> impl Iterator<Item = ConnKey> + '_ {
+        self.open.keys().copied()
+    }
+
     /// Connections remembered as recently closed (for tests and health).
     pub fn recently_closed(&self) -> usize {
         self.recent.len()
