@@ -88,6 +88,7 @@ pub fn run_live(
     raw: &mut dyn FnMut(&[u8]),
     sink: &mut dyn FnMut(&Record),
 ) -> Result<RunSummary, AgentError> {
+    mem::return_large_blocks_at_once();
     let mut cap = Capture::start(capture_cfg)?;
     if cap.info.tracefs_mounted {
         notify(Notice::TracefsMounted(capture::tracefs::TRACEFS));

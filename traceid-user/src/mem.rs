@@ -50,6 +50,23 @@ pub fn shrink_if_sparse(t: &mut impl Shrink) {
     }
 }
 
+/// Blocks at least this large are mapped on their own, and unmapped when freed.
+const LARGE_BLOCK: usize = 256 * 1024;
+
+/// Makes the allocator give large blocks (hash tables, census buffers) back to the kernel as
+/// soon as they are freed. glibc otherwise raises its mmap threshold to the largest block
+/// freed so far (up to 32 MiB): from then on such blocks come from the heap, and a table
+/// shrunk after a burst or the buffers of each TIME_WAIT census stay resident. Fixing the
+/// threshold also fixes the heap's trim threshold at its default (128 KiB), so a free top
+/// of the heap goes back at once too. Call once, before start-up's big allocations.
+pub fn return_large_blocks_at_once() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; it has no preconditions.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, LARGE_BLOCK as libc::c_int);
+    }
+}
+
 /// Returns freed heap memory to the kernel (glibc keeps it in its arenas otherwise, and RSS
 /// stays at the peak). Cheap enough to call every few seconds.
 pub fn release_free_memory() {
@@ -79,6 +96,21 @@ mod tests {
         assert!(m.capacity() <= MIN_CAPACITY, "{} of {peak}", m.capacity());
         // Entries survive the shrinks.
         assert!((99_990..100_000).all(|i| m.contains_key(&i)));
+    }
+
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn large_blocks_stay_mapped_after_a_larger_one_was_freed() {
+        return_large_blocks_at_once();
+        // SAFETY: mallinfo2 only reads the allocator's counters.
+        let mapped = || unsafe { libc::mallinfo2() }.hblkhd;
+        // Without the fixed threshold, freeing this one would move the threshold above the
+        // next block, which would then come from the heap.
+        drop(std::hint::black_box(vec![1u8; 16 * LARGE_BLOCK]));
+        let before = mapped();
+        let block = std::hint::black_box(vec![1u8; 2 * LARGE_BLOCK]);
+        assert!(mapped() >= before + 2 * LARGE_BLOCK);
+        drop(block);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use super::census::{Census, TimeWaitSocket};
 use super::config::{is_buildup, reuse_ratio, Sysctls, NS};
 use super::report::{round2, top_owner};
-use super::track::{normalize, PeerKey};
+use super::track::{normalize, Owner, PeerKey};
 use super::{Lifecycle, MAX_BUILDUPS_KEPT, MAX_REMOTES, TOP};
 use crate::event::Role;
 use crate::record::{rfc3339_ms, BuildupRecord, Holder, Record};
@@ -66,9 +66,9 @@ impl Lifecycle {
             let TimeWaitSocket { local, remote } = *s;
             let (local, remote) = (normalize(local), normalize(remote));
             let t = super::track::tuple(local, remote);
-            let owner: Option<PeerKey> = self.recent.owner(&t).or_else(|| {
+            let owner: Option<Owner> = self.recent.owner(&t).or_else(|| {
                 let k = self.open_by_tuple.get(&t)?;
-                self.open.get(k).map(|c| c.peer)
+                self.open.get(k).map(|c| c.peer.into())
             });
             let service = stable_side(local, remote, owner.map(|p| p.role), &known, &sys);
             *by_service.entry(service).or_default() += 1;

@@ -2,6 +2,7 @@
 //! ones (for attributing TIME_WAIT sockets), closers, rates.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasher;
 use std::net::{IpAddr, SocketAddr};
 
 use traceid_common::tcp_state;
@@ -153,10 +154,11 @@ pub(crate) const CLOSING_NS: u64 = NS;
 ///
 /// For [`CLOSING_NS`] each is kept whole, by 4-tuple (TIME_WAIT attribution), by socket (state
 /// changes that arrive after the close) and by connection key (request records that complete
-/// at the close). Then only the ends that may hold a TIME_WAIT socket stay, by 4-tuple, for the
+/// at the close). Then only the ends that may hold a TIME_WAIT socket stay, for the
 /// attribution: those that closed first, or whose closer is unknown. An end its peer closed,
 /// or that was reset, holds none; on loopback, where both ends are followed, that halves what
-/// is kept, and each kept end takes a third of the memory of a whole entry.
+/// is kept. A kept end is its owner and the [`fingerprint`] of its 4-tuple: 33 bytes with the
+/// table's overhead, so the 262,144 ends of a busy minute take 8 MiB.
 #[derive(Debug, Default)]
 pub(crate) struct Recent {
     pub(crate) order: VecDeque<Closed>,
@@ -165,17 +167,78 @@ pub(crate) struct Recent {
     pub(crate) by_key: mem::FastMap<ConnKey, usize>,
     /// Index in `order` of its first element ever pushed (indexes are absolute).
     pub(crate) base: usize,
-    /// Ends that may hold TIME_WAIT, past their first [`CLOSING_NS`].
-    holders: mem::FastMap<Tuple, Holder>,
-    /// `holders` by close time, oldest first (may name entries replaced since).
-    holders_order: VecDeque<(u64, Tuple)>,
+    /// Ends that may hold TIME_WAIT, past their first [`CLOSING_NS`], by fingerprint.
+    holders: mem::FastMap<u64, Holder>,
+    /// `holders` in the order they came, oldest first: (close time, fingerprint). May name
+    /// entries replaced since.
+    holders_order: VecDeque<(u64, u64)>,
+    /// Entries ever popped from `holders_order`: the absolute index of its front.
+    holders_popped: u64,
 }
 
-/// What is kept of an end that may hold a TIME_WAIT socket.
+/// Who owned a connection end: what the TIME_WAIT attribution needs of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Owner {
+    pub(crate) pid: u32,
+    pub(crate) role: Role,
+}
+
+impl From<PeerKey> for Owner {
+    fn from(p: PeerKey) -> Owner {
+        Owner {
+            pid: p.pid,
+            role: p.role,
+        }
+    }
+}
+
+/// A 64-bit fingerprint of a 4-tuple, kept instead of its 36 bytes. Fixed-seeded, so a replay
+/// attributes exactly as the live run did; two of 262,144 kept ends share one with a
+/// probability of about 2^-29 (and then one TIME_WAIT socket is attributed to the other's
+/// owner).
+pub(crate) fn fingerprint(t: &Tuple) -> u64 {
+    foldhash::quality::FixedState::default().hash_one(t)
+}
+
+/// What is kept of an end that may hold a TIME_WAIT socket, in 8 bytes: its process, and in
+/// `stamp` its role (low 2 bits) and its index in `holders_order` (the 30 bits above: enough
+/// to tell it from an entry of the same fingerprint pushed before it, as the order never
+/// holds 2^30 entries).
 #[derive(Debug, Clone, Copy)]
 struct Holder {
-    peer: PeerKey,
-    closed_ns: u64,
+    pid: u32,
+    stamp: u32,
+}
+
+impl Holder {
+    fn new(owner: Owner, index: u64) -> Holder {
+        let role = match owner.role {
+            Role::Server => 0,
+            Role::Client => 1,
+            Role::Unknown => 2,
+        };
+        Holder {
+            pid: owner.pid,
+            stamp: ((index as u32) << 2) | role,
+        }
+    }
+
+    fn owner(self) -> Owner {
+        let role = match self.stamp & 0b11 {
+            0 => Role::Server,
+            1 => Role::Client,
+            _ => Role::Unknown,
+        };
+        Owner {
+            pid: self.pid,
+            role,
+        }
+    }
+
+    /// Whether this is the entry pushed at `index` of `holders_order`.
+    fn pushed_at(self, index: u64) -> bool {
+        self.stamp >> 2 == (index as u32) & (u32::MAX >> 2)
+    }
 }
 
 impl Recent {
@@ -219,27 +282,22 @@ impl Recent {
         while self.holders.len() >= cap.max(1) {
             self.pop_holder();
         }
-        self.holders.insert(
-            t,
-            Holder {
-                peer: c.peer,
-                closed_ns: c.closed_ns,
-            },
-        );
-        self.holders_order.push_back((c.closed_ns, t));
+        let index = self.holders_popped + self.holders_order.len() as u64;
+        let print = fingerprint(&t);
+        self.holders
+            .insert(print, Holder::new(c.peer.into(), index));
+        self.holders_order.push_back((c.closed_ns, print));
     }
 
     fn pop_holder(&mut self) {
-        let Some((closed_ns, t)) = self.holders_order.pop_front() else {
+        let Some((_, print)) = self.holders_order.pop_front() else {
             return;
         };
+        let index = self.holders_popped;
+        self.holders_popped += 1;
         // Only when the entry is still this one (a later connection may reuse the tuple).
-        if self
-            .holders
-            .get(&t)
-            .is_some_and(|h| h.closed_ns == closed_ns)
-        {
-            self.holders.remove(&t);
+        if self.holders.get(&print).is_some_and(|h| h.pushed_at(index)) {
+            self.holders.remove(&print);
         }
         mem::shrink_if_sparse(&mut self.holders);
         mem::shrink_if_sparse(&mut self.holders_order);
@@ -282,10 +340,10 @@ impl Recent {
 
     /// The process end that owned the connection `t` (local, remote), if it may hold its
     /// TIME_WAIT.
-    pub(crate) fn owner(&self, t: &Tuple) -> Option<PeerKey> {
+    pub(crate) fn owner(&self, t: &Tuple) -> Option<Owner> {
         match self.by_tuple.get(t).and_then(|&i| self.get(i)) {
-            Some(c) => Some(c.peer),
-            None => self.holders.get(t).map(|h| h.peer),
+            Some(c) => Some(c.peer.into()),
+            None => self.holders.get(&fingerprint(t)).map(|h| h.owner()),
         }
     }
 
@@ -300,5 +358,66 @@ impl Recent {
     /// Closed connections remembered, whole or as holders.
     pub(crate) fn len(&self) -> usize {
         self.order.len() + self.holders.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = NS;
+
+    fn closed(pid: u32, role: Role, lport: u16, closed_ns: u64) -> Closed {
+        let local: SocketAddr = ([127, 0, 0, 1], lport).into();
+        let remote: SocketAddr = ([127, 0, 0, 1], 8080).into();
+        Closed {
+            closed_ns,
+            key: ConnKey {
+                pid,
+                fd: 3,
+                conn_ts_ns: closed_ns,
+            },
+            peer: PeerKey {
+                pid,
+                role,
+                endpoint: remote,
+            },
+            tuple: Some(tuple(local, remote)),
+            sock: 0,
+            closer: Some(Closer::Local),
+        }
+    }
+
+    fn owner_of(r: &Recent, lport: u16) -> Option<Owner> {
+        r.owner(&tuple(
+            ([127, 0, 0, 1], lport).into(),
+            ([127, 0, 0, 1], 8080).into(),
+        ))
+    }
+
+    #[test]
+    fn kept_ends_name_their_owner_and_a_reused_tuple_its_latest() {
+        assert_eq!(std::mem::size_of::<Holder>(), 8);
+        let mut r = Recent::default();
+        r.push(closed(10, Role::Client, 40000, S), 100);
+        r.push(closed(11, Role::Server, 40001, S), 100);
+        r.push(closed(12, Role::Unknown, 40002, S), 100);
+        // The same 4-tuple, closed again later by another process.
+        r.push(closed(13, Role::Client, 40000, 3 * S), 100);
+        // Past their closing second, the first three are kept only as holders.
+        r.expire(5 * S, 60 * S, 100);
+        assert_eq!(r.order.len(), 0);
+        let owner = |pid, role| Some(Owner { pid, role });
+        assert_eq!(owner_of(&r, 40000), owner(13, Role::Client));
+        assert_eq!(owner_of(&r, 40001), owner(11, Role::Server));
+        assert_eq!(owner_of(&r, 40002), owner(12, Role::Unknown));
+        assert_eq!(owner_of(&r, 40003), None);
+        // The first close of the reused tuple expires; the later one stays its owner.
+        r.expire(62 * S, 60 * S, 100);
+        assert_eq!(owner_of(&r, 40000), owner(13, Role::Client));
+        assert_eq!(owner_of(&r, 40001), None);
+        r.expire(64 * S, 60 * S, 100);
+        assert_eq!(owner_of(&r, 40000), None);
+        assert_eq!(r.len(), 0);
     }
 }
