@@ -68,7 +68,10 @@ impl Lifecycle {
             let t = super::track::tuple(local, remote);
             let owner: Option<Owner> = self.recent.owner(&t).or_else(|| {
                 let k = self.open_by_tuple.get(&t)?;
-                self.open.get(k).map(|c| c.peer.into())
+                self.open.get(k).map(|c| Owner {
+                    pid: k.pid,
+                    role: c.role,
+                })
             });
             let service = stable_side(local, remote, owner.map(|p| p.role), &known, &sys);
             *by_service.entry(service).or_default() += 1;

@@ -114,15 +114,33 @@ impl PeerStats {
     }
 }
 
+/// An open connection, in 64 bytes: a host may hold hundreds of thousands.
 #[derive(Debug, Clone)]
 pub(crate) struct OpenConn {
-    pub(crate) peer: PeerKey,
-    /// (local, remote), when known.
-    pub(crate) tuple: Option<Tuple>,
+    pub(crate) tuple: Tuple,
+    pub(crate) role: Role,
+    pub(crate) closer: Option<Closer>,
     pub(crate) sock: u64,
     pub(crate) opened_ns: u64,
-    pub(crate) closer: Option<Closer>,
     pub(crate) requests: u64,
+}
+
+impl OpenConn {
+    /// The statistics process `pid`'s connection counts in: by the local (listening)
+    /// endpoint for a server, the remote one otherwise.
+    pub(crate) fn peer(&self, pid: u32) -> PeerKey {
+        let (local, remote) = self.tuple;
+        let endpoint = if self.role == Role::Server {
+            local
+        } else {
+            remote
+        };
+        PeerKey {
+            pid,
+            role: self.role,
+            endpoint: endpoint.addr(),
+        }
+    }
 }
 
 /// What is remembered of a closed connection.
@@ -396,8 +414,14 @@ mod tests {
     }
 
     #[test]
-    fn kept_ends_name_their_owner_and_a_reused_tuple_its_latest() {
+    fn per_connection_state_stays_small() {
+        // Hundreds of thousands of each may be kept at once.
+        assert_eq!(std::mem::size_of::<OpenConn>(), 64);
         assert_eq!(std::mem::size_of::<Holder>(), 8);
+    }
+
+    #[test]
+    fn kept_ends_name_their_owner_and_a_reused_tuple_its_latest() {
         let mut r = Recent::default();
         r.push(closed(10, Role::Client, 40000, S), 100);
         r.push(closed(11, Role::Server, 40001, S), 100);
