@@ -175,8 +175,9 @@ pub(crate) const CLOSING_NS: u64 = NS;
 /// at the close). Then only the ends that may hold a TIME_WAIT socket stay, for the
 /// attribution: those that closed first, or whose closer is unknown. An end its peer closed,
 /// or that was reset, holds none; on loopback, where both ends are followed, that halves what
-/// is kept. A kept end is its owner and the [`fingerprint`] of its 4-tuple: 33 bytes with the
-/// table's overhead, so the 262,144 ends of a busy minute take 8 MiB.
+/// is kept. A kept end is its owner and the [`fingerprint`] of its 4-tuple, in 8 bytes, so the
+/// 262,144 ends of a busy minute take 2 MiB; a census looks them up in one pass
+/// ([`Recent::owners`]).
 #[derive(Debug, Default)]
 pub(crate) struct Recent {
     pub(crate) order: VecDeque<Closed>,
@@ -185,14 +186,23 @@ pub(crate) struct Recent {
     pub(crate) by_key: mem::FastMap<ConnKey, usize>,
     /// Index in `order` of its first element ever pushed (indexes are absolute).
     pub(crate) base: usize,
-    /// Ends that may hold TIME_WAIT, past their first [`CLOSING_NS`], by fingerprint.
-    holders: mem::FastMap<u64, Holder>,
-    /// `holders` in the order they came, oldest first: (close time, fingerprint). May name
-    /// entries replaced since.
-    holders_order: VecDeque<(u64, u64)>,
-    /// Entries ever popped from `holders_order`: the absolute index of its front.
-    holders_popped: u64,
+    /// Ends that may hold TIME_WAIT, past their first [`CLOSING_NS`], oldest first.
+    kept: VecDeque<KeptEnd>,
+    /// `kept` cut in runs, oldest first, to expire them by run: no close time per end.
+    kept_runs: VecDeque<KeptRun>,
 }
+
+/// Consecutive ends of [`Recent::kept`] that closed within [`RUN_NS`] of the first.
+#[derive(Debug, Clone, Copy)]
+struct KeptRun {
+    first_ns: u64,
+    last_ns: u64,
+    ends: usize,
+}
+
+/// How far apart the closes of one run of kept ends may be: they expire together, when the
+/// last is older than the time to live, so an end is kept at most this much longer.
+const RUN_NS: u64 = NS;
 
 /// Who owned a connection end: what the TIME_WAIT attribution needs of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -210,35 +220,37 @@ impl From<PeerKey> for Owner {
     }
 }
 
-/// A 64-bit fingerprint of a 4-tuple, kept instead of its 36 bytes. Fixed-seeded, so a replay
-/// attributes exactly as the live run did; two of 262,144 kept ends share one with a
-/// probability of about 2^-29 (and then one TIME_WAIT socket is attributed to the other's
-/// owner).
-pub(crate) fn fingerprint(t: &Tuple) -> u64 {
-    foldhash::quality::FixedState::default().hash_one(t)
+/// The 30-bit fingerprint of a 4-tuple, kept instead of its 36 bytes. Fixed-seeded, so a
+/// replay attributes exactly as the live run did. A TIME_WAIT socket that no kept end owns
+/// matches one of n kept ends by chance with a probability of n / 2^30 (2.4e-4 for 262,144),
+/// and is then attributed to that end's owner.
+pub(crate) fn fingerprint(t: &Tuple) -> u32 {
+    (foldhash::quality::FixedState::default().hash_one(t) >> 34) as u32
 }
 
-/// What is kept of an end that may hold a TIME_WAIT socket, in 8 bytes: its process, and in
-/// `stamp` its role (low 2 bits) and its index in `holders_order` (the 30 bits above: enough
-/// to tell it from an entry of the same fingerprint pushed before it, as the order never
-/// holds 2^30 entries).
+/// An end that may hold a TIME_WAIT socket, in 8 bytes: its process, and in `stamp` its
+/// 4-tuple's [`fingerprint`] (the high 30 bits) and its role (the low 2).
 #[derive(Debug, Clone, Copy)]
-struct Holder {
+struct KeptEnd {
     pid: u32,
     stamp: u32,
 }
 
-impl Holder {
-    fn new(owner: Owner, index: u64) -> Holder {
+impl KeptEnd {
+    fn new(owner: Owner, print: u32) -> KeptEnd {
         let role = match owner.role {
             Role::Server => 0,
             Role::Client => 1,
             Role::Unknown => 2,
         };
-        Holder {
+        KeptEnd {
             pid: owner.pid,
-            stamp: ((index as u32) << 2) | role,
+            stamp: (print << 2) | role,
         }
+    }
+
+    fn print(self) -> u32 {
+        self.stamp >> 2
     }
 
     fn owner(self) -> Owner {
@@ -251,11 +263,6 @@ impl Holder {
             pid: self.pid,
             role,
         }
-    }
-
-    /// Whether this is the entry pushed at `index` of `holders_order`.
-    fn pushed_at(self, index: u64) -> bool {
-        self.stamp >> 2 == (index as u32) & (u32::MAX >> 2)
     }
 }
 
@@ -297,28 +304,37 @@ impl Recent {
         let (Some(t), None | Some(Closer::Local)) = (c.tuple, c.closer) else {
             return;
         };
-        while self.holders.len() >= cap.max(1) {
-            self.pop_holder();
+        while self.kept.len() >= cap.max(1) {
+            self.pop_kept();
         }
-        let index = self.holders_popped + self.holders_order.len() as u64;
-        let print = fingerprint(&t);
-        self.holders
-            .insert(print, Holder::new(c.peer.into(), index));
-        self.holders_order.push_back((c.closed_ns, print));
+        match self.kept_runs.back_mut() {
+            Some(run) if c.closed_ns.saturating_sub(run.first_ns) < RUN_NS => {
+                run.last_ns = run.last_ns.max(c.closed_ns);
+                run.ends += 1;
+            }
+            _ => self.kept_runs.push_back(KeptRun {
+                first_ns: c.closed_ns,
+                last_ns: c.closed_ns,
+                ends: 1,
+            }),
+        }
+        self.kept
+            .push_back(KeptEnd::new(c.peer.into(), fingerprint(&t)));
     }
 
-    fn pop_holder(&mut self) {
-        let Some((_, print)) = self.holders_order.pop_front() else {
+    /// Forgets the oldest kept end.
+    fn pop_kept(&mut self) {
+        if self.kept.pop_front().is_none() {
             return;
-        };
-        let index = self.holders_popped;
-        self.holders_popped += 1;
-        // Only when the entry is still this one (a later connection may reuse the tuple).
-        if self.holders.get(&print).is_some_and(|h| h.pushed_at(index)) {
-            self.holders.remove(&print);
         }
-        mem::shrink_if_sparse(&mut self.holders);
-        mem::shrink_if_sparse(&mut self.holders_order);
+        if let Some(run) = self.kept_runs.front_mut() {
+            run.ends -= 1;
+            if run.ends == 0 {
+                self.kept_runs.pop_front();
+            }
+        }
+        mem::shrink_if_sparse(&mut self.kept);
+        mem::shrink_if_sparse(&mut self.kept_runs);
     }
 
     fn pop_front(&mut self) -> Option<Closed> {
@@ -344,25 +360,45 @@ impl Recent {
         Some(c)
     }
 
-    /// Forgets what closed more than `ttl_ns` before `now_ns` (TIME_WAIT lasts 60 s).
+    /// Forgets what closed more than `ttl_ns` before `now_ns` (TIME_WAIT lasts 60 s; a kept
+    /// end may stay [`RUN_NS`] longer).
     pub(crate) fn expire(&mut self, now_ns: u64, ttl_ns: u64, cap: usize) {
         self.settle(now_ns, cap);
-        while self
-            .holders_order
-            .front()
-            .is_some_and(|&(closed_ns, _)| now_ns.saturating_sub(closed_ns) > ttl_ns)
-        {
-            self.pop_holder();
+        while let Some(&run) = self.kept_runs.front() {
+            if now_ns.saturating_sub(run.last_ns) <= ttl_ns {
+                break;
+            }
+            self.kept_runs.pop_front();
+            self.kept.drain(..run.ends.min(self.kept.len()));
         }
+        mem::shrink_if_sparse(&mut self.kept);
+        mem::shrink_if_sparse(&mut self.kept_runs);
     }
 
-    /// The process end that owned the connection `t` (local, remote), if it may hold its
-    /// TIME_WAIT.
-    pub(crate) fn owner(&self, t: &Tuple) -> Option<Owner> {
-        match self.by_tuple.get(t).and_then(|&i| self.get(i)) {
-            Some(c) => Some(c.peer.into()),
-            None => self.holders.get(&fingerprint(t)).map(|h| h.owner()),
+    /// The process ends that owned the connections `tuples` (local, remote), where they may
+    /// hold their TIME_WAIT: the same as one lookup each, in one pass over the kept ends.
+    pub(crate) fn owners(&self, tuples: &[Tuple]) -> Vec<Option<Owner>> {
+        let whole = |t: &Tuple| {
+            let c = self.by_tuple.get(t).and_then(|&i| self.get(i))?;
+            Some(Owner::from(c.peer))
+        };
+        let mut by_print: mem::FastMap<u32, Option<Owner>> = tuples
+            .iter()
+            .filter(|t| whole(t).is_none())
+            .map(|t| (fingerprint(t), None))
+            .collect();
+        if !by_print.is_empty() {
+            // Oldest first: a 4-tuple closed again later is its later owner's.
+            for end in &self.kept {
+                if let Some(owner) = by_print.get_mut(&end.print()) {
+                    *owner = Some(end.owner());
+                }
+            }
         }
+        tuples
+            .iter()
+            .map(|t| whole(t).or_else(|| by_print.get(&fingerprint(t)).copied().flatten()))
+            .collect()
     }
 
     pub(crate) fn get_mut(&mut self, idx: usize) -> Option<&mut Closed> {
@@ -375,7 +411,7 @@ impl Recent {
 
     /// Closed connections remembered, whole or as holders.
     pub(crate) fn len(&self) -> usize {
-        self.order.len() + self.holders.len()
+        self.order.len() + self.kept.len()
     }
 }
 
@@ -407,17 +443,18 @@ mod tests {
     }
 
     fn owner_of(r: &Recent, lport: u16) -> Option<Owner> {
-        r.owner(&tuple(
+        let t = tuple(
             ([127, 0, 0, 1], lport).into(),
             ([127, 0, 0, 1], 8080).into(),
-        ))
+        );
+        r.owners(&[t])[0]
     }
 
     #[test]
     fn per_connection_state_stays_small() {
         // Hundreds of thousands of each may be kept at once.
         assert_eq!(std::mem::size_of::<OpenConn>(), 64);
-        assert_eq!(std::mem::size_of::<Holder>(), 8);
+        assert_eq!(std::mem::size_of::<KeptEnd>(), 8);
     }
 
     #[test]
