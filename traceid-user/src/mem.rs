@@ -13,6 +13,11 @@ pub type FastState = foldhash::fast::RandomState;
 /// A `HashMap` with [`FastState`].
 pub type FastMap<K, V> = HashMap<K, V, FastState>;
 
+/// The most connections a per-connection table follows: 7/8 of 2^18, the most a hash table
+/// of 2^18 buckets holds before it doubles. 200,000 would take the same memory; this leaves
+/// room for a host's other sockets beside 100,000 connections followed at both ends.
+pub const MAX_CONNS: usize = 229_376;
+
 /// Capacity below which a table is never shrunk (shrinking small tables costs more than it
 /// gives back).
 const MIN_CAPACITY: usize = 1024;
@@ -132,6 +137,19 @@ mod tests {
         // allocator is set), whose header malloc_usable_size reads.
         let usable = unsafe { libc::malloc_usable_size(block.as_ptr() as *mut libc::c_void) };
         assert!(usable >= block.len() + 2048, "{usable}");
+    }
+
+    #[test]
+    fn a_full_connection_table_takes_no_more_buckets_than_one_of_200_000() {
+        let mut full: FastMap<u64, u64> = FastMap::default();
+        let mut usual: FastMap<u64, u64> = FastMap::default();
+        for i in 0..MAX_CONNS as u64 {
+            full.insert(i, i);
+            if i < 200_000 {
+                usual.insert(i, i);
+            }
+        }
+        assert_eq!(full.capacity(), usual.capacity());
     }
 
     #[test]

@@ -70,7 +70,7 @@ impl Default for EngineConfig {
         EngineConfig {
             names: HeaderNames::new(&[]),
             limits: Limits::default(),
-            max_conns: 200_000,
+            max_conns: mem::MAX_CONNS,
             filter: Filter::default(),
             realtime_offset_ns: 0,
         }
