@@ -192,6 +192,22 @@ pub(crate) struct Recent {
     kept_runs: VecDeque<KeptRun>,
 }
 
+/// The owners of a census's 4-tuples among the recently closed connections.
+pub(crate) struct ClosedOwners<'a> {
+    recent: &'a Recent,
+    /// Owners of the kept ends by fingerprint, for the 4-tuples not closed whole.
+    by_print: mem::FastMap<u32, Option<Owner>>,
+}
+
+impl ClosedOwners<'_> {
+    /// The process end that owned `t`, one of the 4-tuples looked up.
+    pub(crate) fn get(&self, t: &Tuple) -> Option<Owner> {
+        self.recent
+            .whole_owner(t)
+            .or_else(|| self.by_print.get(&fingerprint(t)).copied().flatten())
+    }
+}
+
 /// Consecutive ends of [`Recent::kept`] that closed within [`RUN_NS`] of the first.
 #[derive(Debug, Clone, Copy)]
 struct KeptRun {
@@ -375,17 +391,19 @@ impl Recent {
         mem::shrink_if_sparse(&mut self.kept_runs);
     }
 
-    /// The process ends that owned the connections `tuples` (local, remote), where they may
-    /// hold their TIME_WAIT: the same as one lookup each, in one pass over the kept ends.
-    pub(crate) fn owners(&self, tuples: &[Tuple]) -> Vec<Option<Owner>> {
-        let whole = |t: &Tuple| {
-            let c = self.by_tuple.get(t).and_then(|&i| self.get(i))?;
-            Some(Owner::from(c.peer))
-        };
+    /// The owner of a closed connection's 4-tuple (local, remote) while it is whole.
+    fn whole_owner(&self, t: &Tuple) -> Option<Owner> {
+        let c = self.by_tuple.get(t).and_then(|&i| self.get(i))?;
+        Some(Owner::from(c.peer))
+    }
+
+    /// Looks up the owners of the 4-tuples `tuples` (a census's) in one pass over the kept
+    /// ends; [`ClosedOwners::get`] then names the process end that owned each, where it may
+    /// hold its TIME_WAIT.
+    pub(crate) fn owners(&self, tuples: impl Iterator<Item = Tuple>) -> ClosedOwners<'_> {
         let mut by_print: mem::FastMap<u32, Option<Owner>> = tuples
-            .iter()
-            .filter(|t| whole(t).is_none())
-            .map(|t| (fingerprint(t), None))
+            .filter(|t| self.whole_owner(t).is_none())
+            .map(|t| (fingerprint(&t), None))
             .collect();
         if !by_print.is_empty() {
             // Oldest first: a 4-tuple closed again later is its later owner's.
@@ -395,10 +413,10 @@ impl Recent {
                 }
             }
         }
-        tuples
-            .iter()
-            .map(|t| whole(t).or_else(|| by_print.get(&fingerprint(t)).copied().flatten()))
-            .collect()
+        ClosedOwners {
+            recent: self,
+            by_print,
+        }
     }
 
     pub(crate) fn get_mut(&mut self, idx: usize) -> Option<&mut Closed> {
@@ -447,7 +465,7 @@ mod tests {
             ([127, 0, 0, 1], lport).into(),
             ([127, 0, 0, 1], 8080).into(),
         );
-        r.owners(&[t])[0]
+        r.owners(std::iter::once(t)).get(&t)
     }
 
     #[test]
