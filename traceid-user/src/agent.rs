@@ -6,17 +6,24 @@
 //! process is (its identity, announced before its first record).
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::capture::{self, Capture, CaptureConfig, CaptureError};
+use crate::event;
 use crate::identity::{MissingSource, Resolver};
 use crate::lifecycle::{census_record, LiveCensus, Sysctls, TimeWaitReport};
 use crate::mem;
 use crate::pipeline::{loss_record, Pipeline, PipelineConfig};
-use crate::record::Record;
+use crate::record::{ConnKey, Record};
 use crate::sched::{CpuGuard, CpuPolicy, GuardTiming};
+
+/// How often the live loop looks for connections of exited processes: soon enough that a
+/// killed server's connections do not fill the table (and push live ones out) under churn.
+/// A look is one hash lookup per connection followed, and one stat of /proc per process.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// CLOCK_REALTIME - CLOCK_MONOTONIC, ns.
 pub fn realtime_offset_ns() -> i128 {
@@ -82,6 +89,7 @@ pub fn run_live(
     raw: &mut dyn FnMut(&[u8]),
     sink: &mut dyn FnMut(&Record),
 ) -> Result<RunSummary, AgentError> {
+    mem::return_large_blocks_at_once();
     let mut cap = Capture::start(capture_cfg)?;
     if cap.info.tracefs_mounted {
         notify(Notice::TracefsMounted(capture::tracefs::TRACEFS));
@@ -122,7 +130,7 @@ pub fn run_live(
     let start = Instant::now();
     let mut last_census = Instant::now();
     let mut last_loss_check = Instant::now();
-    let mut last_trim = Instant::now();
+    let mut last_sweep = Instant::now();
     let mut execs: Vec<u32> = Vec::new();
     loop {
         if stop.load(Ordering::Relaxed) || duration.is_some_and(|d| start.elapsed() >= d) {
@@ -157,11 +165,12 @@ pub fn run_live(
             last_loss_check = Instant::now();
             live.losses(&cap);
         }
-        // Closed connections were freed as they closed; hand the memory back to the kernel
-        // too, so RSS falls back after a burst.
-        if last_trim.elapsed() >= Duration::from_secs(10) {
-            last_trim = Instant::now();
-            mem::release_free_memory();
+        // Closed connections were freed as they closed; those of processes that exited
+        // without closing them are ended here, once the ring buffer is drained (nothing of
+        // theirs is still queued). Each census then hands the freed memory back.
+        if caught_up && last_sweep.elapsed() >= SWEEP_EVERY {
+            last_sweep = Instant::now();
+            live.end_exited();
         }
     }
     // Drain what the kernel already wrote, then a last census so the report shows the state
@@ -214,6 +223,22 @@ impl Live<'_> {
         self.pipeline.process(rec, self.sink);
     }
 
+    /// Ends the connections of processes that have exited, as if each had been closed: an
+    /// exiting or killed process releases its sockets without close(2), and they would stay
+    /// in the tables until evicted. The close records go through [`Live::feed`], so a replay
+    /// ends them at the same point. Their close time is when the exit was noticed (at most
+    /// [`SWEEP_EVERY`] late); their TIME_WAIT is still attributed to the process.
+    fn end_exited(&mut self) {
+        let exited = exited_connections(&self.pipeline, process_exists);
+        if exited.is_empty() {
+            return;
+        }
+        let now = capture::monotonic_ns();
+        for key in exited {
+            self.feed(&event::exit_close_record(key, now));
+        }
+    }
+
     /// One TIME_WAIT census through sock_diag, fed as a record.
     fn census(&mut self) {
         let now = capture::monotonic_ns();
@@ -229,6 +254,10 @@ impl Live<'_> {
             }
         };
         self.feed(&rec);
+        // Give freed memory back to the kernel, so RSS falls back after a burst; at once
+        // after the census's own buffers, several MiB on a host with 100,000 TIME_WAIT
+        // sockets.
+        mem::release_free_memory();
     }
 
     /// The kernel's loss counters' increases, fed as records; then the pipeline's own.
@@ -249,6 +278,27 @@ impl Live<'_> {
     }
 }
 
+/// The connections followed (by the engine, or open for the lifecycle) whose process `alive`
+/// says is gone, in the order they were followed.
+fn exited_connections(pipeline: &Pipeline, alive: impl Fn(u32) -> bool) -> Vec<ConnKey> {
+    let mut verdicts: HashMap<u32, bool> = HashMap::new();
+    let mut exited: Vec<ConnKey> = pipeline
+        .engine()
+        .connection_keys()
+        .chain(pipeline.lifecycle().open_keys())
+        .filter(|k| !*verdicts.entry(k.pid).or_insert_with(|| alive(k.pid)))
+        .collect();
+    exited.sort_unstable_by_key(|k| (k.conn_ts_ns, k.pid, k.fd));
+    exited.dedup();
+    exited
+}
+
+/// Whether process `pid` exists. The kernel reports pids as the agent's /proc numbers them
+/// (the agent runs in the host's pid namespace, as its start-up scan of /proc needs too).
+fn process_exists(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
 /// The pid of an exec notification record (they steer TLS probing and are not events of
 /// the pipeline, so they are neither processed nor recorded).
 fn exec_pid(rec: &[u8]) -> Option<u32> {
@@ -257,4 +307,77 @@ fn exec_pid(rec: &[u8]) -> Option<u32> {
         return None;
     }
     Some(u32::from_ne_bytes(rec.get(4..8)?.try_into().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::events::{get, Stream, C};
+    use traceid_common::{ROLE_CLIENT, ROLE_SERVER};
+
+    const ALIVE: u32 = 100;
+    const GONE: u32 = 200;
+
+    fn conn(pid: u32, fd: i32, role: u8) -> C {
+        C {
+            pid,
+            fd,
+            ts: u64::from(pid) * 10 + fd as u64,
+            comm: "svc",
+            role,
+        }
+    }
+
+    #[test]
+    fn connections_of_an_exited_process_are_ended_and_their_requests_reported() {
+        let mut s = Stream::default();
+        let kept = conn(ALIVE, 3, ROLE_CLIENT);
+        let (gone_server, gone_client) = (conn(GONE, 4, ROLE_SERVER), conn(GONE, 5, ROLE_CLIENT));
+        s.open(kept, [127, 0, 0, 1], 40000, [127, 0, 0, 1], 8080);
+        s.open(gone_server, [127, 0, 0, 1], 8080, [127, 0, 0, 1], 40001);
+        s.open(gone_client, [127, 0, 0, 1], 40002, [127, 0, 0, 1], 9090);
+        // A request the exited server read and never answered.
+        s.data(gone_server, GONE, false, &get("/lost", &[]));
+        let mut pipeline = Pipeline::new(PipelineConfig::default());
+        let mut requests = Vec::new();
+        let mut sink = |r: &Record| {
+            if let Record::Request(q) = r {
+                requests.push(q.path.clone());
+            }
+        };
+        for r in &s.records {
+            pipeline.process(r, &mut sink);
+        }
+        assert_eq!(pipeline.engine().connections(), 3);
+
+        let exited = exited_connections(&pipeline, |pid| pid == ALIVE);
+        let key = |c: C| ConnKey {
+            pid: c.pid,
+            fd: c.fd,
+            conn_ts_ns: c.ts,
+        };
+        assert_eq!(exited, vec![key(gone_server), key(gone_client)]);
+        for k in exited {
+            pipeline.process(&event::exit_close_record(k, 1_000_000), &mut sink);
+        }
+
+        assert_eq!(requests, vec!["/lost".to_string()]);
+        assert_eq!(pipeline.engine().connections(), 1);
+        assert_eq!(
+            pipeline.lifecycle().open_keys().collect::<Vec<_>>(),
+            vec![key(kept)]
+        );
+        // Kept for TIME_WAIT attribution, as after a close.
+        assert_eq!(pipeline.lifecycle().recently_closed(), 2);
+        assert!(exited_connections(&pipeline, |pid| pid == ALIVE).is_empty());
+    }
+
+    #[test]
+    fn a_reaped_process_no_longer_exists() {
+        assert!(process_exists(std::process::id()));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        assert!(!process_exists(pid));
+    }
 }

@@ -10,6 +10,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use bytemuck::{Pod, Zeroable};
 
+use crate::record::ConnKey;
+
 use traceid_common::{
     kind, ConnEvent, DataEvent, EventHeader, GoCallEvent, GoServeEvent, GoSpawnEvent, StateEvent,
     COMM_LEN, DIR_EGRESS, MAX_CAPTURE, ROLE_CLIENT, ROLE_SERVER,
@@ -162,6 +164,22 @@ pub fn agent_header(kind: u16, ts_ns: u64) -> Vec<u8> {
         fd: -1,
         ts_ns,
         conn_ts_ns: 0,
+        comm: [0; COMM_LEN],
+    })
+}
+
+/// A close record the agent writes for a connection whose process exited: an exiting (or
+/// killed) process releases its sockets without close(2), so the kernel reports no close.
+/// Stamped `ts_ns`, when the exit was noticed.
+pub fn exit_close_record(key: ConnKey, ts_ns: u64) -> Vec<u8> {
+    pod_bytes(&EventHeader {
+        kind: kind::CONN_CLOSE,
+        _pad0: 0,
+        pid: key.pid,
+        tid: key.pid,
+        fd: key.fd,
+        ts_ns,
+        conn_ts_ns: key.conn_ts_ns,
         comm: [0; COMM_LEN],
     })
 }
@@ -479,5 +497,20 @@ mod tests {
         s.remote_addr = s.local_addr;
         let (_, r) = state_endpoints(&s).unwrap();
         assert_eq!(r.to_string(), "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn an_exit_close_record_closes_the_connection_it_names() {
+        let key = ConnKey {
+            pid: 42,
+            fd: 7,
+            conn_ts_ns: 900,
+        };
+        let raw = exit_close_record(key, 5000);
+        let Ok(Event::ConnClose(h)) = decode(&raw) else {
+            panic!("not a close: {:?}", decode(&raw));
+        };
+        assert_eq!(ConnKey::of(&h), key);
+        assert_eq!(h.ts_ns, 5000);
     }
 }

@@ -13,6 +13,11 @@ pub type FastState = foldhash::fast::RandomState;
 /// A `HashMap` with [`FastState`].
 pub type FastMap<K, V> = HashMap<K, V, FastState>;
 
+/// The most connections a per-connection table follows: 7/8 of 2^18, the most a hash table
+/// of 2^18 buckets holds before it doubles. 200,000 would take the same memory; this leaves
+/// room for a host's other sockets beside 100,000 connections followed at both ends.
+pub const MAX_CONNS: usize = 229_376;
+
 /// Capacity below which a table is never shrunk (shrinking small tables costs more than it
 /// gives back).
 const MIN_CAPACITY: usize = 1024;
@@ -50,6 +55,23 @@ pub fn shrink_if_sparse(t: &mut impl Shrink) {
     }
 }
 
+/// Blocks at least this large are mapped on their own, and unmapped when freed.
+const LARGE_BLOCK: usize = 256 * 1024;
+
+/// Makes the allocator give large blocks (hash tables, census buffers) back to the kernel as
+/// soon as they are freed. glibc otherwise raises its mmap threshold to the largest block
+/// freed so far (up to 32 MiB): from then on such blocks come from the heap, and a table
+/// shrunk after a burst or the buffers of each TIME_WAIT census stay resident. Fixing the
+/// threshold also fixes the heap's trim threshold at its default (128 KiB), so a free top
+/// of the heap goes back at once too. Call once, before start-up's big allocations.
+pub fn return_large_blocks_at_once() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; it has no preconditions.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, LARGE_BLOCK as libc::c_int);
+    }
+}
+
 /// Returns freed heap memory to the kernel (glibc keeps it in its arenas otherwise, and RSS
 /// stays at the peak). Cheap enough to call every few seconds.
 pub fn release_free_memory() {
@@ -79,6 +101,55 @@ mod tests {
         assert!(m.capacity() <= MIN_CAPACITY, "{} of {peak}", m.capacity());
         // Entries survive the shrinks.
         assert!((99_990..100_000).all(|i| m.contains_key(&i)));
+    }
+
+    /// Set in the child process [`large_blocks_stay_mapped_after_a_larger_one_was_freed`]
+    /// runs its check in.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    const CHILD: &str = "TRACEID_MEM_TEST_CHILD";
+
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn large_blocks_stay_mapped_after_a_larger_one_was_freed() {
+        // Where a block comes from depends on the allocator's history (a free heap chunk is
+        // reused whatever the threshold), so the check runs alone, in a fresh test process,
+        // on its main thread (libtest runs there with one test thread).
+        if std::env::var_os(CHILD).is_none() {
+            let exe = std::env::current_exe().unwrap();
+            let name = "mem::tests::large_blocks_stay_mapped_after_a_larger_one_was_freed";
+            let out = std::process::Command::new(exe)
+                .args([name, "--exact", "--test-threads=1", "--nocapture"])
+                .env(CHILD, "1")
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success() && text.contains("1 passed"), "{text}");
+            return;
+        }
+        return_large_blocks_at_once();
+        // Without the fixed threshold, freeing this one would move the threshold above the
+        // next block, which would then come from the heap.
+        drop(std::hint::black_box(vec![1u8; 16 * LARGE_BLOCK]));
+        let block = std::hint::black_box(vec![1u8; 2 * LARGE_BLOCK]);
+        // A mapped block is whole pages: it has most of a page more than asked for, a heap
+        // block a few bytes.
+        // SAFETY: the pointer is a live allocation of the system allocator (no global
+        // allocator is set), whose header malloc_usable_size reads.
+        let usable = unsafe { libc::malloc_usable_size(block.as_ptr() as *mut libc::c_void) };
+        assert!(usable >= block.len() + 2048, "{usable}");
+    }
+
+    #[test]
+    fn a_full_connection_table_takes_no_more_buckets_than_one_of_200_000() {
+        let mut full: FastMap<u64, u64> = FastMap::default();
+        let mut usual: FastMap<u64, u64> = FastMap::default();
+        for i in 0..MAX_CONNS as u64 {
+            full.insert(i, i);
+            if i < 200_000 {
+                usual.insert(i, i);
+            }
+        }
+        assert_eq!(full.capacity(), usual.capacity());
     }
 
     #[test]

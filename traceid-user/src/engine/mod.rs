@@ -70,7 +70,7 @@ impl Default for EngineConfig {
         EngineConfig {
             names: HeaderNames::new(&[]),
             limits: Limits::default(),
-            max_conns: 200_000,
+            max_conns: mem::MAX_CONNS,
             filter: Filter::default(),
             realtime_offset_ns: 0,
         }
@@ -96,13 +96,21 @@ struct Conn {
     role: Role,
     local: Option<Endpoint>,
     peer: Option<Endpoint>,
-    /// `local` and `peer` as records show them, formatted at the connection's first record.
-    shown: Option<Box<Shown>>,
     comm: Arc<str>,
     /// The syscalls' bytes and, for a TLS connection, the plaintext of the OpenSSL probes:
     /// parsed apart, each with its own protocol.
     streams: [StreamState; 2],
     last_ns: u64,
+    /// Allocated at the connection's first request: most of the connections followed at
+    /// once are idle, and this is half of what a connection would take.
+    requests: Option<Box<ConnRequests>>,
+}
+
+/// What a connection keeps for its requests.
+#[derive(Default)]
+struct ConnRequests {
+    /// `local` and `peer` as records show them, formatted at the connection's first record.
+    shown: Option<Shown>,
     /// Outbound requests' links, decided when each request started (by request number).
     links: Vec<(u64, Option<link::Link>)>,
     /// The trace context of requests in flight, read once when each started (by number).
@@ -113,12 +121,16 @@ struct Conn {
 type Shown = (Option<Arc<str>>, Option<Arc<str>>);
 
 impl Conn {
+    fn requests(&mut self) -> &mut ConnRequests {
+        self.requests.get_or_insert_default()
+    }
+
     /// The endpoints as records show them, formatted once per connection.
     fn shown(&mut self) -> &Shown {
         let (local, peer) = (self.local, self.peer);
-        self.shown.get_or_insert_with(|| {
+        self.requests().shown.get_or_insert_with(|| {
             let text = |e: Option<Endpoint>| e.map(|e| Arc::from(endpoint_string(e.addr())));
-            Box::new((text(local), text(peer)))
+            (text(local), text(peer))
         })
     }
 }
@@ -170,6 +182,11 @@ impl Engine {
     /// Connections currently followed.
     pub fn connections(&self) -> usize {
         self.conns.len()
+    }
+
+    /// The keys of the connections currently followed, in no particular order.
+    pub fn connection_keys(&self) -> impl Iterator<Item = ConnKey> + '_ {
+        self.conns.keys().copied()
     }
 
     pub fn process_event(&mut self, ev: &Event<'_>, out: &mut Vec<Record>) {
@@ -364,12 +381,10 @@ impl Engine {
                 role,
                 local: local.map(Endpoint::from),
                 peer: peer.map(Endpoint::from),
-                shown: None,
                 comm,
                 streams: [stream(), stream()],
                 last_ns: ts_ns,
-                links: Vec::new(),
-                contexts: Vec::new(),
+                requests: None,
             },
         );
     }
@@ -424,18 +439,20 @@ impl Cx<'_> {
                 Message::RequestStarted { seq, head } => {
                     let ex = self.extract(&head.headers);
                     self.start_request(key, conn, seq, head, &ex);
-                    if conn.contexts.len() >= self.cfg.limits.max_pending.max(1) {
-                        conn.contexts.remove(0);
+                    let contexts = &mut conn.requests().contexts;
+                    if contexts.len() >= self.cfg.limits.max_pending.max(1) {
+                        contexts.remove(0);
                     }
-                    conn.contexts.push((seq, ex));
+                    contexts.push((seq, ex));
                 }
                 Message::Exchange {
                     seq,
                     mut request,
                     response,
                 } => {
-                    let mut ex = match conn.contexts.iter().position(|(s, _)| *s == seq) {
-                        Some(i) => conn.contexts.swap_remove(i).1,
+                    let contexts = &mut conn.requests().contexts;
+                    let mut ex = match contexts.iter().position(|(s, _)| *s == seq) {
+                        Some(i) => contexts.swap_remove(i).1,
                         None => self.extract(&request.headers),
                     };
                     if let Some(read) = self.read_by_peer(key, conn, &request) {
@@ -445,8 +462,9 @@ impl Cx<'_> {
                         // may be certain.
                         if let Some(trace) = ex.primary() {
                             if let Some(certain) = self.linker.link_by_trace(key.pid, trace) {
-                                if let Some(i) = conn.links.iter().position(|(s, _)| *s == seq) {
-                                    conn.links[i].1 = Some(certain);
+                                let links = &mut conn.requests().links;
+                                if let Some(i) = links.iter().position(|(s, _)| *s == seq) {
+                                    links[i].1 = Some(certain);
                                 }
                             }
                         }
@@ -517,10 +535,11 @@ impl Cx<'_> {
                 let l = self
                     .linker
                     .link(key.pid, head.tid, (key.fd, key.conn_ts_ns), ex.primary());
-                if conn.links.len() >= self.cfg.limits.max_pending.max(1) {
-                    conn.links.remove(0);
+                let links = &mut conn.requests().links;
+                if links.len() >= self.cfg.limits.max_pending.max(1) {
+                    links.remove(0);
                 }
-                conn.links.push((seq, l));
+                links.push((seq, l));
             }
         }
     }
@@ -551,10 +570,11 @@ impl Cx<'_> {
                     self.linker.observe_thread(key.pid, request.tid, resp.tid);
                 }
             }
-            conn.links
+            let links = &mut conn.requests().links;
+            links
                 .iter()
                 .position(|(s, _)| *s == seq)
-                .and_then(|i| conn.links.remove(i).1)
+                .and_then(|i| links.remove(i).1)
         };
         let shown = conn.shown().clone();
         let rec = self.request_record(key, conn, shown, tls, request, response.as_ref(), &ex, link);

@@ -871,3 +871,14 @@ fn go_serving_goroutine_links_each_keep_alive_request_in_turn() {
         ("/two", Evidence::Goroutine)
     );
 }
+
+#[test]
+fn an_idle_connection_takes_little() {
+    // Hundreds of thousands of connections may be followed at once, most of them idle: what
+    // their requests need is allocated only when they have some.
+    assert!(
+        std::mem::size_of::<Conn>() <= 112,
+        "{}",
+        std::mem::size_of::<Conn>()
+    );
+}

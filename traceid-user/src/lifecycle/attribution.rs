@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use super::census::{Census, TimeWaitSocket};
 use super::config::{is_buildup, reuse_ratio, Sysctls, NS};
 use super::report::{round2, top_owner};
-use super::track::{normalize, PeerKey};
+use super::track::{normalize, tuple, Owner, PeerKey};
 use super::{Lifecycle, MAX_BUILDUPS_KEPT, MAX_REMOTES, TOP};
 use crate::event::Role;
 use crate::record::{rfc3339_ms, BuildupRecord, Holder, Record};
@@ -62,13 +62,18 @@ impl Lifecycle {
             listening: endpoints_of(Role::Server),
             connected_to: endpoints_of(Role::Client),
         };
+        let tuple_of = |s: &TimeWaitSocket| tuple(normalize(s.local), normalize(s.remote));
+        let closed = self.recent.owners(census.sockets.iter().map(tuple_of));
         for s in &census.sockets {
             let TimeWaitSocket { local, remote } = *s;
             let (local, remote) = (normalize(local), normalize(remote));
-            let t = super::track::tuple(local, remote);
-            let owner: Option<PeerKey> = self.recent.owner(&t).or_else(|| {
+            let t = tuple(local, remote);
+            let owner: Option<Owner> = closed.get(&t).or_else(|| {
                 let k = self.open_by_tuple.get(&t)?;
-                self.open.get(k).map(|c| c.peer)
+                self.open.get(k).map(|c| Owner {
+                    pid: k.pid,
+                    role: c.role,
+                })
             });
             let service = stable_side(local, remote, owner.map(|p| p.role), &known, &sys);
             *by_service.entry(service).or_default() += 1;

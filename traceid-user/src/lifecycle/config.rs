@@ -74,7 +74,7 @@ impl Default for LifecycleConfig {
             // TIME_WAIT lasts 60 s (TCP_TIMEWAIT_LEN); the census runs about every second.
             recent_ttl_ns: 70 * NS,
             recent_cap: 262_144,
-            max_conns: 200_000,
+            max_conns: crate::mem::MAX_CONNS,
             max_peers: 4096,
             census_max: 1_000_000,
             buildup_every_ns: 10 * NS,

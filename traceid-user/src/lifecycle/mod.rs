@@ -95,22 +95,20 @@ impl Lifecycle {
             // a dup'd or passed fd): the connection was counted once, by its opener.
             Event::ConnOpen(c) if c.flags & traceid_common::CONN_HELD != 0 => {}
             Event::ConnOpen(c) => {
-                let (local, remote) = match event::endpoints(c) {
-                    Some((l, r)) => (Some(l), Some(r)),
-                    None => (None, None),
+                // Endpoints unknown: nothing to attribute or group by.
+                let Some((local, remote)) = event::endpoints(c) else {
+                    return;
                 };
                 let role = Role::from_raw(c.role);
-                let endpoint = match (role, local, remote) {
-                    (Role::Server, Some(l), _) => l,
-                    (_, _, Some(r)) => r,
-                    // Endpoints unknown: nothing to attribute or group by.
-                    _ => return,
-                };
-                let peer = PeerKey {
-                    pid: h.pid,
+                let conn = OpenConn {
+                    tuple: tuple(local, remote),
                     role,
-                    endpoint,
+                    sock: c.sock,
+                    opened_ns: h.conn_ts_ns.min(h.ts_ns),
+                    closer: None,
+                    requests: 0,
                 };
+                let peer = conn.peer(h.pid);
                 let comm = event::comm(&h);
                 if !self.count_open(peer, comm, h.ts_ns) {
                     return;
@@ -118,38 +116,24 @@ impl Lifecycle {
                 if self.open.len() >= self.cfg.max_conns && !self.open.contains_key(&key) {
                     self.evict_oldest();
                 }
-                if let Some(old) = self.open.insert(
-                    key,
-                    OpenConn {
-                        peer,
-                        tuple: local.zip(remote).map(|(l, r)| tuple(l, r)),
-                        sock: c.sock,
-                        opened_ns: h.conn_ts_ns.min(h.ts_ns),
-                        closer: None,
-                        requests: 0,
-                    },
-                ) {
+                let t = conn.tuple;
+                if let Some(old) = self.open.insert(key, conn) {
                     self.forget_open(key, &old);
                 }
                 if c.sock != 0 {
                     self.open_by_sock.insert(c.sock, key);
                 }
-                if let (Some(l), Some(r)) = (local, remote) {
-                    self.open_by_tuple.insert(tuple(l, r), key);
-                }
+                self.open_by_tuple.insert(t, key);
             }
             Event::ConnClose(_) => {
                 let Some(conn) = self.open.remove(&key) else {
                     return;
                 };
                 self.forget_open(key, &conn);
-                if let Some(p) = self.peers.get_mut(&conn.peer) {
+                let peer = conn.peer(key.pid);
+                if let Some(p) = self.peers.get_mut(&peer) {
                     if let Some(o) = &self.cfg.observer {
-                        o.0.connection_closed(
-                            &p.comm,
-                            &conn.peer.endpoint.to_string(),
-                            conn.requests,
-                        );
+                        o.0.connection_closed(&p.comm, &peer.endpoint.to_string(), conn.requests);
                     }
                     p.closed += 1;
                     let life = h.ts_ns.saturating_sub(conn.opened_ns);
@@ -160,8 +144,8 @@ impl Lifecycle {
                     Closed {
                         closed_ns: h.ts_ns,
                         key,
-                        peer: conn.peer,
-                        tuple: conn.tuple,
+                        peer,
+                        tuple: Some(conn.tuple),
                         sock: conn.sock,
                         closer: conn.closer,
                     },
@@ -178,10 +162,11 @@ impl Lifecycle {
                 // The passive side moves to CLOSE_WAIT before its process closes; the active
                 // side moves to FIN_WAIT1 inside close(), after the close record.
                 let peer = if let Some(k) = self.open_by_sock.get(&s.skaddr) {
+                    let pid = k.pid;
                     self.open.get_mut(k).and_then(|c| {
                         c.closer.is_none().then(|| {
                             c.closer = Some(closer);
-                            c.peer
+                            c.peer(pid)
                         })
                     })
                 } else if let Some(&idx) = self.recent.by_sock.get(&s.skaddr) {
@@ -218,7 +203,7 @@ impl Lifecycle {
         let peer = match self.open.get_mut(&key) {
             Some(c) => {
                 c.requests += 1;
-                Some(c.peer)
+                Some(c.peer(key.pid))
             }
             None => self
                 .recent
@@ -267,10 +252,8 @@ impl Lifecycle {
         if self.open_by_sock.get(&c.sock) == Some(&key) {
             self.open_by_sock.remove(&c.sock);
         }
-        if let Some(t) = c.tuple {
-            if self.open_by_tuple.get(&t) == Some(&key) {
-                self.open_by_tuple.remove(&t);
-            }
+        if self.open_by_tuple.get(&c.tuple) == Some(&key) {
+            self.open_by_tuple.remove(&c.tuple);
         }
         mem::shrink_if_sparse(&mut self.open);
         mem::shrink_if_sparse(&mut self.open_by_sock);
@@ -290,6 +273,11 @@ impl Lifecycle {
     /// A census failed: remembered for the report.
     pub fn on_census_error(&mut self, e: String) {
         self.census_error = Some(e);
+    }
+
+    /// The keys of the connections open now, in no particular order.
+    pub fn open_keys(&self) -> impl Iterator<Item = ConnKey> + '_ {
+        self.open.keys().copied()
     }
 
     /// Connections remembered as recently closed (for tests and health).

@@ -2,6 +2,7 @@
 //! ones (for attributing TIME_WAIT sockets), closers, rates.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasher;
 use std::net::{IpAddr, SocketAddr};
 
 use traceid_common::tcp_state;
@@ -113,15 +114,33 @@ impl PeerStats {
     }
 }
 
+/// An open connection, in 64 bytes: a host may hold hundreds of thousands.
 #[derive(Debug, Clone)]
 pub(crate) struct OpenConn {
-    pub(crate) peer: PeerKey,
-    /// (local, remote), when known.
-    pub(crate) tuple: Option<Tuple>,
+    pub(crate) tuple: Tuple,
+    pub(crate) role: Role,
+    pub(crate) closer: Option<Closer>,
     pub(crate) sock: u64,
     pub(crate) opened_ns: u64,
-    pub(crate) closer: Option<Closer>,
     pub(crate) requests: u64,
+}
+
+impl OpenConn {
+    /// The statistics process `pid`'s connection counts in: by the local (listening)
+    /// endpoint for a server, the remote one otherwise.
+    pub(crate) fn peer(&self, pid: u32) -> PeerKey {
+        let (local, remote) = self.tuple;
+        let endpoint = if self.role == Role::Server {
+            local
+        } else {
+            remote
+        };
+        PeerKey {
+            pid,
+            role: self.role,
+            endpoint: endpoint.addr(),
+        }
+    }
 }
 
 /// What is remembered of a closed connection.
@@ -153,10 +172,12 @@ pub(crate) const CLOSING_NS: u64 = NS;
 ///
 /// For [`CLOSING_NS`] each is kept whole, by 4-tuple (TIME_WAIT attribution), by socket (state
 /// changes that arrive after the close) and by connection key (request records that complete
-/// at the close). Then only the ends that may hold a TIME_WAIT socket stay, by 4-tuple, for the
+/// at the close). Then only the ends that may hold a TIME_WAIT socket stay, for the
 /// attribution: those that closed first, or whose closer is unknown. An end its peer closed,
 /// or that was reset, holds none; on loopback, where both ends are followed, that halves what
-/// is kept, and each kept end takes a third of the memory of a whole entry.
+/// is kept. A kept end is its owner and the [`fingerprint`] of its 4-tuple, in 8 bytes, so the
+/// 262,144 ends of a busy minute take 2 MiB; a census looks them up in one pass
+/// ([`Recent::owners`]).
 #[derive(Debug, Default)]
 pub(crate) struct Recent {
     pub(crate) order: VecDeque<Closed>,
@@ -165,17 +186,100 @@ pub(crate) struct Recent {
     pub(crate) by_key: mem::FastMap<ConnKey, usize>,
     /// Index in `order` of its first element ever pushed (indexes are absolute).
     pub(crate) base: usize,
-    /// Ends that may hold TIME_WAIT, past their first [`CLOSING_NS`].
-    holders: mem::FastMap<Tuple, Holder>,
-    /// `holders` by close time, oldest first (may name entries replaced since).
-    holders_order: VecDeque<(u64, Tuple)>,
+    /// Ends that may hold TIME_WAIT, past their first [`CLOSING_NS`], oldest first.
+    kept: VecDeque<KeptEnd>,
+    /// `kept` cut in runs, oldest first, to expire them by run: no close time per end.
+    kept_runs: VecDeque<KeptRun>,
 }
 
-/// What is kept of an end that may hold a TIME_WAIT socket.
+/// The owners of a census's 4-tuples among the recently closed connections.
+pub(crate) struct ClosedOwners<'a> {
+    recent: &'a Recent,
+    /// Owners of the kept ends by fingerprint, for the 4-tuples not closed whole.
+    by_print: mem::FastMap<u32, Option<Owner>>,
+}
+
+impl ClosedOwners<'_> {
+    /// The process end that owned `t`, one of the 4-tuples looked up.
+    pub(crate) fn get(&self, t: &Tuple) -> Option<Owner> {
+        self.recent
+            .whole_owner(t)
+            .or_else(|| self.by_print.get(&fingerprint(t)).copied().flatten())
+    }
+}
+
+/// Consecutive ends of [`Recent::kept`] that closed within [`RUN_NS`] of the first.
 #[derive(Debug, Clone, Copy)]
-struct Holder {
-    peer: PeerKey,
-    closed_ns: u64,
+struct KeptRun {
+    first_ns: u64,
+    last_ns: u64,
+    ends: usize,
+}
+
+/// How far apart the closes of one run of kept ends may be: they expire together, when the
+/// last is older than the time to live, so an end is kept at most this much longer.
+const RUN_NS: u64 = NS;
+
+/// Who owned a connection end: what the TIME_WAIT attribution needs of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Owner {
+    pub(crate) pid: u32,
+    pub(crate) role: Role,
+}
+
+impl From<PeerKey> for Owner {
+    fn from(p: PeerKey) -> Owner {
+        Owner {
+            pid: p.pid,
+            role: p.role,
+        }
+    }
+}
+
+/// The 30-bit fingerprint of a 4-tuple, kept instead of its 36 bytes. Fixed-seeded, so a
+/// replay attributes exactly as the live run did. A TIME_WAIT socket that no kept end owns
+/// matches one of n kept ends by chance with a probability of n / 2^30 (2.4e-4 for 262,144),
+/// and is then attributed to that end's owner.
+pub(crate) fn fingerprint(t: &Tuple) -> u32 {
+    (foldhash::quality::FixedState::default().hash_one(t) >> 34) as u32
+}
+
+/// An end that may hold a TIME_WAIT socket, in 8 bytes: its process, and in `stamp` its
+/// 4-tuple's [`fingerprint`] (the high 30 bits) and its role (the low 2).
+#[derive(Debug, Clone, Copy)]
+struct KeptEnd {
+    pid: u32,
+    stamp: u32,
+}
+
+impl KeptEnd {
+    fn new(owner: Owner, print: u32) -> KeptEnd {
+        let role = match owner.role {
+            Role::Server => 0,
+            Role::Client => 1,
+            Role::Unknown => 2,
+        };
+        KeptEnd {
+            pid: owner.pid,
+            stamp: (print << 2) | role,
+        }
+    }
+
+    fn print(self) -> u32 {
+        self.stamp >> 2
+    }
+
+    fn owner(self) -> Owner {
+        let role = match self.stamp & 0b11 {
+            0 => Role::Server,
+            1 => Role::Client,
+            _ => Role::Unknown,
+        };
+        Owner {
+            pid: self.pid,
+            role,
+        }
+    }
 }
 
 impl Recent {
@@ -216,33 +320,37 @@ impl Recent {
         let (Some(t), None | Some(Closer::Local)) = (c.tuple, c.closer) else {
             return;
         };
-        while self.holders.len() >= cap.max(1) {
-            self.pop_holder();
+        while self.kept.len() >= cap.max(1) {
+            self.pop_kept();
         }
-        self.holders.insert(
-            t,
-            Holder {
-                peer: c.peer,
-                closed_ns: c.closed_ns,
-            },
-        );
-        self.holders_order.push_back((c.closed_ns, t));
+        match self.kept_runs.back_mut() {
+            Some(run) if c.closed_ns.saturating_sub(run.first_ns) < RUN_NS => {
+                run.last_ns = run.last_ns.max(c.closed_ns);
+                run.ends += 1;
+            }
+            _ => self.kept_runs.push_back(KeptRun {
+                first_ns: c.closed_ns,
+                last_ns: c.closed_ns,
+                ends: 1,
+            }),
+        }
+        self.kept
+            .push_back(KeptEnd::new(c.peer.into(), fingerprint(&t)));
     }
 
-    fn pop_holder(&mut self) {
-        let Some((closed_ns, t)) = self.holders_order.pop_front() else {
+    /// Forgets the oldest kept end.
+    fn pop_kept(&mut self) {
+        if self.kept.pop_front().is_none() {
             return;
-        };
-        // Only when the entry is still this one (a later connection may reuse the tuple).
-        if self
-            .holders
-            .get(&t)
-            .is_some_and(|h| h.closed_ns == closed_ns)
-        {
-            self.holders.remove(&t);
         }
-        mem::shrink_if_sparse(&mut self.holders);
-        mem::shrink_if_sparse(&mut self.holders_order);
+        if let Some(run) = self.kept_runs.front_mut() {
+            run.ends -= 1;
+            if run.ends == 0 {
+                self.kept_runs.pop_front();
+            }
+        }
+        mem::shrink_if_sparse(&mut self.kept);
+        mem::shrink_if_sparse(&mut self.kept_runs);
     }
 
     fn pop_front(&mut self) -> Option<Closed> {
@@ -268,24 +376,46 @@ impl Recent {
         Some(c)
     }
 
-    /// Forgets what closed more than `ttl_ns` before `now_ns` (TIME_WAIT lasts 60 s).
+    /// Forgets what closed more than `ttl_ns` before `now_ns` (TIME_WAIT lasts 60 s; a kept
+    /// end may stay [`RUN_NS`] longer).
     pub(crate) fn expire(&mut self, now_ns: u64, ttl_ns: u64, cap: usize) {
         self.settle(now_ns, cap);
-        while self
-            .holders_order
-            .front()
-            .is_some_and(|&(closed_ns, _)| now_ns.saturating_sub(closed_ns) > ttl_ns)
-        {
-            self.pop_holder();
+        while let Some(&run) = self.kept_runs.front() {
+            if now_ns.saturating_sub(run.last_ns) <= ttl_ns {
+                break;
+            }
+            self.kept_runs.pop_front();
+            self.kept.drain(..run.ends.min(self.kept.len()));
         }
+        mem::shrink_if_sparse(&mut self.kept);
+        mem::shrink_if_sparse(&mut self.kept_runs);
     }
 
-    /// The process end that owned the connection `t` (local, remote), if it may hold its
-    /// TIME_WAIT.
-    pub(crate) fn owner(&self, t: &Tuple) -> Option<PeerKey> {
-        match self.by_tuple.get(t).and_then(|&i| self.get(i)) {
-            Some(c) => Some(c.peer),
-            None => self.holders.get(t).map(|h| h.peer),
+    /// The owner of a closed connection's 4-tuple (local, remote) while it is whole.
+    fn whole_owner(&self, t: &Tuple) -> Option<Owner> {
+        let c = self.by_tuple.get(t).and_then(|&i| self.get(i))?;
+        Some(Owner::from(c.peer))
+    }
+
+    /// Looks up the owners of the 4-tuples `tuples` (a census's) in one pass over the kept
+    /// ends; [`ClosedOwners::get`] then names the process end that owned each, where it may
+    /// hold its TIME_WAIT.
+    pub(crate) fn owners(&self, tuples: impl Iterator<Item = Tuple>) -> ClosedOwners<'_> {
+        let mut by_print: mem::FastMap<u32, Option<Owner>> = tuples
+            .filter(|t| self.whole_owner(t).is_none())
+            .map(|t| (fingerprint(&t), None))
+            .collect();
+        if !by_print.is_empty() {
+            // Oldest first: a 4-tuple closed again later is its later owner's.
+            for end in &self.kept {
+                if let Some(owner) = by_print.get_mut(&end.print()) {
+                    *owner = Some(end.owner());
+                }
+            }
+        }
+        ClosedOwners {
+            recent: self,
+            by_print,
         }
     }
 
@@ -299,6 +429,74 @@ impl Recent {
 
     /// Closed connections remembered, whole or as holders.
     pub(crate) fn len(&self) -> usize {
-        self.order.len() + self.holders.len()
+        self.order.len() + self.kept.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = NS;
+
+    fn closed(pid: u32, role: Role, lport: u16, closed_ns: u64) -> Closed {
+        let local: SocketAddr = ([127, 0, 0, 1], lport).into();
+        let remote: SocketAddr = ([127, 0, 0, 1], 8080).into();
+        Closed {
+            closed_ns,
+            key: ConnKey {
+                pid,
+                fd: 3,
+                conn_ts_ns: closed_ns,
+            },
+            peer: PeerKey {
+                pid,
+                role,
+                endpoint: remote,
+            },
+            tuple: Some(tuple(local, remote)),
+            sock: 0,
+            closer: Some(Closer::Local),
+        }
+    }
+
+    fn owner_of(r: &Recent, lport: u16) -> Option<Owner> {
+        let t = tuple(
+            ([127, 0, 0, 1], lport).into(),
+            ([127, 0, 0, 1], 8080).into(),
+        );
+        r.owners(std::iter::once(t)).get(&t)
+    }
+
+    #[test]
+    fn per_connection_state_stays_small() {
+        // Hundreds of thousands of each may be kept at once.
+        assert_eq!(std::mem::size_of::<OpenConn>(), 64);
+        assert_eq!(std::mem::size_of::<KeptEnd>(), 8);
+    }
+
+    #[test]
+    fn kept_ends_name_their_owner_and_a_reused_tuple_its_latest() {
+        let mut r = Recent::default();
+        r.push(closed(10, Role::Client, 40000, S), 100);
+        r.push(closed(11, Role::Server, 40001, S), 100);
+        r.push(closed(12, Role::Unknown, 40002, S), 100);
+        // The same 4-tuple, closed again later by another process.
+        r.push(closed(13, Role::Client, 40000, 3 * S), 100);
+        // Past their closing second, the first three are kept only as holders.
+        r.expire(5 * S, 60 * S, 100);
+        assert_eq!(r.order.len(), 0);
+        let owner = |pid, role| Some(Owner { pid, role });
+        assert_eq!(owner_of(&r, 40000), owner(13, Role::Client));
+        assert_eq!(owner_of(&r, 40001), owner(11, Role::Server));
+        assert_eq!(owner_of(&r, 40002), owner(12, Role::Unknown));
+        assert_eq!(owner_of(&r, 40003), None);
+        // The first close of the reused tuple expires; the later one stays its owner.
+        r.expire(62 * S, 60 * S, 100);
+        assert_eq!(owner_of(&r, 40000), owner(13, Role::Client));
+        assert_eq!(owner_of(&r, 40001), None);
+        r.expire(64 * S, 60 * S, 100);
+        assert_eq!(owner_of(&r, 40000), None);
+        assert_eq!(r.len(), 0);
     }
 }
