@@ -21,15 +21,6 @@ use {libc as _, serde_json as _, thiserror as _};
 
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
-/// Sum of the `lost` lines' counts at `stage`.
-fn lost_at(lines: &[Value], stage: &str) -> u64 {
-    lines
-        .iter()
-        .filter(|l| l["event"] == "lost" && l["stage"] == stage)
-        .filter_map(|l| l["count"].as_u64())
-        .sum()
-}
-
 /// Reads from `s` until `n` responses (`HTTP/1.1 ` status lines) arrived or 20 s passed.
 fn read_responses(s: &mut TcpStream, n: usize) -> usize {
     s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();

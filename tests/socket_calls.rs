@@ -84,14 +84,6 @@ fn read_ok(s: &mut TcpStream) {
     }
 }
 
-fn lost_at(lines: &[Value], stage: &str) -> u64 {
-    lines
-        .iter()
-        .filter(|l| l["event"] == "lost" && l["stage"] == stage)
-        .filter_map(|l| l["count"].as_u64())
-        .sum()
-}
-
 #[test]
 fn spliced_request_is_counted_and_peeks_are_not_requests() {
     if !can_run() {

@@ -289,6 +289,15 @@ impl Drop for Agent {
     }
 }
 
+/// Sum of the counts of the agent's `lost` lines at `stage`.
+pub fn lost_at(lines: &[Value], stage: &str) -> u64 {
+    lines
+        .iter()
+        .filter(|l| l["event"] == "lost" && l["stage"] == stage)
+        .filter_map(|l| l["count"].as_u64())
+        .sum()
+}
+
 /// Sends `signal` to a child agent and waits (at most 15 s) for it to exit successfully;
 /// then gives its output threads a moment to drain the pipes.
 pub fn stop_child(child: &mut Child, signal: i32, stderr: &Mutex<String>) {

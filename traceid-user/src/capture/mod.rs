@@ -47,6 +47,21 @@ pub const TRACEPOINTS: &[(&str, &str, &str)] = &[
 /// The data hooks' iovec continuation: loaded, put in `DATA_TAIL`, never attached.
 const DATA_CONTINUATION: &str = "sock_data_iovecs";
 
+/// Loads the tracepoint program `name` of the object into the kernel.
+fn load_tracepoint<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut TracePoint, CaptureError> {
+    let prog: &mut TracePoint = ebpf
+        .program_mut(name)
+        .ok_or(CaptureError::MissingProgram(name))?
+        .try_into()
+        .map_err(|source| CaptureError::Program { name, source })?;
+    prog.load()
+        .map_err(|source| CaptureError::Program { name, source })?;
+    Ok(prog)
+}
+
 /// Loads the tracepoint program `name` and puts it in slot `index` of the program array `map`,
 /// for the attached programs to tail-call. The array stays in `ebpf`, which keeps the entry.
 fn install_tail(
@@ -55,14 +70,7 @@ fn install_tail(
     index: u32,
     name: &'static str,
 ) -> Result<(), CaptureError> {
-    let prog: &mut TracePoint = ebpf
-        .program_mut(name)
-        .ok_or(CaptureError::MissingProgram(name))?
-        .try_into()
-        .map_err(|source| CaptureError::Program { name, source })?;
-    prog.load()
-        .map_err(|source| CaptureError::Program { name, source })?;
-    let fd = prog
+    let fd = load_tracepoint(ebpf, name)?
         .fd()
         .map_err(|source| CaptureError::Program { name, source })?
         .try_clone()
@@ -179,14 +187,8 @@ impl Capture {
         // an empty slot would report their bytes as not captured.
         install_tail(&mut ebpf, "DATA_TAIL", 0, DATA_CONTINUATION)?;
         for &(name, category, event) in TRACEPOINTS {
-            let prog: &mut TracePoint = ebpf
-                .program_mut(name)
-                .ok_or(CaptureError::MissingProgram(name))?
-                .try_into()
-                .map_err(|source| CaptureError::Program { name, source })?;
-            prog.load()
-                .map_err(|source| CaptureError::Program { name, source })?;
-            prog.attach(category, event)
+            load_tracepoint(&mut ebpf, name)?
+                .attach(category, event)
                 .map_err(|source| CaptureError::Attach {
                     category,
                     event,
