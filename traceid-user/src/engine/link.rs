@@ -75,7 +75,7 @@ pub struct Linker {
     by_pid: crate::mem::FastMap<u32, VecDeque<Inflight>>,
     /// Processes seen serving inbound requests (bounded): only their outbound calls can be
     /// unlinked; a pure client (curl, a batch job) is the start of a chain.
-    servers: std::collections::HashSet<u32>,
+    servers: std::collections::HashSet<u32, crate::mem::FastState>,
     /// What each server process has shown about serving a request on one thread (bounded).
     affinity: crate::mem::FastMap<u32, Affinity>,
     /// What the Go probes said about goroutines.
@@ -188,9 +188,8 @@ impl Linker {
             if let Some(i) = q.iter().position(|e| e.conn == conn && e.seq == seq) {
                 q.remove(i);
             }
-            if q.is_empty() {
-                self.by_pid.remove(&pid);
-            }
+            // An emptied queue stays: the server's next request would allocate it again.
+            // The table is bounded by `MAX_PROCESSES` all the same, and empty queues go first.
         }
     }
 
