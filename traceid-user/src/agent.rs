@@ -342,7 +342,7 @@ mod tests {
         let mut requests = Vec::new();
         let mut sink = |r: &Record| {
             if let Record::Request(q) = r {
-                requests.push(q.path.clone());
+                requests.push(q.path.to_string());
             }
         };
         for r in &s.records {

@@ -221,8 +221,8 @@ impl Evidence {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct InboundRef {
     pub trace_id: Option<String>,
-    pub method: String,
-    pub path: String,
+    pub method: Arc<str>,
+    pub path: Arc<str>,
     pub confidence: Confidence,
     pub evidence: Evidence,
 }
@@ -249,9 +249,10 @@ pub struct RequestRecord {
     pub stream_id: Option<u32>,
     /// How the request's header fields were known (`exact` for HTTP/1).
     pub headers_known: HeadersKnown,
-    /// Empty when not read (see `headers_known`); gRPC: `/package.Service/Method`.
-    pub method: String,
-    pub path: String,
+    /// Empty when not read (see `headers_known`); gRPC: `/package.Service/Method`. Shared
+    /// with the request's head.
+    pub method: Arc<str>,
+    pub path: Arc<str>,
     /// HTTP status; null without a response, or when not read.
     pub status: Option<u16>,
     /// gRPC status (`grpc-status` of the trailers or of a trailers-only response); null

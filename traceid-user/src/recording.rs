@@ -345,9 +345,9 @@ mod tests {
         assert_eq!(go_records(&recs).len(), 4);
         assert_eq!(go_records(&recs), go_records(&s.records));
         assert_eq!(crate::test_util::events::run_records(&recs), live);
-        let call = live.iter().find(|r| r.path == "/call").expect("the call");
+        let call = live.iter().find(|r| &*r.path == "/call").expect("the call");
         let inbound = call.inbound.as_ref().expect("linked");
-        assert_eq!(inbound.path, "/b");
+        assert_eq!(&*inbound.path, "/b");
         assert_eq!(inbound.evidence, crate::record::Evidence::Goroutine);
         assert_eq!(inbound.confidence, crate::record::Confidence::Certain);
     }

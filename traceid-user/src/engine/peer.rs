@@ -77,7 +77,7 @@ impl PeerHeads {
 /// and headers wherever the writer's own decode did not know them. The writer's time, thread
 /// and whether it was inferred stay.
 pub fn completed(written: &RequestHead, read: &RequestHead) -> RequestHead {
-    let pick = |own: &String, theirs: &String| {
+    let pick = |own: &Arc<str>, theirs: &Arc<str>| {
         if own.is_empty() {
             theirs.clone()
         } else {
@@ -214,7 +214,7 @@ mod tests {
     fn completed_keeps_what_the_writer_knew_and_takes_the_rest() {
         let mut written = (*head(3, HeadersKnown::Unknown, 500)).clone();
         written.method = "POST".into();
-        written.path = String::new();
+        written.path = Arc::default();
         written.headers = Vec::new();
         written.truncated = true;
         written.protocol = Protocol::H2;
@@ -223,8 +223,8 @@ mod tests {
         let c = completed(&written, &read);
         assert_eq!(
             (
-                c.method.as_str(),
-                c.path.as_str(),
+                c.method.as_ref(),
+                c.path.as_ref(),
                 c.headers_known,
                 c.truncated
             ),

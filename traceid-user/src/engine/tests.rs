@@ -83,12 +83,12 @@ fn inbound_request_carries_trace_endpoints_status_and_strips_query() {
     let recs = hop(&[("traceparent", TP)], &[("traceparent", TP)], 201);
     let inb = recs
         .iter()
-        .find(|r| r.direction == Direction::Inbound && r.path != "/earlier")
+        .find(|r| r.direction == Direction::Inbound && &*r.path != "/earlier")
         .unwrap();
     assert_eq!(inb.pid, 200);
     assert_eq!(&*inb.comm, "middle");
-    assert_eq!(inb.method, "GET");
-    assert_eq!(inb.path, "/pay");
+    assert_eq!(&*inb.method, "GET");
+    assert_eq!(&*inb.path, "/pay");
     assert_eq!(inb.status, Some(200));
     assert_eq!(inb.trace_id.as_deref(), Some(TRACE));
     assert_eq!(inb.trace_format, Some(tracectx::TraceFormat::W3c));
@@ -124,7 +124,7 @@ fn propagated_dropped_restarted_started_on_the_same_thread() {
         let out = outbound(&recs);
         assert!(out.has(want), "{want:?} expected, got {:?}", out.findings);
         let link = out.inbound.as_ref().expect("linked");
-        assert_eq!(link.path, "/pay");
+        assert_eq!(&*link.path, "/pay");
         // Propagation proves the link; otherwise it rests on the thread.
         let conf = if want == Finding::Propagated {
             Confidence::Certain
@@ -162,7 +162,7 @@ fn two_in_flight_then_untraced_call_on_201(s: &mut Stream) -> RequestRecord {
     s.data(MID_OUT, 201, false, OK);
     let recs = s.run();
     recs.into_iter()
-        .find(|r| r.path == "/charge")
+        .find(|r| &*r.path == "/charge")
         .expect("the call")
 }
 
@@ -174,7 +174,7 @@ fn thread_per_request_process_links_strongly_among_several_in_flight() {
     assert!(out.has(Finding::Dropped), "{:?}", out.findings);
     let link = out.inbound.as_ref().expect("linked by thread");
     assert_eq!(
-        (link.path.as_str(), link.confidence),
+        (link.path.as_ref(), link.confidence),
         ("/a", Confidence::Strong)
     );
 }
@@ -229,7 +229,7 @@ fn process_that_propagates_from_another_thread_is_never_linked_by_thread() {
     let out = two_in_flight_then_untraced_call_on_201(&mut s);
     assert_eq!(out.findings, vec![Finding::Missing, Finding::Unlinked]);
     let recs = s.run();
-    let early = recs.iter().find(|r| r.path == "/early-call").unwrap();
+    let early = recs.iter().find(|r| &*r.path == "/early-call").unwrap();
     assert_eq!(
         early.inbound.as_ref().map(|l| l.confidence),
         Some(Confidence::Certain)
@@ -333,7 +333,7 @@ fn same_trace_links_with_certainty_among_many() {
     assert!(out.has(Finding::Propagated), "{:?}", out.findings);
     let link = out.inbound.as_ref().unwrap();
     assert_eq!(
-        (link.path.as_str(), link.confidence),
+        (link.path.as_ref(), link.confidence),
         ("/a", Confidence::Certain)
     );
 }
@@ -397,7 +397,7 @@ fn fd_reuse_never_mixes_connections() {
     s.data(b, 1, false, &get("/second", &[("x-request-id", "req-42")]));
     s.data(b, 1, true, OK);
     let recs = s.run();
-    let paths: Vec<_> = recs.iter().map(|r| (r.path.as_str(), r.status)).collect();
+    let paths: Vec<_> = recs.iter().map(|r| (r.path.as_ref(), r.status)).collect();
     assert_eq!(paths, vec![("/second", Some(200))]);
     assert_eq!(recs[0].trace_id.as_deref(), Some("req-42"));
     assert_eq!(recs[0].trace_format, Some(tracectx::TraceFormat::RequestId));
@@ -524,7 +524,7 @@ fn h2_streams_become_records_with_protocol_and_stream() {
             (
                 r.protocol,
                 r.stream_id,
-                r.path.as_str(),
+                r.path.as_ref(),
                 r.status,
                 r.grpc_status,
                 r.trace_id.as_deref(),
@@ -583,7 +583,7 @@ fn h2_headers_that_could_not_be_read_claim_no_missing_context() {
     assert_eq!(recs.len(), 1);
     let r = &recs[0];
     assert_eq!(
-        (r.method.as_str(), r.path.as_str(), r.headers_known),
+        (r.method.as_ref(), r.path.as_ref(), r.headers_known),
         ("POST", "", HeadersKnown::Unknown)
     );
     assert!(r.findings.is_empty(), "{:?}", r.findings);
@@ -629,7 +629,7 @@ fn h2_call_known_from_its_response_alone_has_no_duration() {
         .map(|r| {
             (
                 r.stream_id,
-                r.path.as_str(),
+                r.path.as_ref(),
                 r.status,
                 r.duration_ms.is_some(),
             )
@@ -689,8 +689,8 @@ fn h2_writer_short_of_its_own_bytes_takes_the_head_its_server_read() {
     assert_eq!(
         (
             out.headers_known,
-            out.method.as_str(),
-            out.path.as_str(),
+            out.method.as_ref(),
+            out.path.as_ref(),
             out.trace_id.as_deref()
         ),
         (
@@ -741,7 +741,7 @@ fn go_two_in_flight() -> Stream {
 fn outbound_to(recs: &[RequestRecord], path: &str) -> RequestRecord {
     let found: Vec<&RequestRecord> = recs
         .iter()
-        .filter(|r| r.direction == Direction::Outbound && r.path == path)
+        .filter(|r| r.direction == Direction::Outbound && &*r.path == path)
         .collect();
     assert_eq!(found.len(), 1, "{path}: {recs:#?}");
     found[0].clone()
@@ -755,7 +755,7 @@ fn linked_to(r: &RequestRecord) -> (&str, Evidence) {
         .as_ref()
         .unwrap_or_else(|| panic!("unlinked: {r:#?}"));
     assert_eq!(inbound.confidence, inbound.evidence.confidence());
-    (inbound.path.as_str(), inbound.evidence)
+    (inbound.path.as_ref(), inbound.evidence)
 }
 
 #[test]

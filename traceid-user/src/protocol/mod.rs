@@ -237,11 +237,11 @@ impl Default for Limits {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestHead {
     /// Empty when it was not read (HTTP/2: a table entry the agent never saw).
-    pub method: String,
+    pub method: Arc<str>,
     /// Request target without the query string (everything from the first
     /// `?` is stripped), capped at [`MAX_PATH_BYTES`]. gRPC: `/package.Service/Method`.
     /// Empty when it was not read, as `method`.
-    pub path: String,
+    pub path: Arc<str>,
     /// HTTP/1 minor version: 0 for HTTP/1.0, 1 for HTTP/1.1; 0 for HTTP/2.
     pub version: u8,
     pub headers: Vec<(String, String)>,

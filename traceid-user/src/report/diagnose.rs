@@ -36,8 +36,8 @@ pub struct Example {
 impl Example {
     fn of(r: &RequestRecord) -> Example {
         Example {
-            method: r.method.clone(),
-            path: r.path.clone(),
+            method: r.method.to_string(),
+            path: r.path.to_string(),
             pid: r.pid,
             comm: r.comm.to_string(),
             local: r.local.as_deref().map(str::to_string),

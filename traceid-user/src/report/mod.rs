@@ -245,7 +245,7 @@ mod tests {
             "{line}"
         );
         q.headers_known = HeadersKnown::Unknown;
-        q.path = String::new();
+        q.path = "".into();
         let line = human_line(&Record::Request(Box::new(q)));
         assert!(
             line.contains("POST ? 200 grpc#41 grpc-status=5 headers=unknown"),

@@ -135,8 +135,8 @@ impl FieldFilter for Interest<'_> {
 /// What one header block says, as far as it was read.
 #[derive(Debug, Default)]
 struct Collected {
-    method: Option<String>,
-    path: Option<String>,
+    method: Option<Arc<str>>,
+    path: Option<Arc<str>>,
     status: Option<u16>,
     grpc_status: Option<u32>,
     /// `content-type` is `application/grpc` (or one of its `+proto`, `+json`... forms).
@@ -181,11 +181,11 @@ impl Collected {
 
     fn add_known(&mut self, name: &str, value: &[u8], keep: &dyn Fn(&str) -> bool) {
         match name {
-            ":method" => self.method = Some(String::from_utf8_lossy(value).into_owned()),
+            ":method" => self.method = Some(Arc::from(&*String::from_utf8_lossy(value))),
             ":path" => {
                 let path = value.split(|&b| b == b'?').next().unwrap_or_default();
                 let path = path.get(..MAX_PATH_BYTES).unwrap_or(path);
-                self.path = Some(String::from_utf8_lossy(path).into_owned());
+                self.path = Some(Arc::from(&*String::from_utf8_lossy(path)));
             }
             ":status" => self.status = parse_decimal(value).and_then(|s| u16::try_from(s).ok()),
             "grpc-status" => self.grpc_status = parse_decimal(value),
@@ -652,8 +652,8 @@ impl Session {
                 self.end_oldest(out);
             }
             let request = RequestHead {
-                method: String::new(),
-                path: String::new(),
+                method: Arc::default(),
+                path: Arc::default(),
                 version: 0,
                 headers: Vec::new(),
                 ts_ns: block.ts_ns,

@@ -697,8 +697,8 @@ fn summary(t: &T) -> Vec<Summary> {
         .iter()
         .map(|(_, r, resp)| {
             (
-                r.method.clone(),
-                r.path.clone(),
+                r.method.to_string(),
+                r.path.to_string(),
                 trace_of(r).map(str::to_string),
                 resp.as_ref().and_then(|r| r.status),
                 r.headers_known,
@@ -813,7 +813,7 @@ fn unknown_fields_are_never_guessed() {
     let ex = t.exchanges();
     assert_eq!(ex.len(), 1);
     let (_, req, resp) = &ex[0];
-    assert_eq!((req.method.as_str(), req.path.as_str()), ("", ""));
+    assert_eq!((req.method.as_ref(), req.path.as_ref()), ("", ""));
     assert_eq!(req.headers_known, HeadersKnown::Unknown);
     assert!(req.headers.is_empty());
     assert_eq!(resp.as_ref().map(|r| r.status), Some(None));
@@ -839,7 +839,7 @@ fn continuation_block_larger_than_one_frame() {
     let r = t.requests();
     assert_eq!(r.len(), 1);
     assert_eq!(
-        (r[0].path.as_str(), trace_of(&r[0])),
+        (r[0].path.as_ref(), trace_of(&r[0])),
         ("/svc/Big", Some(TP))
     );
     // Interrupting a block is an error; the table is no longer trusted.
@@ -866,7 +866,7 @@ fn padding_and_priority_are_removed() {
     let flags = flag::END_HEADERS | flag::END_STREAM | flag::PADDED | flag::PRIORITY;
     t.send(C2S, &frame(kind::HEADERS, flags, 1, &payload));
     let r = t.requests();
-    assert_eq!((r[0].path.as_str(), trace_of(&r[0])), ("/padded", Some(TP)));
+    assert_eq!((r[0].path.as_ref(), trace_of(&r[0])), ("/padded", Some(TP)));
     assert!(t.anomalies().is_empty());
     // Padding longer than the frame.
     t.send(
@@ -916,7 +916,7 @@ fn grpc_unary_and_trailers_only() {
         .iter()
         .map(|(_, r, resp)| {
             let resp = resp.as_ref().unwrap();
-            (r.path.as_str(), r.protocol, resp.status, resp.grpc_status)
+            (r.path.as_ref(), r.protocol, resp.status, resp.grpc_status)
         })
         .collect();
     assert_eq!(
@@ -994,12 +994,12 @@ fn fifty_concurrent_streams_are_never_mixed() {
     assert_eq!(ex.len(), 50);
     for (_, req, resp) in &ex {
         let trace = trace_of(req).unwrap();
-        assert_eq!(req.path, format!("/t/{}", &trace[3..35]));
+        assert_eq!(*req.path, format!("/t/{}", &trace[3..35]));
         let i = ids
             .iter()
             .position(|id| Some(*id) == req.stream_id)
             .unwrap();
-        assert_eq!(req.path, format!("/t/{}", traces[i]));
+        assert_eq!(*req.path, format!("/t/{}", traces[i]));
         assert_eq!(resp.as_ref().unwrap().status, Some(200));
     }
     let done: Vec<_> = ex.iter().map(|e| e.1.stream_id.unwrap()).collect();
@@ -1092,7 +1092,7 @@ fn gap_in_data_keeps_sync_gap_in_headers_loses_the_table() {
     );
     let r = t.requests();
     assert_eq!(
-        (r[2].path.as_str(), r[2].headers_known),
+        (r[2].path.as_ref(), r[2].headers_known),
         ("/c", HeadersKnown::Unknown)
     );
     t.send(C2S, &headers(7, true, &get("/d", TP)));
@@ -1163,7 +1163,7 @@ fn responses_to_requests_lost_in_a_client_gap_are_reported_with_unknown_heads() 
             let resp = resp.as_ref().unwrap();
             (
                 req.stream_id,
-                req.path.as_str(),
+                req.path.as_ref(),
                 req.inferred,
                 resp.status,
                 resp.grpc_status,
@@ -1397,7 +1397,7 @@ fn grpc_summary(t: &T) -> Vec<GrpcSummary> {
         .iter()
         .map(|(_, r, resp)| {
             (
-                r.path.clone(),
+                r.path.to_string(),
                 trace_of(r).map(|tp| tp[3..35].to_string()),
                 r.protocol,
                 resp.as_ref().and_then(|r| r.grpc_status),
@@ -1510,7 +1510,7 @@ fn h2c_upgrade_switches_the_connection_to_http2() {
         .iter()
         .map(|r| {
             (
-                r.path.as_str(),
+                r.path.as_ref(),
                 r.protocol,
                 r.stream_id,
                 r.status,

@@ -5,6 +5,7 @@
 //! values the caller asked to keep (each capped).
 
 use std::mem::MaybeUninit;
+use std::sync::Arc;
 
 use super::{MAX_HEADER_VALUE_BYTES, MAX_PATH_BYTES};
 
@@ -110,10 +111,10 @@ pub(super) enum TransferEncoding {
 /// Everything the reassembler needs from one parsed head.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct ParsedHead {
-    /// Request: method. Response: empty.
-    pub method: String,
+    /// Request: method. Response: empty. Shared as is by the request's head and records.
+    pub method: Arc<str>,
     /// Request: path without query (capped). Response: empty.
-    pub path: String,
+    pub path: Arc<str>,
     pub version: u8,
     /// Response: status code. Request: 0.
     pub status: u16,
@@ -259,8 +260,8 @@ impl ParsedHead {
     pub(super) fn request(method: &str, target: &str, version: u8) -> ParsedHead {
         let path = target.split('?').next().unwrap_or("");
         ParsedHead {
-            method: method.to_owned(),
-            path: truncate_str(path, MAX_PATH_BYTES).to_owned(),
+            method: Arc::from(method),
+            path: Arc::from(truncate_str(path, MAX_PATH_BYTES)),
             ..ParsedHead::before_headers(version, 0)
         }
     }
@@ -273,8 +274,9 @@ impl ParsedHead {
     /// No request line (method and path empty), no header yet.
     fn before_headers(version: u8, status: u16) -> ParsedHead {
         ParsedHead {
-            method: String::new(),
-            path: String::new(),
+            // The empty `Arc<str>` is a shared static: a response head allocates nothing here.
+            method: Arc::default(),
+            path: Arc::default(),
             version,
             status,
             headers: Vec::new(),
