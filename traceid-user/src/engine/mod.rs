@@ -577,7 +577,7 @@ impl Cx<'_> {
                 .and_then(|i| links.remove(i).1)
         };
         let shown = conn.shown().clone();
-        let rec = self.request_record(key, conn, shown, tls, request, response.as_ref(), &ex, link);
+        let rec = self.request_record(key, conn, shown, tls, request, response.as_ref(), ex, link);
         self.stats.requests += 1;
         out.push(Record::Request(Box::new(rec)));
     }
@@ -598,7 +598,7 @@ impl Cx<'_> {
         tls: bool,
         req: &RequestHead,
         resp: Option<&ResponseHead>,
-        ex: &Extraction,
+        ex: Extraction,
         link: Option<link::Link>,
     ) -> RequestRecord {
         let primary = ex.primary();
@@ -656,6 +656,9 @@ impl Cx<'_> {
             }
         }
         let ts = rfc3339_ms(req.ts_ns as i128 + self.cfg.realtime_offset_ns);
+        let trace_format = primary.map(|t| t.format);
+        let primary = take_primary(ex);
+        let (trace_id, header) = primary.map(|t| (t.trace_id, t.header)).unzip();
         RequestRecord {
             event: "request",
             ts,
@@ -677,18 +680,26 @@ impl Cx<'_> {
             duration_ms: resp
                 .filter(|_| !req.inferred)
                 .map(|r| r.ts_ns.saturating_sub(req.ts_ns) as f64 / 1e6),
-            trace_id: primary.map(|t| t.trace_id.clone()),
-            trace_format: primary.map(|t| t.format),
+            trace_id,
+            trace_format,
             findings,
             reason: (!reasons.is_empty()).then(|| reasons.join("; ")),
             inbound,
             identity: None,
-            header: primary.map(|t| t.header.clone()),
+            header,
             local_port: conn.local.map(|a| a.port()),
             ts_ns: req.ts_ns,
             conn: key,
         }
     }
+}
+
+/// The request's primary trace context, moved out of its extraction: the record takes its
+/// strings rather than copies of them.
+fn take_primary(mut ex: Extraction) -> Option<TraceContext> {
+    let primary = ex.primary()?;
+    let at = ex.contexts.iter().position(|c| std::ptr::eq(c, primary))?;
+    Some(ex.contexts.swap_remove(at))
 }
 
 /// What an outbound call does with the trace of the inbound request it serves.
