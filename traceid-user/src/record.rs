@@ -233,7 +233,7 @@ pub struct RequestRecord {
     /// Always "request".
     pub event: &'static str,
     /// Wall-clock time the request started, RFC 3339 UTC with milliseconds.
-    pub ts: String,
+    pub ts: Timestamp,
     pub direction: Direction,
     pub pid: u32,
     pub tid: u32,
@@ -494,15 +494,83 @@ pub enum Record {
 }
 
 /// Formats CLOCK_REALTIME nanoseconds as RFC 3339 UTC with milliseconds
-/// (`2026-11-25T05:40:12.345Z`). Written digit by digit: it runs for every record.
+/// (`2026-11-25T05:40:12.345Z`).
 pub fn rfc3339_ms(realtime_ns: i128) -> String {
+    Timestamp::rfc3339_ms(realtime_ns).as_str().to_owned()
+}
+
+/// A record's wall-clock time as RFC 3339 text, kept inline for the four-digit years of any
+/// real clock: a request record is built per request, and its time no longer allocates.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Timestamp(TimestampText);
+
+#[derive(Clone, PartialEq, Eq)]
+enum TimestampText {
+    /// `YYYY-MM-DDTHH:MM:SS.mmmZ`, ASCII.
+    Inline([u8; 24]),
+    /// Anything else: a year outside 0..=9999, a time past `i64` milliseconds, a test's text.
+    Text(Box<str>),
+}
+
+impl Timestamp {
+    /// CLOCK_REALTIME nanoseconds as RFC 3339 UTC with milliseconds. Written digit by digit:
+    /// it runs for every record.
+    pub fn rfc3339_ms(realtime_ns: i128) -> Timestamp {
+        match rfc3339_ms_inline(realtime_ns) {
+            Ok(b) => Timestamp(TimestampText::Inline(b)),
+            Err(text) => Timestamp(TimestampText::Text(text.into_boxed_str())),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            // Built only from ASCII digits and the template's separators.
+            TimestampText::Inline(b) => std::str::from_utf8(b).unwrap_or_default(),
+            TimestampText::Text(t) => t,
+        }
+    }
+}
+
+impl std::ops::Deref for Timestamp {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Debug for Timestamp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl From<&str> for Timestamp {
+    fn from(text: &str) -> Timestamp {
+        Timestamp(TimestampText::Text(text.into()))
+    }
+}
+
+/// The 24 bytes of a four-digit year's timestamp, or the text of any other.
+fn rfc3339_ms_inline(realtime_ns: i128) -> Result<[u8; 24], String> {
     // 64-bit division where the value fits (until 2262): 128-bit division is a library call.
     let ms_total = match i64::try_from(realtime_ns) {
         Ok(ns) => i128::from(ns.div_euclid(1_000_000)),
         Err(_) => realtime_ns.div_euclid(1_000_000),
     };
     let Ok(ms_total) = i64::try_from(ms_total) else {
-        return format!("{realtime_ns}ns");
+        return Err(format!("{realtime_ns}ns"));
     };
     let secs = ms_total.div_euclid(1000);
     let ms = ms_total.rem_euclid(1000) as u32;
@@ -511,12 +579,12 @@ pub fn rfc3339_ms(realtime_ns: i128) -> String {
     let (y, m, d) = civil_from_days(days);
     if !(0..=9999).contains(&y) {
         // Outside what four digits hold: the slow path keeps it correct.
-        return format!(
+        return Err(format!(
             "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
             sod / 3600,
             (sod % 3600) / 60,
             sod % 60
-        );
+        ));
     }
     let mut b = *b"0000-00-00T00:00:00.000Z";
     // Two digits at a time (values below 100).
@@ -533,11 +601,7 @@ pub fn rfc3339_ms(realtime_ns: i128) -> String {
     put2(17, sod % 60);
     put2(21, ms % 100);
     b[20] = b'0' + (ms / 100) as u8;
-    // Every byte is an ASCII digit or one of the template's separators: checked in no time
-    // (a lossy decode cost a third of the function).
-    std::str::from_utf8(&b)
-        .map(str::to_owned)
-        .unwrap_or_default()
+    Ok(b)
 }
 
 /// "00" to "99", each number's two ASCII digits at twice its value.
@@ -644,6 +708,26 @@ mod tests {
             rfc3339_ms(253_402_300_800_000_000_000),
             "10000-01-01T00:00:00.000Z"
         );
+    }
+
+    #[test]
+    fn a_timestamp_is_written_as_its_text_whether_inline_or_not() {
+        let inline = Timestamp::rfc3339_ms(1_795_585_212_345_000_000);
+        let far = Timestamp::rfc3339_ms(253_402_300_800_000_000_000);
+        assert!(matches!(inline.0, TimestampText::Inline(_)));
+        assert!(matches!(far.0, TimestampText::Text(_)));
+        for (ts, text) in [
+            (inline, "2026-11-25T05:40:12.345Z"),
+            (far, "10000-01-01T00:00:00.000Z"),
+        ] {
+            assert_eq!(&*ts, text);
+            assert_eq!(ts.to_string(), text);
+            assert_eq!(format!("{ts:?}"), format!("{text:?}"));
+            assert_eq!(
+                serde_json::to_string(&ts).expect("a string"),
+                format!("\"{text}\"")
+            );
+        }
     }
 
     #[test]

@@ -21,7 +21,7 @@ use crate::protocol::{
     RequestHead, ResponseHead,
 };
 use crate::record::{
-    endpoint_string, rfc3339_ms, ConnKey, Direction, Finding, InboundRef, Record, RequestRecord,
+    endpoint_string, ConnKey, Direction, Finding, InboundRef, Record, RequestRecord, Timestamp,
 };
 use crate::tracectx::{self, Extraction, HeaderNames, TraceContext};
 
@@ -655,7 +655,7 @@ impl Cx<'_> {
                 }
             }
         }
-        let ts = rfc3339_ms(req.ts_ns as i128 + self.cfg.realtime_offset_ns);
+        let ts = Timestamp::rfc3339_ms(req.ts_ns as i128 + self.cfg.realtime_offset_ns);
         let trace_format = primary.map(|t| t.format);
         let primary = take_primary(ex);
         let (trace_id, header) = primary.map(|t| (t.trace_id, t.header)).unzip();

@@ -118,7 +118,7 @@ impl Conn {
 fn request_record(conn: ConnKey) -> RequestRecord {
     RequestRecord {
         event: "request",
-        ts: String::new(),
+        ts: "".into(),
         direction: Direction::Outbound,
         pid: conn.pid,
         tid: conn.pid,

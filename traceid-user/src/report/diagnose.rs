@@ -677,7 +677,7 @@ mod tests {
     ) -> RequestRecord {
         RequestRecord {
             event: "request",
-            ts: String::new(),
+            ts: "".into(),
             direction,
             pid,
             tid: pid,
