@@ -126,6 +126,101 @@ pub enum Finding {
     Truncated,
 }
 
+/// A record's findings in the order they were found, held inline: most records have one or
+/// two, and a record is built per request. Each kind appears at most once, so
+/// `Finding::ALL.len()` places always suffice.
+#[derive(Clone, Copy)]
+pub struct Findings {
+    len: u8,
+    items: [Finding; Finding::ALL.len()],
+}
+
+impl Findings {
+    /// Adds `f` unless it is already there (a kind is found once per record).
+    pub fn push(&mut self, f: Finding) {
+        if self.contains(&f) {
+            return;
+        }
+        if let Some(slot) = self.items.get_mut(usize::from(self.len)) {
+            *slot = f;
+            self.len += 1;
+        }
+    }
+}
+
+impl Default for Findings {
+    fn default() -> Self {
+        Findings {
+            len: 0,
+            // Placeholders past `len`, never read.
+            items: [Finding::Missing; Finding::ALL.len()],
+        }
+    }
+}
+
+impl std::ops::Deref for Findings {
+    type Target = [Finding];
+    fn deref(&self) -> &[Finding] {
+        self.items.get(..usize::from(self.len)).unwrap_or_default()
+    }
+}
+
+impl<'a> IntoIterator for &'a Findings {
+    type Item = &'a Finding;
+    type IntoIter = std::slice::Iter<'a, Finding>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+impl Extend<Finding> for Findings {
+    fn extend<I: IntoIterator<Item = Finding>>(&mut self, found: I) {
+        for f in found {
+            self.push(f);
+        }
+    }
+}
+
+impl FromIterator<Finding> for Findings {
+    fn from_iter<I: IntoIterator<Item = Finding>>(found: I) -> Self {
+        let mut findings = Findings::default();
+        findings.extend(found);
+        findings
+    }
+}
+
+impl From<Vec<Finding>> for Findings {
+    fn from(found: Vec<Finding>) -> Self {
+        found.into_iter().collect()
+    }
+}
+
+impl PartialEq for Findings {
+    fn eq(&self, other: &Findings) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Findings {}
+
+impl PartialEq<Vec<Finding>> for Findings {
+    fn eq(&self, other: &Vec<Finding>) -> bool {
+        **self == **other
+    }
+}
+
+impl std::fmt::Debug for Findings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl Serialize for Findings {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.iter())
+    }
+}
+
 impl Finding {
     pub const ALL: [Finding; 10] = [
         Finding::Missing,
@@ -261,7 +356,7 @@ pub struct RequestRecord {
     pub duration_ms: Option<f64>,
     pub trace_id: Option<String>,
     pub trace_format: Option<TraceFormat>,
-    pub findings: Vec<Finding>,
+    pub findings: Findings,
     pub reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub inbound: Option<InboundRef>,
@@ -728,6 +823,26 @@ mod tests {
                 format!("\"{text}\"")
             );
         }
+    }
+
+    #[test]
+    fn findings_keep_their_order_once_each_and_are_written_as_a_list() {
+        let mut f = Findings::default();
+        assert_eq!(serde_json::to_string(&f).expect("a list"), "[]");
+        f.push(Finding::Missing);
+        f.extend([Finding::Malformed, Finding::Missing, Finding::Unlinked]);
+        assert_eq!(
+            f,
+            vec![Finding::Missing, Finding::Malformed, Finding::Unlinked]
+        );
+        assert!(f.contains(&Finding::Unlinked) && !f.contains(&Finding::Dropped));
+        assert_eq!(
+            serde_json::to_string(&f).expect("a list"),
+            r#"["missing","malformed","unlinked"]"#
+        );
+        // Every kind fits.
+        let all: Findings = Finding::ALL.into_iter().collect();
+        assert_eq!(*all, Finding::ALL);
     }
 
     #[test]

@@ -21,7 +21,8 @@ use crate::protocol::{
     RequestHead, ResponseHead,
 };
 use crate::record::{
-    endpoint_string, ConnKey, Direction, Finding, InboundRef, Record, RequestRecord, Timestamp,
+    endpoint_string, ConnKey, Direction, Finding, Findings, InboundRef, Record, RequestRecord,
+    Timestamp,
 };
 use crate::tracectx::{self, Extraction, HeaderNames, TraceContext};
 
@@ -612,7 +613,7 @@ impl Cx<'_> {
         let unread = |head: &RequestHead, trace: Option<&TraceContext>| {
             trace.is_none() && head.headers_known == HeadersKnown::Unknown
         };
-        let mut findings = Vec::new();
+        let mut findings = Findings::default();
         let mut reasons = Vec::new();
         if primary.is_none() && !unread(req, primary) {
             if req.truncated {

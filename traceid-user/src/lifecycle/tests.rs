@@ -136,7 +136,7 @@ fn request_record(conn: ConnKey) -> RequestRecord {
         duration_ms: None,
         trace_id: None,
         trace_format: None,
-        findings: Vec::new(),
+        findings: Default::default(),
         reason: None,
         inbound: None,
         identity: None,

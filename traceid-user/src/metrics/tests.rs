@@ -38,7 +38,8 @@ fn req(comm: &str, direction: Direction, trace: Option<&str>, ms: f64) -> Record
         vec![]
     } else {
         vec![Finding::Missing]
-    };
+    }
+    .into();
     r.duration_ms = Some(ms);
     Record::Request(Box::new(r))
 }

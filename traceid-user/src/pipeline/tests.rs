@@ -273,7 +273,7 @@ fn a_head_cut_by_the_capture_window_is_truncated_never_missing() {
             _ => None,
         })
         .expect("the request is reported");
-    assert_eq!(q.findings, [Finding::Truncated], "{q:?}");
+    assert_eq!(*q.findings, [Finding::Truncated], "{q:?}");
     assert_eq!(q.reason.as_deref(), Some(crate::engine::TRUNCATED_REASON));
     assert_eq!(&*q.path, "/long");
 }

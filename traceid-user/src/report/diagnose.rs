@@ -695,7 +695,7 @@ mod tests {
             duration_ms: Some(1.0),
             trace_id: Some(TRACE.into()),
             trace_format: Some(crate::tracectx::TraceFormat::W3c),
-            findings: Vec::new(),
+            findings: Default::default(),
             reason: None,
             inbound: None,
             identity: None,
@@ -719,7 +719,7 @@ mod tests {
         let mut q = request(Direction::Outbound, pid, comm, local, server);
         q.trace_id = None;
         q.trace_format = None;
-        q.findings = vec![Finding::Missing, Finding::Dropped];
+        q.findings = vec![Finding::Missing, Finding::Dropped].into();
         q.inbound = Some(InboundRef {
             trace_id: Some(TRACE.into()),
             method: "GET".into(),
