@@ -113,6 +113,14 @@ pub enum CaptureError {
         #[source]
         source: aya::programs::ProgramError,
     },
+    #[error(
+        "this kernel has no tracepoint {category}:{event}: traceid needs Linux 6.3 or newer \
+         (the socket tracepoints carry the captured data; `traceid check` lists what is missing)"
+    )]
+    NoTracepoint {
+        category: &'static str,
+        event: &'static str,
+    },
     #[error("map {0}: {1}")]
     Map(&'static str, String),
 }
@@ -189,10 +197,16 @@ impl Capture {
         for &(name, category, event) in TRACEPOINTS {
             load_tracepoint(&mut ebpf, name)?
                 .attach(category, event)
-                .map_err(|source| CaptureError::Attach {
-                    category,
-                    event,
-                    source,
+                .map_err(|source| {
+                    if tracefs::has_event(category, event) {
+                        CaptureError::Attach {
+                            category,
+                            event,
+                            source,
+                        }
+                    } else {
+                        CaptureError::NoTracepoint { category, event }
+                    }
                 })?;
             info.attached += 1;
         }

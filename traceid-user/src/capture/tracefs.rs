@@ -17,6 +17,17 @@ pub fn is_mounted() -> bool {
         || Path::new("/sys/kernel/debug/tracing/events").is_dir()
 }
 
+/// True when the running kernel has the tracepoint `category:event` (tracefs mounted).
+pub fn has_event(category: &str, event: &str) -> bool {
+    [TRACEFS, "/sys/kernel/debug/tracing"].iter().any(|root| {
+        Path::new(root)
+            .join("events")
+            .join(category)
+            .join(event)
+            .is_dir()
+    })
+}
+
 /// Mounts tracefs when missing. Returns true when this call mounted it.
 pub fn ensure_mounted() -> Result<bool, TracefsError> {
     if is_mounted() {
@@ -39,4 +50,20 @@ pub fn ensure_mounted() -> Result<bool, TracefsError> {
         return Err(TracefsError::Mount(std::io::Error::last_os_error()));
     }
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_told_from_names_the_kernel_does_not_have() {
+        assert!(!has_event("sock", "traceid_no_such_event"));
+        assert!(!has_event("traceid_no_such_category", "sock_recv_length"));
+        // Present since Linux 4.16; only visible where tracefs is mounted (the agent mounts it
+        // at start when it is not).
+        if is_mounted() {
+            assert!(has_event("sock", "inet_sock_set_state"));
+        }
+    }
 }
