@@ -658,7 +658,7 @@ impl Cx<'_> {
         }
         let ts = Timestamp::rfc3339_ms(req.ts_ns as i128 + self.cfg.realtime_offset_ns);
         let trace_format = primary.map(|t| t.format);
-        let primary = take_primary(ex);
+        let primary = ex.into_primary();
         let (trace_id, header) = primary.map(|t| (t.trace_id, t.header)).unzip();
         RequestRecord {
             event: "request",
@@ -693,14 +693,6 @@ impl Cx<'_> {
             conn: key,
         }
     }
-}
-
-/// The request's primary trace context, moved out of its extraction: the record takes its
-/// strings rather than copies of them.
-fn take_primary(mut ex: Extraction) -> Option<TraceContext> {
-    let primary = ex.primary()?;
-    let at = ex.contexts.iter().position(|c| std::ptr::eq(c, primary))?;
-    Some(ex.contexts.swap_remove(at))
 }
 
 /// What an outbound call does with the trace of the inbound request it serves.

@@ -479,8 +479,23 @@ impl Extraction {
     /// The context reported for the request: by priority w3c > b3 > b3single > jaeger > aws >
     /// datadog > grpc_bin > sw8 > request_id (the first request-id header on the wire wins among those).
     pub fn primary(&self) -> Option<&TraceContext> {
+        self.contexts.get(self.primary_index()?)
+    }
+
+    /// The context [`Extraction::primary`] names, moved out (a record takes its strings
+    /// rather than copies of them).
+    pub fn into_primary(mut self) -> Option<TraceContext> {
+        let at = self.primary_index()?;
+        Some(self.contexts.swap_remove(at))
+    }
+
+    fn primary_index(&self) -> Option<usize> {
         // min_by_key returns the first of equal minima.
-        self.contexts.iter().min_by_key(|c| c.format)
+        self.contexts
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, c)| c.format)
+            .map(|(i, _)| i)
     }
 
     /// Some(reason) when two hex-id formats on the request carry different trace ids (see
