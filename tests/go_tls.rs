@@ -22,8 +22,9 @@ const REQUESTS: usize = 24;
 /// Goroutines the client spreads them over (one shared http.Client).
 const WORKERS: usize = 4;
 /// How long a client waits before its first request: the agent looks at a new process
-/// 200 ms after its exec.
-const CLIENT_DELAY: &str = "1s";
+/// 200 ms after its exec, and again 2 s after it when the first look came too early (the
+/// debug agent of the test run can take longer than 1 s to read a Go binary's tables).
+const CLIENT_DELAY: &str = "3s";
 
 /// The Go programs and the certificate, built in a directory of their own.
 struct Built {
