@@ -806,7 +806,8 @@ fn chain_go_middle_started_after_the_agent_links_by_goroutine() {
     let (chain, lines) = until_nothing_lost("Go middle started after the agent", |attempt| {
         let agent = Agent::watch(&[]);
         let chain = Chain::start(Middle::Go);
-        // The agent looks at a new process 200 ms after its exec (the TLS probes' delay).
+        // The agent looks at a new process at its exec; reading a Go executable takes the
+        // debug build of the tests a few hundred ms.
         std::thread::sleep(Duration::from_secs(1));
         concurrent_traffic(&chain, Middle::Go, 0xa5e0 + attempt, clients, per_client);
         let lines = calls_seen(agent, &chain, want);

@@ -9,9 +9,10 @@
 //! Run by `cargo xtask integration-test` (which installs golang-go); without `go` or
 //! `openssl` the test says why it skips, and fails under CI=true.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use traceid_tests::*;
 // The harness crate's dependencies, not named by this test.
@@ -21,10 +22,27 @@ use {serde_json as _, thiserror as _};
 const REQUESTS: usize = 24;
 /// Goroutines the client spreads them over (one shared http.Client).
 const WORKERS: usize = 4;
-/// How long a client waits before its first request: the agent looks at a new process
-/// 200 ms after its exec, and again 2 s after it when the first look came too early (the
-/// debug agent of the test run can take longer than 1 s to read a Go binary's tables).
-const CLIENT_DELAY: &str = "3s";
+/// The agent's log line that says from when a process's Go HTTPS is seen (at debug level).
+const LOG_FILTER: &str = "warn,traceid::capture::go_tls=debug";
+
+/// Waits until the agent has registered `pid` (`what`) with its Go TLS probes: the agent looks
+/// at a new process at its exec, and reading a new Go executable takes it a moment (longer in
+/// the debug build the tests run, on a busy host). Prints how long that took.
+fn wait_registered(agent: &Agent, pid: u32, what: &str) {
+    let started = Instant::now();
+    let registered = agent.wait_for_log(
+        Duration::from_secs(30),
+        &format!("Go TLS probes: pid {pid} registered"),
+    );
+    assert!(
+        registered,
+        "the agent did not register the {what} (pid {pid}) with its Go TLS probes within 30 s"
+    );
+    eprintln!(
+        "{what} (pid {pid}) registered by the agent {} ms after the test saw it running",
+        started.elapsed().as_millis()
+    );
+}
 
 /// The Go programs and the certificate, built in a directory of their own.
 struct Built {
@@ -112,18 +130,26 @@ fn trace_id(prefix: &str, i: usize) -> String {
 }
 
 /// Runs the client: [`REQUESTS`] GETs to /0.. with their own traceparents over `proto`
-/// ("h2" or "h1"); checks that every one got its 200 over the protocol asked for. Returns
-/// the client's pid.
-fn run_client(binary: &Path, port: u16, proto: &str, prefix: &str) -> u32 {
-    let child = Command::new(binary)
+/// ("h2" or "h1"), sent once `agent` has registered it; checks that every one got its 200 over
+/// the protocol asked for. Returns the client's pid.
+fn run_client(agent: &Agent, binary: &Path, port: u16, proto: &str, prefix: &str) -> u32 {
+    let mut child = Command::new(binary)
         .arg(format!("https://127.0.0.1:{port}"))
         .args([&REQUESTS.to_string(), &WORKERS.to_string(), proto, prefix])
-        .arg(CLIENT_DELAY)
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .expect("spawning the Go HTTPS client");
     let pid = child.id();
+    wait_registered(agent, pid, "Go HTTPS client");
+    // The start line; the client then sends its requests.
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"go\n")
+        .expect("starting the Go HTTPS client");
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "the Go HTTPS client failed");
     let stdout = String::from_utf8(out.stdout).unwrap();
@@ -225,11 +251,11 @@ fn go_https_over_h2_and_http1_is_decoded_on_both_sides() {
     // (found at their exec).
     let port = free_port();
     let mut server = built.start_server(&server_bin, port);
-    let agent = Agent::watch(&["--port", &port.to_string()]);
+    let agent = Agent::watch_logging(&["--port", &port.to_string()], LOG_FILTER);
     let h2_prefix = "4bf92f3577b34da6a3ce9200";
     let h1_prefix = "4bf92f3577b34da6a3ce9100";
-    let h2_client = run_client(&client_bin, port, "h2", h2_prefix);
-    let h1_client = run_client(&client_bin, port, "h1", h1_prefix);
+    let h2_client = run_client(&agent, &client_bin, port, "h2", h2_prefix);
+    let h1_client = run_client(&agent, &client_bin, port, "h1", h1_prefix);
     assert_all_decoded(
         agent,
         server.id(),
@@ -263,12 +289,11 @@ fn stripped_go_https_server_started_after_the_agent_is_decoded() {
     let server_bin = built.go_build("server", &["-ldflags=-s -w"]);
     let client_bin = built.go_build("client", &["-ldflags=-s -w"]);
     let port = free_port();
-    let agent = Agent::watch(&["--port", &port.to_string()]);
+    let agent = Agent::watch_logging(&["--port", &port.to_string()], LOG_FILTER);
     let mut server = built.start_server(&server_bin, port);
-    // The agent looks at a new process 200 ms and 2 s after its exec.
-    std::thread::sleep(Duration::from_millis(500));
+    wait_registered(&agent, server.id(), "stripped Go HTTPS server");
     let prefix = "4bf92f3577b34da6a3ce9300";
-    let client = run_client(&client_bin, port, "h2", prefix);
+    let client = run_client(&agent, &client_bin, port, "h2", prefix);
     assert_all_decoded(
         agent,
         server.id(),

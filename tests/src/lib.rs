@@ -227,7 +227,21 @@ pub struct Agent {
 impl Agent {
     /// Starts the agent and waits until its programs are attached.
     pub fn watch(extra: &[&str]) -> Agent {
-        let mut child = Command::new(traceid_bin())
+        Agent::start(extra, None)
+    }
+
+    /// [`Agent::watch`] with the agent's log filter (`TRACEID_LOG`) set to `log`, for a test
+    /// that waits for a moment only the log tells ([`Agent::wait_for_log`]).
+    pub fn watch_logging(extra: &[&str], log: &str) -> Agent {
+        Agent::start(extra, Some(log))
+    }
+
+    fn start(extra: &[&str], log: Option<&str>) -> Agent {
+        let mut cmd = Command::new(traceid_bin());
+        if let Some(log) = log {
+            cmd.env("TRACEID_LOG", log);
+        }
+        let mut child = cmd
             .arg("watch")
             .arg("--json")
             .args(extra)
@@ -272,6 +286,20 @@ impl Agent {
                 return lines;
             }
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until the agent's stderr holds `needle` (at most `timeout`); whether it does.
+    pub fn wait_for_log(&self, timeout: Duration, needle: &str) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.stderr.lock().unwrap().contains(needle) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 

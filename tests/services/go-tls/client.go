@@ -1,12 +1,13 @@
 // An HTTPS client on crypto/tls: N GET requests to BASE/<i>, each with its own traceparent
 // (trace id = TRACEPREFIX followed by i as 8 hex digits), from WORKERS goroutines sharing one
 // http.Client. PROTO is "h2" (negotiated by ALPN, Go's default) or "h1" (HTTP/1.1 only).
-// It first sleeps DELAY (a duration) so an agent can look at it after its exec. Prints one
-// line per response: "<i> <status> <proto>".
-// Usage: client BASE N WORKERS PROTO TRACEPREFIX DELAY
+// It first waits for a line on stdin, so a test can start it once an agent has looked at it
+// after its exec. Prints one line per response: "<i> <status> <proto>".
+// Usage: client BASE N WORKERS PROTO TRACEPREFIX
 package main
 
 import (
+	"bufio"
 	"crypto/tls"
 	"fmt"
 	"io"
@@ -14,7 +15,6 @@ import (
 	"os"
 	"strconv"
 	"sync"
-	"time"
 )
 
 func main() {
@@ -23,12 +23,10 @@ func main() {
 	workers, _ := strconv.Atoi(os.Args[3])
 	proto := os.Args[4]
 	prefix := os.Args[5]
-	delay, err := time.ParseDuration(os.Args[6])
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
+	if _, err := bufio.NewReader(os.Stdin).ReadString('\n'); err != nil {
+		fmt.Fprintln(os.Stderr, "waiting for the start line:", err)
 		os.Exit(2)
 	}
-	time.Sleep(delay)
 
 	transport := &http.Transport{
 		TLSClientConfig:   &tls.Config{InsecureSkipVerify: true},

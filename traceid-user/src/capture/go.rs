@@ -125,13 +125,6 @@ impl GoAttacher {
         let shown = fs::read_link(exe)
             .map_or_else(|_| exe.display().to_string(), |p| p.display().to_string());
         let go_version = binary.build_info().go_version.clone();
-        let (offsets, offsets_from) = match golang::offsets::for_binary(exe, &go_version) {
-            Ok(found) => found,
-            Err(e) => {
-                self.refuse(Severity::Warn, shown, e.to_string());
-                return None;
-            }
-        };
         let plan = match golang::plan(&binary) {
             Ok(plan) => plan,
             Err(e) => {
@@ -153,6 +146,15 @@ impl GoAttacher {
                 Site::Returns => sites.extend(located.ret_offsets.iter().map(|&o| (program, o))),
             }
         }
+        // Read after the functions are located: reading the DWARF is most of the look, and
+        // most Go programs (clients, tools) stop at a function not located.
+        let (offsets, offsets_from) = match golang::offsets::for_binary(exe, &go_version) {
+            Ok(found) => found,
+            Err(e) => {
+                self.refuse(Severity::Warn, shown, e.to_string());
+                return None;
+            }
+        };
         for (program, offset) in sites {
             if let Err(e) =
                 super::uprobes::attach_at(ebpf, program, exe, offset, tracefs, "Go probes")

@@ -140,8 +140,11 @@ impl GoTlsAttacher {
             Some(offsets) => procs.insert(pid, offsets, 0),
             None => procs.remove(&pid),
         };
-        if let (Some(_), Err(e)) = (offsets, result) {
-            tracing::warn!("Go TLS probes: pid {pid} not registered: {e}");
+        match (offsets, result) {
+            (Some(_), Err(e)) => tracing::warn!("Go TLS probes: pid {pid} not registered: {e}"),
+            // The moment from which the process's HTTPS is seen (tests wait for it).
+            (Some(_), Ok(())) => tracing::debug!("Go TLS probes: pid {pid} registered"),
+            _ => {}
         }
     }
 

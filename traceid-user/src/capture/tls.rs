@@ -36,9 +36,16 @@ pub const PROBES: &[(&str, &str)] = &[
 
 /// Executables larger than this are not searched for a static OpenSSL.
 const MAX_EXE_BYTES: u64 = 512 * 1024 * 1024;
-/// When to look at a process after its exec: the loader maps libraries within milliseconds;
-/// a later look catches libraries loaded with dlopen (Python's _ssl).
-const EXEC_DELAYS: [Duration; 2] = [Duration::from_millis(200), Duration::from_secs(2)];
+/// When to look at a process after its exec: at once for what the executable itself holds
+/// (Go's crypto/tls, a static OpenSSL: a client may send its first request within
+/// milliseconds); the loader maps libraries within milliseconds; a later look catches
+/// libraries loaded with dlopen (Python's _ssl). A file already inspected costs a later look
+/// a read of the process's maps, nothing more.
+const EXEC_DELAYS: [Duration; 3] = [
+    Duration::ZERO,
+    Duration::from_millis(200),
+    Duration::from_secs(2),
+];
 /// Pending looks kept at most (an exec storm cannot grow it without bound).
 const MAX_PENDING: usize = 4096;
 
@@ -124,8 +131,9 @@ impl TlsAttacher {
     }
 
     pub fn scan_pid(&mut self, ebpf: &mut Ebpf, pid: u32) {
-        self.go.scan_pid(ebpf, pid, &mut self.via_tracefs);
+        // Capture first: a Go HTTPS client sends its first request soon after its exec.
         self.go_tls.scan_pid(ebpf, pid, &mut self.via_tracefs);
+        self.go.scan_pid(ebpf, pid, &mut self.via_tracefs);
         if !self.loaded {
             return;
         }
