@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use crate::capture::{self, Capture, CaptureConfig, CaptureError};
 use crate::event;
 use crate::identity::{MissingSource, Resolver};
-use crate::lifecycle::{census_record, LiveCensus, Sysctls, TimeWaitReport};
+use crate::lifecycle::{census_record, LiveCensus, TimeWaitReport};
 use crate::mem;
 use crate::pipeline::{loss_record, Pipeline, PipelineConfig};
 use crate::record::{ConnKey, Record};
@@ -242,8 +242,8 @@ impl Live<'_> {
     /// One TIME_WAIT census through sock_diag, fed as a record.
     fn census(&mut self) {
         let now = capture::monotonic_ns();
-        let rec = match self.census.take(self.census_max) {
-            Ok(c) => census_record::encode(now, &c, &Sysctls::read()),
+        let rec = match self.census.take(self.census_max, now) {
+            Ok(rec) => rec,
             Err(e) => {
                 let e = e.to_string();
                 if !self.census_warned {

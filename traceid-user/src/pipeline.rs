@@ -104,7 +104,8 @@ impl Pipeline {
             Event::Census(_, body) => match census_record::decode(body) {
                 Ok(census_record::Decoded::Census(c, sys)) => self.lifecycle.on_census(
                     h.ts_ns,
-                    &c,
+                    c.sockets(),
+                    c.truncated,
                     sys,
                     self.realtime_offset_ns,
                     &mut self.out,

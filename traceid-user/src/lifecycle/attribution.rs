@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 
-use super::census::{Census, TimeWaitSocket};
+use super::census::TimeWaitSocket;
 use super::config::{is_buildup, reuse_ratio, Sysctls, NS};
 use super::report::{round2, top_owner};
 use super::track::{normalize, tuple, Owner, PeerKey};
@@ -35,11 +35,13 @@ pub(crate) struct LastCensus {
 
 impl Lifecycle {
     /// One census at `now_ns` (CLOCK_MONOTONIC): attributes, counts, measures growth and pushes
-    /// `buildup` records to `out`.
+    /// `buildup` records to `out`. The sockets are walked twice and never collected (a
+    /// [`super::census_record::CensusView`] decodes them from the record as they are walked).
     pub fn on_census(
         &mut self,
         now_ns: u64,
-        census: &Census,
+        census: impl Iterator<Item = TimeWaitSocket> + Clone,
+        truncated: bool,
         sys: Sysctls,
         realtime_offset_ns: i128,
         out: &mut Vec<Record>,
@@ -63,9 +65,11 @@ impl Lifecycle {
             connected_to: endpoints_of(Role::Client),
         };
         let tuple_of = |s: &TimeWaitSocket| tuple(normalize(s.local), normalize(s.remote));
-        let closed = self.recent.owners(census.sockets.iter().map(tuple_of));
-        for s in &census.sockets {
-            let TimeWaitSocket { local, remote } = *s;
+        let closed = self.recent.owners(census.clone().map(|s| tuple_of(&s)));
+        let mut total = 0u64;
+        for s in census {
+            total += 1;
+            let TimeWaitSocket { local, remote } = s;
             let (local, remote) = (normalize(local), normalize(remote));
             let t = tuple(local, remote);
             let owner: Option<Owner> = closed.get(&t).or_else(|| {
@@ -116,7 +120,6 @@ impl Lifecycle {
             v.truncate(TOP * 10);
             o.0.time_wait(&v);
         }
-        let total = census.sockets.len() as u64;
         let threshold = self.threshold(&sys);
         let prev = self.last.as_ref();
         let dt_s = prev.map(|p| now_ns.saturating_sub(p.ns) as f64 / NS as f64);
@@ -186,7 +189,7 @@ impl Lifecycle {
         self.last = Some(LastCensus {
             ns: now_ns,
             total,
-            truncated: census.truncated,
+            truncated,
             growth_per_s,
             by_service,
             growth,

@@ -272,24 +272,35 @@ impl CensusSocket {
 
     /// TIME_WAIT sockets, IPv4 then IPv6, at most `max`; see [`Census`].
     pub fn dump(&mut self, max: usize) -> Result<Census, CensusError> {
-        let mut census = Census {
-            sockets: Vec::with_capacity(max.min(4096)),
-            truncated: false,
-        };
+        let mut sockets = Vec::with_capacity(max.min(4096));
+        let truncated = self.dump_each(max, &mut |s| sockets.push(s))?;
+        Ok(Census { sockets, truncated })
+    }
+
+    /// Hands TIME_WAIT sockets, IPv4 then IPv6, at most `max`, to `visit` as they come, so a
+    /// caller that keeps them in its own form never holds a second list (a host can have
+    /// hundreds of thousands). Returns whether the census was truncated (see [`Census`]).
+    pub fn dump_each(
+        &mut self,
+        max: usize,
+        visit: &mut dyn FnMut(TimeWaitSocket),
+    ) -> Result<bool, CensusError> {
+        let (mut n, mut truncated) = (0usize, false);
         for family in [Family::V4, Family::V6] {
             let complete = self.dump_family(family, &mut |s| {
-                if census.sockets.len() >= max {
-                    census.truncated = true;
+                if n >= max {
+                    truncated = true;
                     return ControlFlow::Break(());
                 }
-                census.sockets.push(s);
+                n += 1;
+                visit(s);
                 ControlFlow::Continue(())
             })?;
             if !complete {
                 break;
             }
         }
-        Ok(census)
+        Ok(truncated)
     }
 
     /// Number of TIME_WAIT sockets, IPv4 + IPv6, without building a list.

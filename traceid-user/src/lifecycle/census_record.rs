@@ -37,31 +37,97 @@ pub enum CensusRecordError {
 
 /// What a census record says.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Decoded {
-    Census(Census, Sysctls),
+pub enum Decoded<'a> {
+    Census(CensusView<'a>, Sysctls),
     /// The census could not be taken; the reason.
     Failed(String),
 }
 
-/// The record of a census taken at `ts_ns` (CLOCK_MONOTONIC).
-pub fn encode(ts_ns: u64, census: &Census, sys: &Sysctls) -> Vec<u8> {
-    let mut raw = event::agent_header(kind::CENSUS, ts_ns);
-    raw.reserve(FIXED_LEN + census.sockets.len() * SOCKET_LEN);
-    raw.push(if census.truncated { TRUNCATED } else { 0 });
-    raw.push(sys.tcp_tw_reuse.unwrap_or(u8::MAX));
-    raw.push(u8::from(sys.port_range.is_some()));
-    raw.push(0);
-    let (lo, hi) = sys.port_range.unwrap_or((0, 0));
-    raw.extend_from_slice(&lo.to_le_bytes());
-    raw.extend_from_slice(&hi.to_le_bytes());
-    raw.extend_from_slice(&(census.sockets.len() as u32).to_le_bytes());
-    for s in &census.sockets {
-        for a in [s.local, s.remote] {
-            raw.extend_from_slice(&v6(a.ip()).octets());
-            raw.extend_from_slice(&a.port().to_le_bytes());
+/// A census read in place from its record: the sockets are decoded as they are walked, so a
+/// census of 130,000 sockets is never held a second time as a list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CensusView<'a> {
+    /// The sockets, [`SOCKET_LEN`] bytes each (the length is checked by [`decode`]).
+    sockets: &'a [u8],
+    /// As [`Census::truncated`].
+    pub truncated: bool,
+}
+
+impl<'a> CensusView<'a> {
+    /// Number of sockets.
+    pub fn len(&self) -> usize {
+        self.sockets.len() / SOCKET_LEN
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sockets.is_empty()
+    }
+
+    /// The sockets, in the census's order.
+    pub fn sockets(&self) -> impl Iterator<Item = TimeWaitSocket> + Clone + 'a {
+        self.sockets
+            .chunks_exact(SOCKET_LEN)
+            .map(|s| TimeWaitSocket {
+                local: addr(&s[..18]),
+                remote: addr(&s[18..]),
+            })
+    }
+
+    /// The census as a list.
+    pub fn to_census(&self) -> Census {
+        Census {
+            sockets: self.sockets().collect(),
+            truncated: self.truncated,
         }
     }
-    raw
+}
+
+/// Writes a census record as the census is taken, one socket at a time.
+pub struct Encoder {
+    raw: Vec<u8>,
+    count: u32,
+}
+
+impl Encoder {
+    /// A record of a census taken at `ts_ns` (CLOCK_MONOTONIC), empty so far.
+    pub fn new(ts_ns: u64) -> Encoder {
+        let mut raw = event::agent_header(kind::CENSUS, ts_ns);
+        // The fixed part, written by `finish` once the count is known.
+        raw.extend_from_slice(&[0; FIXED_LEN]);
+        Encoder { raw, count: 0 }
+    }
+
+    pub fn push(&mut self, s: &TimeWaitSocket) {
+        for a in [s.local, s.remote] {
+            self.raw.extend_from_slice(&v6(a.ip()).octets());
+            self.raw.extend_from_slice(&a.port().to_le_bytes());
+        }
+        self.count += 1;
+    }
+
+    /// The record.
+    pub fn finish(mut self, truncated: bool, sys: &Sysctls) -> Vec<u8> {
+        let at = self.raw.len() - self.count as usize * SOCKET_LEN - FIXED_LEN;
+        let fixed = &mut self.raw[at..at + FIXED_LEN];
+        fixed[0] = if truncated { TRUNCATED } else { 0 };
+        fixed[1] = sys.tcp_tw_reuse.unwrap_or(u8::MAX);
+        fixed[2] = u8::from(sys.port_range.is_some());
+        let (lo, hi) = sys.port_range.unwrap_or((0, 0));
+        fixed[4..6].copy_from_slice(&lo.to_le_bytes());
+        fixed[6..8].copy_from_slice(&hi.to_le_bytes());
+        fixed[8..12].copy_from_slice(&self.count.to_le_bytes());
+        self.raw
+    }
+}
+
+/// The record of a census taken at `ts_ns` (CLOCK_MONOTONIC).
+pub fn encode(ts_ns: u64, census: &Census, sys: &Sysctls) -> Vec<u8> {
+    let mut record = Encoder::new(ts_ns);
+    record.raw.reserve(census.sockets.len() * SOCKET_LEN);
+    for s in &census.sockets {
+        record.push(s);
+    }
+    record.finish(census.truncated, sys)
 }
 
 /// The record of a census that failed at `ts_ns`.
@@ -78,7 +144,7 @@ pub fn encode_failure(ts_ns: u64, error: &str) -> Vec<u8> {
 }
 
 /// Decodes a census record's body (untrusted: every length is checked).
-pub fn decode(body: &[u8]) -> Result<Decoded, CensusRecordError> {
+pub fn decode(body: &[u8]) -> Result<Decoded<'_>, CensusRecordError> {
     let fixed = body
         .get(..FIXED_LEN)
         .ok_or(CensusRecordError::Short(body.len()))?;
@@ -100,27 +166,21 @@ pub fn decode(body: &[u8]) -> Result<Decoded, CensusRecordError> {
             actual: rest.len(),
         });
     }
-    let addr = |b: &[u8]| {
-        let mut ip = [0u8; 16];
-        ip.copy_from_slice(&b[..16]);
-        let ip = Ipv6Addr::from(ip);
-        let ip = ip.to_ipv4_mapped().map_or(IpAddr::V6(ip), IpAddr::V4);
-        SocketAddr::new(ip, u16::from_le_bytes([b[16], b[17]]))
-    };
-    let sockets = rest
-        .chunks_exact(SOCKET_LEN)
-        .map(|s| TimeWaitSocket {
-            local: addr(&s[..18]),
-            remote: addr(&s[18..]),
-        })
-        .collect();
     Ok(Decoded::Census(
-        Census {
-            sockets,
+        CensusView {
+            sockets: rest,
             truncated: fixed[0] & TRUNCATED != 0,
         },
         sys,
     ))
+}
+
+fn addr(b: &[u8]) -> SocketAddr {
+    let mut ip = [0u8; 16];
+    ip.copy_from_slice(&b[..16]);
+    let ip = Ipv6Addr::from(ip);
+    let ip = ip.to_ipv4_mapped().map_or(IpAddr::V6(ip), IpAddr::V4);
+    SocketAddr::new(ip, u16::from_le_bytes([b[16], b[17]]))
 }
 
 fn v6(ip: IpAddr) -> Ipv6Addr {
@@ -136,6 +196,16 @@ mod tests {
 
     fn body(raw: &[u8]) -> &[u8] {
         &raw[std::mem::size_of::<traceid_common::EventHeader>()..]
+    }
+
+    fn decoded(raw: &[u8]) -> (Census, Sysctls) {
+        match decode(body(raw)) {
+            Ok(Decoded::Census(view, sys)) => {
+                assert_eq!(view.len(), view.sockets().count());
+                (view.to_census(), sys)
+            }
+            other => panic!("not a census: {other:?}"),
+        }
     }
 
     #[test]
@@ -159,11 +229,11 @@ mod tests {
         };
         let raw = encode(42, &census, &sys);
         assert_eq!(event::decode(&raw).unwrap().header().ts_ns, 42);
-        assert_eq!(decode(body(&raw)), Ok(Decoded::Census(census, sys)));
+        assert_eq!(decoded(&raw), (census, sys));
         let unknown = Sysctls::default();
         let empty = Census::default();
         let raw = encode(1, &empty, &unknown);
-        assert_eq!(decode(body(&raw)), Ok(Decoded::Census(empty, unknown)));
+        assert_eq!(decoded(&raw), (empty, unknown));
     }
 
     #[test]

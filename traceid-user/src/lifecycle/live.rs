@@ -1,6 +1,8 @@
 //! The census as the live loop takes it: one netlink socket kept open.
 
-use super::census::{Census, CensusError, CensusSocket};
+use super::census::{CensusError, CensusSocket};
+use super::census_record;
+use super::Sysctls;
 
 /// One netlink socket reused from census to census (opened on first use, reopened after a
 /// failure).
@@ -10,16 +12,21 @@ pub struct LiveCensus {
 }
 
 impl LiveCensus {
-    /// Takes a census of at most `max` TIME_WAIT sockets.
-    pub fn take(&mut self, max: usize) -> Result<Census, CensusError> {
+    /// Takes a census of at most `max` TIME_WAIT sockets at `ts_ns` (CLOCK_MONOTONIC), written
+    /// straight into its record as the kernel hands the sockets over: with 130,000 TIME_WAIT
+    /// sockets the record is 4.5 MiB, where a list of them first would add 8 MiB more.
+    pub fn take(&mut self, max: usize, ts_ns: u64) -> Result<Vec<u8>, CensusError> {
         let socket = match &mut self.socket {
             Some(s) => s,
             None => self.socket.insert(CensusSocket::open()?),
         };
-        let census = socket.dump(max);
-        if census.is_err() {
-            self.socket = None;
+        let mut record = census_record::Encoder::new(ts_ns);
+        match socket.dump_each(max, &mut |s| record.push(&s)) {
+            Ok(truncated) => Ok(record.finish(truncated, &Sysctls::read())),
+            Err(e) => {
+                self.socket = None;
+                Err(e)
+            }
         }
-        census
     }
 }
