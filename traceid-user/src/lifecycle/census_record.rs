@@ -89,12 +89,23 @@ pub struct Encoder {
 }
 
 impl Encoder {
-    /// A record of a census taken at `ts_ns` (CLOCK_MONOTONIC), empty so far.
-    pub fn new(ts_ns: u64) -> Encoder {
+    /// A record of a census taken at `ts_ns` (CLOCK_MONOTONIC), empty so far, with room for
+    /// `expected` sockets (growing by doubling would copy it, and hold both copies meanwhile).
+    pub fn new(ts_ns: u64, expected: usize) -> Encoder {
         let mut raw = event::agent_header(kind::CENSUS, ts_ns);
+        raw.reserve(FIXED_LEN + expected * SOCKET_LEN);
         // The fixed part, written by `finish` once the count is known.
         raw.extend_from_slice(&[0; FIXED_LEN]);
         Encoder { raw, count: 0 }
+    }
+
+    /// Sockets so far.
+    pub fn len(&self) -> usize {
+        self.count as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
     }
 
     pub fn push(&mut self, s: &TimeWaitSocket) {
@@ -122,8 +133,7 @@ impl Encoder {
 
 /// The record of a census taken at `ts_ns` (CLOCK_MONOTONIC).
 pub fn encode(ts_ns: u64, census: &Census, sys: &Sysctls) -> Vec<u8> {
-    let mut record = Encoder::new(ts_ns);
-    record.raw.reserve(census.sockets.len() * SOCKET_LEN);
+    let mut record = Encoder::new(ts_ns, census.sockets.len());
     for s in &census.sockets {
         record.push(s);
     }

@@ -9,6 +9,8 @@ use super::Sysctls;
 #[derive(Debug, Default)]
 pub struct LiveCensus {
     socket: Option<CensusSocket>,
+    /// Sockets in the last census: the next record is sized after it.
+    last_len: usize,
 }
 
 impl LiveCensus {
@@ -20,9 +22,15 @@ impl LiveCensus {
             Some(s) => s,
             None => self.socket.insert(CensusSocket::open()?),
         };
-        let mut record = census_record::Encoder::new(ts_ns);
+        // TIME_WAIT sockets come and go over a minute: room for the last census's and a
+        // sixteenth more.
+        let expected = (self.last_len + self.last_len / 16).min(max);
+        let mut record = census_record::Encoder::new(ts_ns, expected);
         match socket.dump_each(max, &mut |s| record.push(&s)) {
-            Ok(truncated) => Ok(record.finish(truncated, &Sysctls::read())),
+            Ok(truncated) => {
+                self.last_len = record.len();
+                Ok(record.finish(truncated, &Sysctls::read()))
+            }
             Err(e) => {
                 self.socket = None;
                 Err(e)
