@@ -9,6 +9,8 @@ use super::*;
 use std::io::Read;
 use std::net::{Ipv4Addr, Ipv6Addr, TcpListener, TcpStream};
 use std::process::Command;
+
+use crate::lifecycle::census_record;
 use std::time::{Duration, Instant};
 
 /// Per-socket I/O timeout: loopback answers in microseconds.
@@ -387,6 +389,15 @@ fn kernel_error_in_done_is_reported() {
     );
 }
 
+/// The census a census record holds.
+fn census_of(raw: &[u8]) -> (census_record::CensusView<'_>, crate::lifecycle::Sysctls) {
+    let body = &raw[std::mem::size_of::<traceid_common::EventHeader>()..];
+    match census_record::decode(body) {
+        Ok(census_record::Decoded::Census(view, sys)) => (view, sys),
+        other => panic!("not a census: {other:?}"),
+    }
+}
+
 #[test]
 fn live_census_writes_its_record_as_the_sockets_come() {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
@@ -394,17 +405,11 @@ fn live_census_writes_its_record_as_the_sockets_come() {
     let n = 30;
     make_time_wait(&listener, n, Closer::Client);
     drop(listener);
-    let body = |raw: &[u8]| raw[std::mem::size_of::<traceid_common::EventHeader>()..].to_vec();
     let mut live = crate::lifecycle::LiveCensus::default();
 
     let raw = live.take(usize::MAX, 77).expect("live census");
     assert_eq!(crate::event::decode(&raw).unwrap().header().ts_ns, 77);
-    let body_all = body(&raw);
-    let Ok(crate::lifecycle::census_record::Decoded::Census(view, sys)) =
-        crate::lifecycle::census_record::decode(&body_all)
-    else {
-        panic!("not a census record");
-    };
+    let (view, sys) = census_of(&raw);
     assert!(!view.truncated);
     assert_eq!(sys, crate::lifecycle::Sysctls::read());
     let own = view
@@ -419,21 +424,11 @@ fn live_census_writes_its_record_as_the_sockets_come() {
 
     // Truncated, then complete again on the same netlink socket.
     let raw = live.take(7, 78).expect("truncated live census");
-    let body_cut = body(&raw);
-    let Ok(crate::lifecycle::census_record::Decoded::Census(view, _)) =
-        crate::lifecycle::census_record::decode(&body_cut)
-    else {
-        panic!("not a census record");
-    };
+    let (view, _) = census_of(&raw);
     assert!(view.truncated);
     assert_eq!(view.len(), 7);
     let raw = live.take(usize::MAX, 79).expect("live census again");
-    let body_again = body(&raw);
-    let Ok(crate::lifecycle::census_record::Decoded::Census(view, _)) =
-        crate::lifecycle::census_record::decode(&body_again)
-    else {
-        panic!("not a census record");
-    };
+    let (view, _) = census_of(&raw);
     assert!(!view.truncated);
     assert!(view.len() >= n);
 }

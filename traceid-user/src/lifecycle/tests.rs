@@ -8,7 +8,7 @@ use traceid_common::{
     kind, tcp_state, ConnEvent, EventHeader, StateEvent, ROLE_CLIENT, ROLE_SERVER,
 };
 
-use super::census::{Census, TimeWaitSocket};
+use super::census::TimeWaitSocket;
 use super::config::NS;
 use crate::record::{Direction, HeadersKnown, Holder, Protocol, RequestRecord};
 
@@ -176,11 +176,9 @@ fn churn(lc: &mut Lifecycle, pid: u32, first_port: u16, n: u16, t0: u64) -> Vec<
         .collect()
 }
 
-fn census(sockets: Vec<TimeWaitSocket>) -> Census {
-    Census {
-        sockets,
-        truncated: false,
-    }
+/// A complete census of `sockets` at `now_ns`.
+fn census(lc: &mut Lifecycle, now_ns: u64, sockets: Vec<TimeWaitSocket>, out: &mut Vec<Record>) {
+    lc.on_census(now_ns, sockets.into_iter(), false, sys(), 0, out);
 }
 
 fn buildups(out: &[Record]) -> Vec<&BuildupRecord> {
@@ -260,26 +258,12 @@ fn churn_is_attributed_and_reported_as_buildup_once_per_10s() {
         local: addr([10, 0, 0, 1], 1),
         remote: addr([10, 9, 9, 9], 443),
     };
-    lc.on_census(
-        S,
-        census(vec![other]).sockets.into_iter(),
-        false,
-        sys(),
-        0,
-        &mut out,
-    );
+    census(&mut lc, S, vec![other], &mut out);
     assert!(out.is_empty());
 
     let mut tw = churn(&mut lc, CLIENT_PID, 20000, 1200, S);
     tw.push(other);
-    lc.on_census(
-        2 * S,
-        census(tw.clone()).sockets.into_iter(),
-        false,
-        sys(),
-        0,
-        &mut out,
-    );
+    census(&mut lc, 2 * S, tw.clone(), &mut out);
     let b = buildups(&out);
     assert_eq!(b.len(), 1, "{out:?}");
     let b = b[0];
@@ -316,36 +300,15 @@ fn churn_is_attributed_and_reported_as_buildup_once_per_10s() {
     // Still growing 5 s later: rate-limited. 11 s after the first: reported again.
     out.clear();
     tw.extend(churn(&mut lc, CLIENT_PID, 30000, 100, 3 * S));
-    lc.on_census(
-        7 * S,
-        census(tw.clone()).sockets.into_iter(),
-        false,
-        sys(),
-        0,
-        &mut out,
-    );
+    census(&mut lc, 7 * S, tw.clone(), &mut out);
     assert!(buildups(&out).is_empty());
     tw.extend(churn(&mut lc, CLIENT_PID, 31000, 100, 8 * S));
-    lc.on_census(
-        13 * S,
-        census(tw.clone()).sockets.into_iter(),
-        false,
-        sys(),
-        0,
-        &mut out,
-    );
+    census(&mut lc, 13 * S, tw.clone(), &mut out);
     assert_eq!(buildups(&out).len(), 1);
     assert_eq!(buildups(&out)[0].time_wait, 1400);
     // Flat: no buildup even after the period.
     out.clear();
-    lc.on_census(
-        30 * S,
-        census(tw.clone()).sockets.into_iter(),
-        false,
-        sys(),
-        0,
-        &mut out,
-    );
+    census(&mut lc, 30 * S, tw.clone(), &mut out);
     assert!(out.is_empty());
 
     let r = lc.report(30 * S);
@@ -404,28 +367,14 @@ fn keep_alive_shows_reuse_and_no_buildup() {
         lport: 40000,
     };
     c.open(&mut lc, "pooled");
-    lc.on_census(
-        S,
-        census(vec![]).sockets.into_iter(),
-        false,
-        sys(),
-        0,
-        &mut out,
-    );
+    census(&mut lc, S, vec![], &mut out);
     for _ in 0..2000 {
         c.request(&mut lc);
     }
     // The peer closes first this time: CLOSE_WAIT arrives while the fd is still open.
     c.state(&mut lc, tcp_state::CLOSE_WAIT, 5 * S);
     c.close(&mut lc, 5 * S + 1000);
-    lc.on_census(
-        6 * S,
-        census(vec![]).sockets.into_iter(),
-        false,
-        sys(),
-        0,
-        &mut out,
-    );
+    census(&mut lc, 6 * S, vec![], &mut out);
     assert!(out.is_empty());
     let r = lc.report(6 * S);
     let p = &r.peers[0];
@@ -440,14 +389,7 @@ fn attribution_matches_four_tuples_not_pids_of_the_moment() {
         ..LifecycleConfig::default()
     });
     let mut out = Vec::new();
-    lc.on_census(
-        0,
-        census(vec![]).sockets.into_iter(),
-        false,
-        sys(),
-        0,
-        &mut out,
-    );
+    census(&mut lc, 0, vec![], &mut out);
     // Two processes talk to the same remote; A closes 3, B closes 1.
     let tw_a = churn(&mut lc, 1, 20000, 3, S);
     let tw_b = churn(&mut lc, 2, 21000, 1, S);
@@ -457,14 +399,7 @@ fn attribution_matches_four_tuples_not_pids_of_the_moment() {
         remote: addr(SERVER.0, SERVER.1),
     };
     let all: Vec<_> = tw_a.iter().chain(&tw_b).copied().chain([unknown]).collect();
-    lc.on_census(
-        2 * S,
-        census(all).sockets.into_iter(),
-        false,
-        sys(),
-        0,
-        &mut out,
-    );
+    census(&mut lc, 2 * S, all, &mut out);
     let b = buildups(&out);
     assert_eq!(b.len(), 1);
     assert_eq!((b[0].pid, b[0].time_wait), (Some(1), 5));
@@ -506,24 +441,10 @@ fn recently_closed_is_bounded_by_ttl_and_cap() {
     // At most 100 whole (the last closed) and 100 kept as TIME_WAIT holders.
     assert_eq!(lc.recently_closed(), 200);
     // A second on, the whole ones are holders too: only the last 100 can be attributed.
-    lc.on_census(
-        3 * S,
-        census(tw.clone()).sockets.into_iter(),
-        false,
-        sys(),
-        0,
-        &mut out,
-    );
+    census(&mut lc, 3 * S, tw.clone(), &mut out);
     assert_eq!(lc.recently_closed(), 100);
     assert_eq!(lc.report(3 * S).remotes[0].attributed, 100);
-    lc.on_census(
-        200 * S,
-        census(tw).sockets.into_iter(),
-        false,
-        sys(),
-        0,
-        &mut out,
-    );
+    census(&mut lc, 200 * S, tw, &mut out);
     assert_eq!(lc.recently_closed(), 0);
 }
 
@@ -561,14 +482,7 @@ fn only_ends_that_may_hold_time_wait_are_kept_past_their_close() {
     assert_eq!(lc.recently_closed(), 4);
     // Past the closing second: the peer-closed and the reset ends are forgotten.
     let tw: Vec<TimeWaitSocket> = ends.iter().map(|(c, _)| c.time_wait()).collect();
-    lc.on_census(
-        3 * S,
-        census(tw).sockets.into_iter(),
-        false,
-        sys(),
-        0,
-        &mut out,
-    );
+    census(&mut lc, 3 * S, tw, &mut out);
     assert_eq!(lc.recently_closed(), 2);
     assert_eq!(lc.report(3 * S).remotes[0].attributed, 2);
 }
@@ -580,14 +494,7 @@ fn ipv4_mapped_census_entries_match_ipv4_connections() {
         ..LifecycleConfig::default()
     });
     let mut out = Vec::new();
-    lc.on_census(
-        0,
-        census(vec![]).sockets.into_iter(),
-        false,
-        sys(),
-        0,
-        &mut out,
-    );
+    census(&mut lc, 0, vec![], &mut out);
     let tw = churn(&mut lc, 9, 20000, 1, S);
     let mapped = |a: SocketAddr| match a {
         SocketAddr::V4(v) => SocketAddr::new(IpAddr::V6(v.ip().to_ipv6_mapped()), v.port()),
@@ -597,14 +504,7 @@ fn ipv4_mapped_census_entries_match_ipv4_connections() {
         local: mapped(tw[0].local),
         remote: mapped(tw[0].remote),
     };
-    lc.on_census(
-        S,
-        census(vec![s]).sockets.into_iter(),
-        false,
-        sys(),
-        0,
-        &mut out,
-    );
+    census(&mut lc, S, vec![s], &mut out);
     let b = buildups(&out);
     assert_eq!((b[0].remote.as_str(), b[0].pid), ("10.0.0.7:9000", Some(9)));
 }
@@ -635,14 +535,7 @@ fn server_side_time_wait_is_counted_per_listening_address() {
             remote: SocketAddr::new("fd00::1".parse().unwrap(), 50000 + i),
         });
     }
-    lc.on_census(
-        3 * S,
-        census(sockets).sockets.into_iter(),
-        false,
-        sys(),
-        0,
-        &mut out,
-    );
+    census(&mut lc, 3 * S, sockets, &mut out);
     let r = lc.report(3 * S);
     assert_eq!(r.locals, vec![("10.0.0.7:8080".to_string(), 3)]);
     assert_eq!(r.peers[0].role, Role::Server);
@@ -681,14 +574,7 @@ fn process_that_exits_without_close_still_owns_its_time_wait() {
         ..LifecycleConfig::default()
     });
     let mut out = Vec::new();
-    lc.on_census(
-        0,
-        census(vec![]).sockets.into_iter(),
-        false,
-        sys(),
-        0,
-        &mut out,
-    );
+    census(&mut lc, 0, vec![], &mut out);
     // Opened, then the process exited: the kernel closed the fds, no close() was traced.
     let tw: Vec<TimeWaitSocket> = (0..3u16)
         .map(|i| {
@@ -703,14 +589,7 @@ fn process_that_exits_without_close_still_owns_its_time_wait() {
             c.time_wait()
         })
         .collect();
-    lc.on_census(
-        3 * S,
-        census(tw).sockets.into_iter(),
-        false,
-        sys(),
-        0,
-        &mut out,
-    );
+    census(&mut lc, 3 * S, tw, &mut out);
     let b = buildups(&out);
     assert_eq!((b[0].pid, b[0].comm.as_deref()), (Some(77), Some("curl")));
     assert_eq!(lc.report(3 * S).peers[0].closed_local_first, 3);
@@ -746,14 +625,7 @@ fn observer_gets_opens_requests_per_connection_and_census() {
     });
     let tw = churn(&mut lc, 1, 20000, 2, S);
     let mut out = Vec::new();
-    lc.on_census(
-        2 * S,
-        census(tw).sockets.into_iter(),
-        false,
-        sys(),
-        0,
-        &mut out,
-    );
+    census(&mut lc, 2 * S, tw, &mut out);
     let seen = seen.0.lock().unwrap().clone();
     assert_eq!(
         seen,
@@ -791,14 +663,7 @@ fn unattributed_buildup_waits_one_census_for_late_connection_events() {
         ..LifecycleConfig::default()
     });
     let mut out = Vec::new();
-    lc.on_census(
-        0,
-        census(vec![]).sockets.into_iter(),
-        false,
-        sys(),
-        0,
-        &mut out,
-    );
+    census(&mut lc, 0, vec![], &mut out);
     // The census sees the TIME_WAIT before the connection events were read.
     let conns: Vec<Conn> = (0..3u16)
         .map(|i| Conn {
@@ -809,28 +674,14 @@ fn unattributed_buildup_waits_one_census_for_late_connection_events() {
         })
         .collect();
     let tw: Vec<TimeWaitSocket> = conns.iter().map(Conn::time_wait).collect();
-    lc.on_census(
-        S,
-        census(tw.clone()).sockets.into_iter(),
-        false,
-        sys(),
-        0,
-        &mut out,
-    );
+    census(&mut lc, S, tw.clone(), &mut out);
     assert!(out.is_empty(), "deferred: {out:?}");
     for c in &conns {
         c.open(&mut lc, "late");
         c.close(&mut lc, 2 * S);
     }
     // Flat since, yet reported (it was growing when first seen), now with its owner.
-    lc.on_census(
-        2 * S,
-        census(tw.clone()).sockets.into_iter(),
-        false,
-        sys(),
-        0,
-        &mut out,
-    );
+    census(&mut lc, 2 * S, tw.clone(), &mut out);
     let b = buildups(&out);
     assert_eq!((b.len(), b[0].pid), (1, Some(5)));
     // A genuinely unknown owner is reported one census late, with pid null.
@@ -839,31 +690,10 @@ fn unattributed_buildup_waits_one_census_for_late_connection_events() {
         ..LifecycleConfig::default()
     });
     out.clear();
-    lc.on_census(
-        0,
-        census(vec![]).sockets.into_iter(),
-        false,
-        sys(),
-        0,
-        &mut out,
-    );
-    lc.on_census(
-        S,
-        census(tw.clone()).sockets.into_iter(),
-        false,
-        sys(),
-        0,
-        &mut out,
-    );
+    census(&mut lc, 0, vec![], &mut out);
+    census(&mut lc, S, tw.clone(), &mut out);
     assert!(out.is_empty());
-    lc.on_census(
-        2 * S,
-        census(tw).sockets.into_iter(),
-        false,
-        sys(),
-        0,
-        &mut out,
-    );
+    census(&mut lc, 2 * S, tw, &mut out);
     let b = buildups(&out);
     assert_eq!((b.len(), b[0].pid, b[0].time_wait), (1, None, 3));
 }
@@ -877,14 +707,7 @@ fn server_closing_first_is_labelled_by_its_listening_endpoint_not_client_ports()
         ..LifecycleConfig::default()
     });
     let mut out = Vec::new();
-    lc.on_census(
-        S,
-        census(vec![]).sockets.into_iter(),
-        false,
-        sys(),
-        0,
-        &mut out,
-    );
+    census(&mut lc, S, vec![], &mut out);
     let listen = addr([10, 0, 0, 7], 8080);
     let mut sockets = Vec::new();
     // nginx (pid 50) accepts 4 connections from ephemeral ports and closes each first.
@@ -918,14 +741,7 @@ fn server_closing_first_is_labelled_by_its_listening_endpoint_not_client_ports()
             remote: addr([10, 0, 0, 1], 50000 + i),
         });
     }
-    lc.on_census(
-        2 * S,
-        census(sockets).sockets.into_iter(),
-        false,
-        sys(),
-        0,
-        &mut out,
-    );
+    census(&mut lc, 2 * S, sockets, &mut out);
 
     let series = seen.0.lock().unwrap().last().cloned().unwrap();
     assert_eq!(
