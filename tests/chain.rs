@@ -804,11 +804,18 @@ fn chain_go_middle_started_after_the_agent_links_by_goroutine() {
     let (clients, per_client) = (16, 4);
     let want = clients * per_client;
     let (chain, lines) = until_nothing_lost("Go middle started after the agent", |attempt| {
-        let agent = Agent::watch(&[]);
+        let agent = Agent::watch_logging(&[], "warn,traceid::capture::go=debug");
         let chain = Chain::start(Middle::Go);
         // The agent looks at a new process at its exec; reading a Go executable takes the
-        // debug build of the tests a few hundred ms.
-        std::thread::sleep(Duration::from_secs(1));
+        // debug build of the tests a few hundred ms (longer on a busy host).
+        let middle = chain.middle.pid();
+        assert!(
+            agent.wait_for_log(
+                Duration::from_secs(30),
+                &format!("Go probes: pid {middle} registered")
+            ),
+            "the agent did not register the Go middle (pid {middle}) with its Go probes"
+        );
         concurrent_traffic(&chain, Middle::Go, 0xa5e0 + attempt, clients, per_client);
         let lines = calls_seen(agent, &chain, want);
         let n = lost(&lines);

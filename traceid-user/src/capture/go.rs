@@ -91,7 +91,10 @@ impl GoAttacher {
         };
         match offsets {
             Some(offsets) => {
-                if table.insert(pid, offsets, 0).is_err() {
+                if table.insert(pid, offsets, 0).is_ok() {
+                    // The moment from which the process's calls are linked (tests wait for it).
+                    tracing::debug!("Go probes: pid {pid} registered");
+                } else {
                     // Full of processes that have exited: forget those, then try again.
                     let dead: Vec<u32> = table
                         .keys()
@@ -101,8 +104,11 @@ impl GoAttacher {
                     for p in dead {
                         let _ = table.remove(&p);
                     }
-                    if let Err(e) = table.insert(pid, offsets, 0) {
-                        tracing::warn!("Go probes: pid {pid} not instrumented: GO_PROCS: {e}");
+                    match table.insert(pid, offsets, 0) {
+                        Ok(()) => tracing::debug!("Go probes: pid {pid} registered"),
+                        Err(e) => {
+                            tracing::warn!("Go probes: pid {pid} not instrumented: GO_PROCS: {e}")
+                        }
                     }
                 }
             }
