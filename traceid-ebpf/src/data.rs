@@ -14,7 +14,7 @@
 //! what it did not see.
 
 use aya_ebpf::{
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_user, generated as gen},
+    helpers::{bpf_probe_read_user, generated as gen},
     macros::tracepoint,
     programs::TracePointContext,
 };
@@ -23,7 +23,7 @@ use traceid_common::{
 };
 
 use crate::maps::{
-    capture_bytes, count, current_ids, fill_header, DATA_TAIL, EVENTS, FORCED_WAKEUP_AT, SCRATCH,
+    capture_bytes, count, current_ids, fill_header, DATA_TAIL, EVENTS, RING_CHECK_AT, SCRATCH,
     SOCKS, VECTORED,
 };
 use crate::regs::{nr, SyscallArgs};
@@ -333,6 +333,7 @@ pub fn emit(ids: &Ids, buf: u64, avail: u64, real_len: u64) {
     ev._pad0 = 0;
     ev.captured = len as u32;
     ev.real_len = real_len;
+    let now = ev.header.ts_ns;
     let size = core::mem::size_of::<DataEvent>() + (len as usize & (MAX_CAPTURE * 2 - 1));
     let size = if size > core::mem::size_of::<crate::maps::DataRecord>() {
         core::mem::size_of::<crate::maps::DataRecord>()
@@ -341,36 +342,38 @@ pub fn emit(ids: &Ids, buf: u64, avail: u64, real_len: u64) {
     };
     // SAFETY: `rec` is a live map value of DataRecord size and `size` never exceeds it.
     let bytes = unsafe { core::slice::from_raw_parts(rec as *const _ as *const u8, size) };
-    if EVENTS.output::<[u8]>(bytes, wakeup_flags()).is_err() {
+    if EVENTS.output::<[u8]>(bytes, wakeup_flags(now)).is_err() {
         count(stat::RINGBUF_FULL);
     }
 }
 
-/// Ring-buffer flags for a data record: no wake-up per record (the agent polls every 100 ms
-/// anyway; a wake-up per event cost about 3 µs per captured message), but a forced one while a
-/// quarter of the ring is waiting, so a burst cannot fill it between polls: at most one per CPU
-/// per `FORCED_WAKEUP_GAP_NS`. Each forced wake-up is an interrupt in the traced process; one
-/// per record, while the agent lags, cost more than the copy itself.
+/// Ring-buffer flags for a data record written at `now` (CLOCK_MONOTONIC ns): no wake-up per
+/// record (the agent polls every 100 ms anyway; a wake-up per event cost about 3 µs per
+/// captured message), but a forced one while a quarter of the ring is waiting, so a burst
+/// cannot fill it between polls. How full the ring is, is looked at once per millisecond per
+/// CPU (it reads the position the agent writes, a cache line that moves between CPUs: once
+/// per record it was a measurable part of the copy), so at most one forced wake-up per CPU
+/// per millisecond. Each forced wake-up is an interrupt in the traced process; one per record,
+/// while the agent lags, cost more than the copy itself.
 #[inline(always)]
-fn wakeup_flags() -> u64 {
+fn wakeup_flags(now: u64) -> u64 {
     const BPF_RB_NO_WAKEUP: u64 = 1;
     const BPF_RB_FORCE_WAKEUP: u64 = 2;
     const BPF_RB_AVAIL_DATA: u64 = 0;
     const BPF_RB_RING_SIZE: u64 = 1;
-    const FORCED_WAKEUP_GAP_NS: u64 = 1_000_000;
-    if EVENTS.query(BPF_RB_AVAIL_DATA) <= EVENTS.query(BPF_RB_RING_SIZE) / 4 {
+    const CHECK_GAP_NS: u64 = 1_000_000;
+    let Some(next) = RING_CHECK_AT.get_ptr_mut(0) else {
         return BPF_RB_NO_WAKEUP;
-    }
-    let Some(next) = FORCED_WAKEUP_AT.get_ptr_mut(0) else {
-        return BPF_RB_FORCE_WAKEUP;
     };
-    // SAFETY: helper without preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: this CPU's slot; programs on one CPU do not run concurrently.
     let next = unsafe { &mut *next };
     if now < *next {
         return BPF_RB_NO_WAKEUP;
     }
-    *next = now + FORCED_WAKEUP_GAP_NS;
-    BPF_RB_FORCE_WAKEUP
+    *next = now + CHECK_GAP_NS;
+    if EVENTS.query(BPF_RB_AVAIL_DATA) <= EVENTS.query(BPF_RB_RING_SIZE) / 4 {
+        BPF_RB_NO_WAKEUP
+    } else {
+        BPF_RB_FORCE_WAKEUP
+    }
 }

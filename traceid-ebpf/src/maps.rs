@@ -44,10 +44,10 @@ pub static DATA_TAIL: ProgramArray = ProgramArray::with_max_entries(1, 0);
 #[map]
 pub static VECTORED: PerCpuArray<crate::data::Vectored> = PerCpuArray::with_max_entries(1, 0);
 
-/// Per CPU: CLOCK_MONOTONIC ns before which no data record forces another ring-buffer
-/// wake-up (see `data::wakeup_flags`).
+/// Per CPU: CLOCK_MONOTONIC ns before which no data record looks at how full the ring buffer
+/// is, nor forces a wake-up (see `data::wakeup_flags`).
 #[map]
-pub static FORCED_WAKEUP_AT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+pub static RING_CHECK_AT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// Loss and health counters, indexed by `traceid_common::stat`.
 #[map]
