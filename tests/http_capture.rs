@@ -188,7 +188,7 @@ fn diagnose_reports_per_service_share_and_formats() {
         return;
     }
     let nginx = Nginx::start();
-    let child = Command::new(traceid_bin())
+    let mut child = Command::new(traceid_bin())
         .args([
             "diagnose",
             "--duration",
@@ -198,9 +198,13 @@ fn diagnose_reports_per_service_share_and_formats() {
             &nginx.port.to_string(),
         ])
         .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_secs(4));
+    // The 8 s start once the programs are attached, which the debug build on a busy host
+    // can take seconds to do: the requests go out then.
+    let stderr = collect_stderr(&mut child);
+    wait_watching(&stderr);
     for i in 0..4 {
         let mut cmd = Command::new("curl");
         cmd.args(["-s", "-o", "/dev/null"]);

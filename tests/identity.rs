@@ -315,11 +315,7 @@ fn diagnose_during(record: &Path, filters: &[&str], traffic: impl FnOnce()) -> S
         .spawn()
         .expect("spawning traceid diagnose");
     let stderr = collect_stderr(&mut child);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !stderr.lock().unwrap().contains("watching:") {
-        assert!(Instant::now() < deadline, "diagnose did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_watching(&stderr);
     traffic();
     let out = child.wait_with_output().expect("traceid diagnose");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();

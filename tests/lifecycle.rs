@@ -237,11 +237,7 @@ impl Diagnose {
                 s.push('\n');
             }
         });
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !stderr.lock().unwrap().contains("watching:") {
-            assert!(Instant::now() < deadline, "agent did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_watching(&stderr);
         Diagnose { child, stderr }
     }
 

@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use traceid_tests::*;
 // The harness crate's dependency, not named by this test.
@@ -87,15 +87,7 @@ impl Running {
                 o2.lock().unwrap().extend_from_slice(&buf[..n]);
             }
         });
-        let started = Instant::now();
-        while !stderr.lock().unwrap().contains("watching:") {
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "traceid {args:?} did not start: {}",
-                stderr.lock().unwrap()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_watching(&stderr);
         Running {
             child,
             stdout,

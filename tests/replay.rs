@@ -57,15 +57,7 @@ fn replay_of_a_live_diagnosis_prints_the_same_diagnosis() {
         .expect("spawning traceid diagnose");
     let stderr = collect_stderr(&mut child);
     let mut stdout = child.stdout.take().unwrap();
-    let started = std::time::Instant::now();
-    while !stderr.lock().unwrap().contains("watching:") {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "agent did not start: {}",
-            stderr.lock().unwrap()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_watching(&stderr);
     for i in 0..4 {
         let mut curl = Command::new("curl");
         curl.args(["-s", "-o", "/dev/null"]);

@@ -2,7 +2,7 @@
 
 use std::io::Read as _;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use traceid_tests::*;
 // The harness library's dependency, not named by this test.
@@ -185,15 +185,7 @@ fn https_is_seen_with_exactly_the_daemonsets_capabilities() {
         .spawn()
         .expect("setpriv (util-linux)");
     let stderr = collect_stderr(&mut child);
-    let started = Instant::now();
-    while !stderr.lock().unwrap().contains("watching:") {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "agent did not start: {}",
-            stderr.lock().unwrap()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_watching(&stderr);
     assert!(
         !stderr
             .lock()

@@ -112,6 +112,21 @@ pub fn collect_stderr(child: &mut Child) -> Arc<Mutex<String>> {
     stderr
 }
 
+/// Waits until an agent's `stderr` (from [`collect_stderr`]) says it is watching, that is,
+/// its programs are attached (at most 60 s: the debug build on a busy host takes seconds);
+/// panics with what it printed otherwise.
+pub fn wait_watching(stderr: &Mutex<String>) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !stderr.lock().unwrap().contains("watching:") {
+        assert!(
+            Instant::now() < deadline,
+            "the agent did not start: {}",
+            stderr.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Runs `cmd` with `input` on its stdin and returns its output.
 pub fn run_with_stdin(cmd: &mut Command, input: &str) -> std::process::Output {
     let mut child = cmd
@@ -265,15 +280,7 @@ impl Agent {
             lines,
             stderr,
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !agent.stderr.lock().unwrap().contains("watching:") {
-            assert!(
-                Instant::now() < deadline,
-                "agent did not start: {}",
-                agent.stderr.lock().unwrap()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_watching(&agent.stderr);
         agent
     }
 
