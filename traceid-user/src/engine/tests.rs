@@ -404,6 +404,27 @@ fn fd_reuse_never_mixes_connections() {
 }
 
 #[test]
+fn a_request_whose_end_was_lost_leaves_the_linker_when_its_fd_is_reused() {
+    // Middle reads /lost on fd 5; its answer and close are lost (records dropped by the
+    // kernel). fd 5 then carries a new connection with /a, and middle makes a call from
+    // another thread: /a is the only request that can be in flight.
+    let mut s = Stream::default();
+    s.open(MID_IN, [127, 0, 0, 1], 8080, [127, 0, 0, 1], 40000);
+    s.data(MID_IN, 201, false, &get("/lost", &[]));
+    let reused = C { ts: 5, ..MID_IN };
+    s.open(reused, [127, 0, 0, 1], 8080, [127, 0, 0, 1], 40002);
+    s.data(reused, 202, false, &get("/a", &[("traceparent", TP)]));
+    s.open(MID_OUT, [127, 0, 0, 1], 40001, [127, 0, 0, 1], 9090);
+    s.data(MID_OUT, 999, true, &get("/charge", &[]));
+    s.data(MID_OUT, 999, false, OK);
+    let recs = s.run();
+    assert_eq!(
+        linked_to(&outbound_to(&recs, "/charge")),
+        ("/a", Evidence::OnlyInFlight)
+    );
+}
+
+#[test]
 fn seeded_connection_without_role_is_sniffed() {
     let c = C {
         pid: 500,
