@@ -6,7 +6,6 @@
 //! process is (its identity, announced before its first record).
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -229,7 +228,7 @@ impl Live<'_> {
     /// ends them at the same point. Their close time is when the exit was noticed (at most
     /// [`SWEEP_EVERY`] late); their TIME_WAIT is still attributed to the process.
     fn end_exited(&mut self) {
-        let exited = exited_connections(&self.pipeline, process_exists);
+        let exited = exited_connections(&self.pipeline, capture::process_exists);
         if exited.is_empty() {
             return;
         }
@@ -291,12 +290,6 @@ fn exited_connections(pipeline: &Pipeline, alive: impl Fn(u32) -> bool) -> Vec<C
     exited.sort_unstable_by_key(|k| (k.conn_ts_ns, k.pid, k.fd));
     exited.dedup();
     exited
-}
-
-/// Whether process `pid` exists. The kernel reports pids as the agent's /proc numbers them
-/// (the agent runs in the host's pid namespace, as its start-up scan of /proc needs too).
-fn process_exists(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
 }
 
 /// The pid of an exec notification record (they steer TLS probing and are not events of
@@ -370,14 +363,5 @@ mod tests {
         // Kept for TIME_WAIT attribution, as after a close.
         assert_eq!(pipeline.lifecycle().recently_closed(), 2);
         assert!(exited_connections(&pipeline, |pid| pid == ALIVE).is_empty());
-    }
-
-    #[test]
-    fn a_reaped_process_no_longer_exists() {
-        assert!(process_exists(std::process::id()));
-        let mut child = std::process::Command::new("true").spawn().unwrap();
-        let pid = child.id();
-        child.wait().unwrap();
-        assert!(!process_exists(pid));
     }
 }

@@ -91,24 +91,24 @@ impl GoAttacher {
         };
         match offsets {
             Some(offsets) => {
-                if table.insert(pid, offsets, 0).is_ok() {
-                    // The moment from which the process's calls are linked (tests wait for it).
-                    tracing::debug!("Go probes: pid {pid} registered");
-                } else {
+                let mut inserted = table.insert(pid, offsets, 0);
+                if inserted.is_err() {
                     // Full of processes that have exited: forget those, then try again.
                     let dead: Vec<u32> = table
                         .keys()
                         .flatten()
-                        .filter(|p| !Path::new(&format!("/proc/{p}")).exists())
+                        .filter(|&p| !super::process_exists(p))
                         .collect();
                     for p in dead {
                         let _ = table.remove(&p);
                     }
-                    match table.insert(pid, offsets, 0) {
-                        Ok(()) => tracing::debug!("Go probes: pid {pid} registered"),
-                        Err(e) => {
-                            tracing::warn!("Go probes: pid {pid} not instrumented: GO_PROCS: {e}")
-                        }
+                    inserted = table.insert(pid, offsets, 0);
+                }
+                match inserted {
+                    // The moment from which the process's calls are linked (tests wait for it).
+                    Ok(()) => tracing::debug!("Go probes: pid {pid} registered"),
+                    Err(e) => {
+                        tracing::warn!("Go probes: pid {pid} not instrumented: GO_PROCS: {e}")
                     }
                 }
             }

@@ -355,6 +355,12 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// Whether process `pid` exists. The kernel reports pids as the agent's /proc numbers them
+/// (the agent runs in the host's pid namespace, as its start-up scan of /proc needs too).
+pub fn process_exists(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
 /// True when this binary carries its kernel programs.
 pub fn object_built() -> bool {
     !EBPF_OBJECT.is_empty()
@@ -369,5 +375,19 @@ impl Capture {
     /// Periodic work: attaches TLS probes to processes that exec'd recently.
     pub fn tick(&mut self) {
         self.tls.tick(&mut self.ebpf);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reaped_process_no_longer_exists() {
+        assert!(process_exists(std::process::id()));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        assert!(!process_exists(pid));
     }
 }

@@ -153,7 +153,7 @@ impl TracefsUprobes {
         let Ok(defined) = fs::read_to_string(self.events_file()) else {
             return;
         };
-        for event in stale_events(&defined, |pid| Path::new(&format!("/proc/{pid}")).exists()) {
+        for event in stale_events(&defined, super::process_exists) {
             let _ = self.write_events(&format!("-:{event}\n"));
         }
     }
