@@ -185,6 +185,18 @@ pub fn decode(body: &[u8]) -> Result<Decoded<'_>, CensusRecordError> {
     ))
 }
 
+/// The census a whole census record (header included) holds; panics on anything else.
+#[cfg(test)]
+pub(crate) fn view_of(raw: &[u8]) -> (CensusView<'_>, Sysctls) {
+    match event::decode(raw) {
+        Ok(event::Event::Census(_, body)) => match decode(body) {
+            Ok(Decoded::Census(view, sys)) => (view, sys),
+            other => panic!("not a census: {other:?}"),
+        },
+        other => panic!("not a census record: {other:?}"),
+    }
+}
+
 fn addr(b: &[u8]) -> SocketAddr {
     let mut ip = [0u8; 16];
     ip.copy_from_slice(&b[..16]);
@@ -209,13 +221,9 @@ mod tests {
     }
 
     fn decoded(raw: &[u8]) -> (Census, Sysctls) {
-        match decode(body(raw)) {
-            Ok(Decoded::Census(view, sys)) => {
-                assert_eq!(view.len(), view.sockets().count());
-                (view.to_census(), sys)
-            }
-            other => panic!("not a census: {other:?}"),
-        }
+        let (view, sys) = view_of(raw);
+        assert_eq!(view.len(), view.sockets().count());
+        (view.to_census(), sys)
     }
 
     #[test]

@@ -9,9 +9,9 @@ use super::*;
 use std::io::Read;
 use std::net::{Ipv4Addr, Ipv6Addr, TcpListener, TcpStream};
 use std::process::Command;
-
-use crate::lifecycle::census_record;
 use std::time::{Duration, Instant};
+
+use crate::lifecycle::census_record::view_of;
 
 /// Per-socket I/O timeout: loopback answers in microseconds.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -389,15 +389,6 @@ fn kernel_error_in_done_is_reported() {
     );
 }
 
-/// The census a census record holds.
-fn census_of(raw: &[u8]) -> (census_record::CensusView<'_>, crate::lifecycle::Sysctls) {
-    let body = &raw[std::mem::size_of::<traceid_common::EventHeader>()..];
-    match census_record::decode(body) {
-        Ok(census_record::Decoded::Census(view, sys)) => (view, sys),
-        other => panic!("not a census: {other:?}"),
-    }
-}
-
 #[test]
 fn live_census_writes_its_record_as_the_sockets_come() {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
@@ -409,7 +400,7 @@ fn live_census_writes_its_record_as_the_sockets_come() {
 
     let raw = live.take(usize::MAX, 77).expect("live census");
     assert_eq!(crate::event::decode(&raw).unwrap().header().ts_ns, 77);
-    let (view, sys) = census_of(&raw);
+    let (view, sys) = view_of(&raw);
     assert!(!view.truncated);
     assert_eq!(sys, crate::lifecycle::Sysctls::read());
     let own = view
@@ -424,11 +415,11 @@ fn live_census_writes_its_record_as_the_sockets_come() {
 
     // Truncated, then complete again on the same netlink socket.
     let raw = live.take(7, 78).expect("truncated live census");
-    let (view, _) = census_of(&raw);
+    let (view, _) = view_of(&raw);
     assert!(view.truncated);
     assert_eq!(view.len(), 7);
     let raw = live.take(usize::MAX, 79).expect("live census again");
-    let (view, _) = census_of(&raw);
+    let (view, _) = view_of(&raw);
     assert!(!view.truncated);
     assert!(view.len() >= n);
 }
