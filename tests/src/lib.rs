@@ -116,14 +116,25 @@ pub fn collect_stderr(child: &mut Child) -> Arc<Mutex<String>> {
 /// its programs are attached (at most 60 s: the debug build on a busy host takes seconds);
 /// panics with what it printed otherwise.
 pub fn wait_watching(stderr: &Mutex<String>) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !stderr.lock().unwrap().contains("watching:") {
-        assert!(
-            Instant::now() < deadline,
-            "the agent did not start: {}",
-            stderr.lock().unwrap()
-        );
-        std::thread::sleep(Duration::from_millis(50));
+    assert!(
+        wait_for_text(stderr, Duration::from_secs(60), "watching:"),
+        "the agent did not start: {}",
+        stderr.lock().unwrap()
+    );
+}
+
+/// Waits until `stderr` (from [`collect_stderr`]) holds `needle` (at most `timeout`); whether
+/// it does.
+pub fn wait_for_text(stderr: &Mutex<String>, timeout: Duration, needle: &str) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if stderr.lock().unwrap().contains(needle) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -298,16 +309,7 @@ impl Agent {
 
     /// Waits until the agent's stderr holds `needle` (at most `timeout`); whether it does.
     pub fn wait_for_log(&self, timeout: Duration, needle: &str) -> bool {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if self.stderr.lock().unwrap().contains(needle) {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_for_text(&self.stderr, timeout, needle)
     }
 
     /// Stops the agent with Ctrl-C and returns every line it printed.
