@@ -121,6 +121,15 @@ struct ConnRequests {
 /// A connection's endpoints as text: (local, peer).
 type Shown = (Option<Arc<str>>, Option<Arc<str>>);
 
+/// Appends `item` to a connection's per-request list, dropping the oldest entry when `max`
+/// (at least one) are already kept.
+fn push_bounded<T>(v: &mut Vec<T>, item: T, max: usize) {
+    if v.len() >= max.max(1) {
+        v.remove(0);
+    }
+    v.push(item);
+}
+
 impl Conn {
     fn requests(&mut self) -> &mut ConnRequests {
         self.requests.get_or_insert_default()
@@ -440,11 +449,8 @@ impl Cx<'_> {
                 Message::RequestStarted { seq, head } => {
                     let ex = self.extract(&head.headers);
                     self.start_request(key, conn, seq, head, &ex);
-                    let contexts = &mut conn.requests().contexts;
-                    if contexts.len() >= self.cfg.limits.max_pending.max(1) {
-                        contexts.remove(0);
-                    }
-                    contexts.push((seq, ex));
+                    let max = self.cfg.limits.max_pending;
+                    push_bounded(&mut conn.requests().contexts, (seq, ex), max);
                 }
                 Message::Exchange {
                     seq,
@@ -536,11 +542,8 @@ impl Cx<'_> {
                 let l = self
                     .linker
                     .link(key.pid, head.tid, (key.fd, key.conn_ts_ns), ex.primary());
-                let links = &mut conn.requests().links;
-                if links.len() >= self.cfg.limits.max_pending.max(1) {
-                    links.remove(0);
-                }
-                links.push((seq, l));
+                let max = self.cfg.limits.max_pending;
+                push_bounded(&mut conn.requests().links, (seq, l), max);
             }
         }
     }
