@@ -266,7 +266,28 @@ struct Stream {
     response: Option<ResponseHead>,
     /// The response says gRPC (`content-type` or `grpc-status`).
     grpc_response: bool,
+    /// Its response was read before its request was written (see [`EARLY_RESPONSE_WAIT_NS`]):
+    /// `request` is a placeholder, and `seq` was not announced yet.
+    early: Option<Early>,
 }
+
+/// A response that came before its request.
+#[derive(Debug, Clone, Copy)]
+struct Early {
+    /// When the response block was read.
+    since_ns: u64,
+    /// The stream already ended (END_STREAM, RST_STREAM): emitted once its request comes.
+    ended: bool,
+}
+
+/// How long a response read before any request on its stream waits for that request.
+///
+/// The kernel reports a write when the call returns. A writer preempted between its send and
+/// that report can be overtaken by the answer, read on another thread (gRPC's event engines,
+/// Go's HTTP client): on a 2-core host under load, by a millisecond and more. Stream ids tell
+/// which request the answer belongs to, so the answer waits for it; past this wait (by the
+/// connection's later records) the request went unseen.
+pub const EARLY_RESPONSE_WAIT_NS: u64 = 250_000_000;
 
 /// The index of a direction in per-direction arrays.
 fn side(flow: Flow) -> usize {
@@ -294,6 +315,11 @@ struct Session {
     blocks: [Option<Block>; 2],
     /// Streams awaiting their end, oldest first (at most `limits.max_pending`).
     streams: Vec<Stream>,
+    /// Streams whose response came first ([`Stream::early`]).
+    early: usize,
+    /// The highest stream id the client was seen opening: a request not seen yet can only
+    /// have a higher one (client stream ids only grow, RFC 9113 §5.1.1).
+    last_client_stream: u32,
     /// The last streams that ended, newest last (at most [`ENDED_KEPT`]): a response block
     /// for one of them is late, not a call whose request went unseen.
     ended: VecDeque<u32>,
@@ -325,6 +351,8 @@ impl H2Conn {
                 decoders: [None, None],
                 blocks: [None, None],
                 streams: Vec::new(),
+                early: 0,
+                last_client_stream: 0,
                 ended: VecDeque::new(),
                 requests_may_be_unseen: false,
                 next_seq: 0,
@@ -345,12 +373,14 @@ impl H2Conn {
         };
         let session = &mut conn.session;
         session.preface_seen = true;
+        session.last_client_stream = 1;
         session.streams.push(Stream {
             id: 1,
             seq,
             request: Arc::new(request),
             response: None,
             grpc_response: false,
+            early: None,
         });
         session.next_seq = seq.saturating_add(1);
         conn
@@ -577,19 +607,55 @@ impl Session {
     }
 
     fn on_request_block(&mut self, block: &Block, c: Collected, out: &mut Vec<Message>) {
-        // Client-initiated streams are odd (RFC 9113 §5.1.1); a known stream's second block
-        // is its trailers.
-        if block.stream.is_multiple_of(2)
-            || self.streams.iter().any(|s| s.id == block.stream)
-            || !c.may_be_request()
-        {
+        // Client-initiated streams are odd (RFC 9113 §5.1.1).
+        if block.stream.is_multiple_of(2) {
+            return;
+        }
+        self.last_client_stream = self.last_client_stream.max(block.stream);
+        if !c.may_be_request() {
+            return;
+        }
+        if let Some(i) = self.streams.iter().position(|s| s.id == block.stream) {
+            // A known stream's second block is its trailers, unless its answer came first.
+            if self.streams[i].early.is_some() {
+                self.answered_request(i, block, c, out);
+            }
+            return;
+        }
+        if self.ended.contains(&block.stream) {
+            // Late: the stream was reported (its request, awaited, went unseen).
             return;
         }
         while self.streams.len() >= self.limits.max_pending {
             out.push(Message::Anomaly(Anomaly::TooManyPending));
             self.end_oldest(out);
         }
-        let head = Arc::new(RequestHead {
+        let head = Arc::new(Self::request_head(block, c));
+        let seq = self.open(block.stream, Arc::clone(&head));
+        out.push(Message::RequestStarted { seq, head });
+    }
+
+    /// The request of stream `i`, whose response came first: announced now, and the exchange
+    /// emitted if the stream already ended.
+    fn answered_request(&mut self, i: usize, block: &Block, c: Collected, out: &mut Vec<Message>) {
+        let stream = &mut self.streams[i];
+        let Some(early) = stream.early.take() else {
+            return;
+        };
+        self.early -= 1;
+        let head = Arc::new(Self::request_head(block, c));
+        stream.request = Arc::clone(&head);
+        out.push(Message::RequestStarted {
+            seq: stream.seq,
+            head,
+        });
+        if early.ended {
+            self.end_stream(block.stream, out);
+        }
+    }
+
+    fn request_head(block: &Block, c: Collected) -> RequestHead {
+        RequestHead {
             headers_known: c.headers_known(),
             method: c.method.unwrap_or_default(),
             path: c.path.unwrap_or_default(),
@@ -601,9 +667,7 @@ impl Session {
             protocol: if c.grpc { Protocol::Grpc } else { Protocol::H2 },
             stream_id: Some(block.stream),
             inferred: false,
-        });
-        let seq = self.open(block.stream, Arc::clone(&head));
-        out.push(Message::RequestStarted { seq, head });
+        }
     }
 
     /// Tracks a new stream whose request is `request`; its sequence number.
@@ -616,6 +680,7 @@ impl Session {
             request,
             response: None,
             grpc_response: false,
+            early: None,
         });
         seq
     }
@@ -623,30 +688,78 @@ impl Session {
     /// Emits the oldest stream still open, as it is.
     fn end_oldest(&mut self, out: &mut Vec<Message>) {
         if let Some(oldest) = self.streams.first().map(|s| s.id) {
+            self.give_up_waiting(oldest, out);
             self.end_stream(oldest, out);
         }
     }
 
-    /// A response block on a stream not open: whether it answers a request the agent did not
-    /// see. Only a client-initiated stream (odd) that did not end lately can, and only when
-    /// frames of the client's were lost.
-    fn answers_unseen_request(&self, block: &Block, c: &Collected) -> bool {
-        self.requests_may_be_unseen
-            && block.stream % 2 == 1
+    /// Responses that came first and whose request did not follow by `now_ns` (all of them
+    /// when `None`: the connection ended) are taken as answers to requests that went unseen.
+    fn expire_early(&mut self, now_ns: Option<u64>, out: &mut Vec<Message>) {
+        if self.early == 0 {
+            return;
+        }
+        let expired: Vec<u32> = self
+            .streams
+            .iter()
+            .filter(|s| {
+                s.early.is_some_and(|e| {
+                    now_ns.is_none_or(|now| now.saturating_sub(e.since_ns) > EARLY_RESPONSE_WAIT_NS)
+                })
+            })
+            .map(|s| s.id)
+            .collect();
+        for id in expired {
+            let ended = self.give_up_waiting(id, out);
+            if ended {
+                self.end_stream(id, out);
+            }
+        }
+    }
+
+    /// Stream `id` stops waiting for its request: it answers a request that went unseen when
+    /// frames of the client's were lost (reported with its fields unknown), and nothing
+    /// otherwise (counted, and forgotten). Whether it had ended.
+    fn give_up_waiting(&mut self, id: u32, out: &mut Vec<Message>) -> bool {
+        let Some(i) = self.streams.iter().position(|s| s.id == id) else {
+            return false;
+        };
+        let Some(early) = self.streams[i].early.take() else {
+            return false;
+        };
+        self.early -= 1;
+        if !self.requests_may_be_unseen {
+            out.push(Message::Anomaly(Anomaly::ResponseWithoutRequest));
+            self.streams.remove(i);
+            self.remember_ended(id);
+            return false;
+        }
+        early.ended
+    }
+
+    /// A final response block on a client-initiated stream (odd) that is not open and did not
+    /// end lately: it answers a request not seen (yet).
+    fn answers_unseen_stream(&self, block: &Block, c: &Collected) -> bool {
+        block.stream % 2 == 1
             && !self.ended.contains(&block.stream)
             && c.status.is_some_and(|s| s >= 200)
     }
 
     fn on_response_block(&mut self, block: &Block, c: Collected, out: &mut Vec<Message>) {
         if !self.streams.iter().any(|s| s.id == block.stream) {
-            if !self.answers_unseen_request(block, &c) {
+            // Past the last stream the client was seen opening, its request may still be on
+            // its way (see EARLY_RESPONSE_WAIT_NS). Otherwise the request is known lost only
+            // when frames of the client's were.
+            let early = block.stream > self.last_client_stream;
+            if !self.answers_unseen_stream(block, &c) || !(early || self.requests_may_be_unseen) {
                 if c.status.is_some() {
                     out.push(Message::Anomaly(Anomaly::ResponseWithoutRequest));
                 }
                 return;
             }
             // The call happened (the server answers only streams the client opened), its
-            // request head is unknown: it is reported with the response, fields unknown.
+            // request head is not known: awaited, or reported with the response, fields
+            // unknown.
             while self.streams.len() >= self.limits.max_pending {
                 out.push(Message::Anomaly(Anomaly::TooManyPending));
                 self.end_oldest(out);
@@ -665,6 +778,15 @@ impl Session {
                 inferred: true,
             };
             self.open(block.stream, Arc::new(request));
+            if early {
+                if let Some(s) = self.streams.last_mut() {
+                    s.early = Some(Early {
+                        since_ns: block.ts_ns,
+                        ended: false,
+                    });
+                    self.early += 1;
+                }
+            }
         }
         let Some(stream) = self.streams.iter_mut().find(|s| s.id == block.stream) else {
             return;
@@ -699,15 +821,24 @@ impl Session {
         }
     }
 
-    /// Stream `id` ended: its exchange is emitted.
+    /// Stream `id` ended: its exchange is emitted (once its request came, when its response
+    /// came first).
     fn end_stream(&mut self, id: u32, out: &mut Vec<Message>) {
         if let Some(pos) = self.streams.iter().position(|s| s.id == id) {
-            emit(self.streams.remove(pos), out);
-            if self.ended.len() >= ENDED_KEPT {
-                self.ended.pop_front();
+            if let Some(early) = &mut self.streams[pos].early {
+                early.ended = true;
+                return;
             }
-            self.ended.push_back(id);
+            emit(self.streams.remove(pos), out);
+            self.remember_ended(id);
         }
+    }
+
+    fn remember_ended(&mut self, id: u32) {
+        if self.ended.len() >= ENDED_KEPT {
+            self.ended.pop_front();
+        }
+        self.ended.push_back(id);
     }
 }
 
@@ -736,6 +867,7 @@ impl ProtocolParser for H2Conn {
         if session.closed {
             return;
         }
+        session.expire_early(Some(chunk.ts_ns), out);
         let gap = chunk.real_len.saturating_sub(chunk.data.len() as u64);
         readers[side(flow)].feed(chunk.data, gap, chunk.ts_ns, chunk.tid, &mut |event| {
             session.on_event(flow, event, keep, out)
@@ -754,6 +886,7 @@ impl ProtocolParser for H2Conn {
 
     /// Emits every stream still open (eviction, end of a replay); frames and tables are kept.
     fn flush(&mut self, out: &mut Vec<Message>) {
+        self.session.expire_early(None, out);
         for stream in self.session.streams.drain(..) {
             emit(stream, out);
         }
