@@ -38,8 +38,11 @@ pub mod redaction {
     /// Query strings of request lines are masked (from after `?` to the space before the
     /// version).
     pub const QUERY_STRINGS: u32 = 1 << 1;
+    /// HTTP/2: the same values and `:path` queries are masked inside HPACK header blocks
+    /// (`redact/h2.rs`).
+    pub const HTTP2_HEADER_BLOCKS: u32 = 1 << 2;
     /// What this build's writer applies.
-    pub const ALL: u32 = HEADER_VALUES_IN_STREAM | QUERY_STRINGS;
+    pub const ALL: u32 = HEADER_VALUES_IN_STREAM | QUERY_STRINGS | HTTP2_HEADER_BLOCKS;
 }
 
 /// What went wrong with a recording; offsets are byte offsets into the file.
@@ -85,25 +88,37 @@ impl<W: Write> Writer<W> {
         Ok(w)
     }
 
-    /// Appends one raw ring-buffer record, secrets masked.
+    /// Appends one raw ring-buffer record, secrets masked. Records of an unfinished HTTP/2
+    /// header block are written once it ends (or at [`Writer::finish`]), in order.
     pub fn write(&mut self, raw: &[u8]) -> Result<(), RecordingError> {
-        let len = u32::try_from(raw.len())
+        u32::try_from(raw.len())
             .ok()
             .filter(|&n| n <= MAX_RECORD)
             .ok_or(RecordingError::RecordTooLarge { len: raw.len() })?;
-        let mut rec = raw.to_vec();
-        self.redactor.redact(&mut rec);
-        self.put(&len.to_le_bytes())?;
-        self.put(&rec)
+        self.redactor.push(raw.to_vec());
+        while let Some(rec) = self.redactor.pop() {
+            self.put_record(&rec)?;
+        }
+        Ok(())
     }
 
     /// Flushes and hands back the output.
     pub fn finish(mut self) -> Result<W, RecordingError> {
+        self.redactor.finish();
+        while let Some(rec) = self.redactor.pop() {
+            self.put_record(&rec)?;
+        }
         let offset = self.offset;
         self.out
             .flush()
             .map_err(|source| RecordingError::Write { offset, source })?;
         Ok(self.out)
+    }
+
+    fn put_record(&mut self, rec: &[u8]) -> Result<(), RecordingError> {
+        // The length was checked when the record came in.
+        self.put(&(rec.len() as u32).to_le_bytes())?;
+        self.put(rec)
     }
 
     fn put(&mut self, bytes: &[u8]) -> Result<(), RecordingError> {
@@ -162,6 +177,10 @@ impl<R: BufRead> Reader<R> {
                 "secret header values split across writes",
             ),
             (redaction::QUERY_STRINGS, "query strings"),
+            (
+                redaction::HTTP2_HEADER_BLOCKS,
+                "secret header values and queries in HTTP/2 header blocks",
+            ),
         ]
         .into_iter()
         .filter(|(flag, _)| self.redaction & flag == 0)
@@ -413,7 +432,11 @@ mod tests {
         let mut rd = Reader::new(&v1[..]).unwrap();
         assert_eq!(
             rd.redaction_missing(),
-            ["secret header values split across writes", "query strings"]
+            [
+                "secret header values split across writes",
+                "query strings",
+                "secret header values and queries in HTTP/2 header blocks"
+            ]
         );
         assert_eq!(rd.next_record().unwrap(), Some(vec![0; 10]));
     }

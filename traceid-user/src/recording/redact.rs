@@ -17,7 +17,9 @@
 //! body's length covers the gap. The next line is then masked (it may be the tail of a
 //! secret), unless it starts a new message.
 
-use std::collections::HashMap;
+mod h2;
+
+use std::collections::{HashMap, VecDeque};
 use std::mem::size_of;
 
 use traceid_common::{source, DataEvent, DIR_INGRESS};
@@ -68,13 +70,38 @@ const TOKEN_CAP: usize = 24;
 /// (their next bytes are treated like bytes after a gap).
 pub const DEFAULT_STREAM_CAP: usize = 16_384;
 
+/// Records held back at once while HTTP/2 header blocks are unfinished; past either bound the
+/// oldest unfinished block is masked whole and its records go.
+const MAX_HELD: usize = 4096;
+const MAX_HELD_BYTES: usize = 8 << 20;
+
 /// Follows every byte stream of a recording and masks secrets in its data records.
+///
+/// HTTP/1 is masked record by record. An HTTP/2 header block can span records and is masked
+/// once it ends ([`h2`]): [`Redactor::push`] holds records back from the first record of an
+/// unfinished block, and [`Redactor::pop`] gives them back in order once masked.
 #[derive(Debug)]
 pub struct Redactor {
     conns: HashMap<ConnKey, Tracked>,
     cap: usize,
-    /// Increases with every record: how recently a connection was used.
+    /// Increases with every record: how recently a connection was used, and each record's
+    /// sequence number.
     clock: u64,
+    held: VecDeque<Held>,
+    held_bytes: usize,
+    /// Unfinished HTTP/2 header blocks, by connection and direction: the first record each
+    /// needs held.
+    open: HashMap<(ConnKey, usize), u64>,
+}
+
+/// A record held back.
+#[derive(Debug)]
+struct Held {
+    seq: u64,
+    rec: Vec<u8>,
+    /// The HTTP/2 stream its payload belongs to: (connection, direction, offset in the
+    /// stream of its first byte).
+    stream: Option<(ConnKey, usize, u64)>,
 }
 
 /// One connection's plain or TLS-plaintext streams.
@@ -93,13 +120,21 @@ struct Tracked {
 }
 
 /// Both directions of a connection, and what one tells about the other.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Conn {
     /// Indexed by direction: [`DIR_INGRESS`] then egress.
     streams: [Stream; 2],
     /// Requests still waiting for their response, oldest first: whether each is a HEAD,
     /// whose response has no body whatever its Content-Length says.
     pending_heads: PendingHeads,
+    /// Seen from its first byte.
+    fresh: bool,
+    /// Its first captured bytes told whether it is HTTP/2.
+    sniffed: bool,
+    /// Bytes of the client preface each direction passed before that was told.
+    preface: [usize; 2],
+    /// HTTP/2, by direction (as `streams`).
+    h2: Option<Box<[h2::Direction; 2]>>,
 }
 
 impl Conn {
@@ -108,6 +143,10 @@ impl Conn {
         Conn {
             streams: [Stream::fresh(), Stream::fresh()],
             pending_heads: PendingHeads::default(),
+            fresh: true,
+            sniffed: false,
+            preface: [0; 2],
+            h2: None,
         }
     }
 
@@ -116,6 +155,10 @@ impl Conn {
         Conn {
             streams: [Stream::after_gap(), Stream::after_gap()],
             pending_heads: PendingHeads::default(),
+            fresh: false,
+            sniffed: false,
+            preface: [0; 2],
+            h2: None,
         }
     }
 }
@@ -160,13 +203,59 @@ impl Redactor {
             conns: HashMap::new(),
             cap: cap.max(1),
             clock: 0,
+            held: VecDeque::new(),
+            held_bytes: 0,
+            open: HashMap::new(),
         }
     }
 
-    /// Masks the secrets of one raw record in place. Connection opens and closes start and
-    /// end a connection's streams; other records and records that do not decode are left as
-    /// they are (the reader refuses them the same way).
+    /// Takes the next raw record; [`Redactor::pop`] gives records back, masked, in order.
+    pub fn push(&mut self, mut rec: Vec<u8>) {
+        let stream = self.redact_one(&mut rec);
+        self.held_bytes += rec.len();
+        self.held.push_back(Held {
+            seq: self.clock,
+            rec,
+            stream,
+        });
+        while self.held.len() > MAX_HELD || self.held_bytes > MAX_HELD_BYTES {
+            let Some((&key, _)) = self.open.iter().min_by_key(|(_, seq)| **seq) else {
+                break;
+            };
+            self.end_h2(key.0, Some(key.1));
+        }
+    }
+
+    /// The next record whose masking is final, if any.
+    pub fn pop(&mut self) -> Option<Vec<u8>> {
+        let front = self.held.front()?;
+        if self.open.values().any(|&first| first <= front.seq) {
+            return None;
+        }
+        let h = self.held.pop_front()?;
+        self.held_bytes -= h.rec.len();
+        Some(h.rec)
+    }
+
+    /// The recording ends: unfinished header blocks are masked as far as they came, and every
+    /// record held can go.
+    pub fn finish(&mut self) {
+        let keys: Vec<(ConnKey, usize)> = self.open.keys().copied().collect();
+        for (key, dir) in keys {
+            self.end_h2(key, Some(dir));
+        }
+    }
+
+    /// Masks the secrets of one raw record in place (and of the records held before it).
+    /// Connection opens and closes start and end a connection's streams; other records and
+    /// records that do not decode are left as they are (the reader refuses them the same way).
+    #[cfg(test)]
     pub fn redact(&mut self, rec: &mut [u8]) {
+        self.redact_one(rec);
+    }
+
+    /// [`Redactor::redact`]; the HTTP/2 stream the record's payload belongs to.
+    fn redact_one(&mut self, rec: &mut [u8]) -> Option<(ConnKey, usize, u64)> {
         self.clock += 1;
         let (ev, captured) = match event::decode(rec) {
             Ok(Event::Data(ev, payload)) => (ev, payload.len()),
@@ -180,26 +269,25 @@ impl Redactor {
                         tls,
                     };
                     // A connection seeded at start-up (no socket pointer) may be mid-message.
-                    if open.sock == 0 {
-                        self.conns.remove(&key);
-                    } else {
+                    self.forget(key);
+                    if open.sock != 0 {
                         self.insert(key, Conn::fresh());
                     }
                 }
-                return;
+                return None;
             }
             Ok(Event::ConnClose(h)) => {
                 for tls in [false, true] {
-                    self.conns.remove(&ConnKey {
+                    self.forget(ConnKey {
                         pid: h.pid,
                         fd: h.fd,
                         conn_ts_ns: h.conn_ts_ns,
                         tls,
                     });
                 }
-                return;
+                return None;
             }
-            _ => return,
+            _ => return None,
         };
         let key = ConnKey {
             pid: ev.header.pid,
@@ -211,17 +299,75 @@ impl Redactor {
         if !self.conns.contains_key(&key) {
             self.insert(key, Conn::joined_late());
         }
-        let Some(tracked) = self.conns.get_mut(&key) else {
-            return;
-        };
+        let tracked = self.conns.get_mut(&key)?;
         tracked.last_used = clock;
         let conn = &mut tracked.conn;
         let dir = usize::from(ev.direction != DIR_INGRESS);
         let start = size_of::<DataEvent>();
-        if let Some(payload) = rec.get_mut(start..start + captured) {
-            let gap = ev.real_len.saturating_sub(captured as u64);
-            conn.streams[dir].redact(payload, gap, &mut conn.pending_heads);
+        let payload = rec.get_mut(start..start + captured)?;
+        let gap = ev.real_len.saturating_sub(captured as u64);
+        if !conn.sniffed && !payload.is_empty() {
+            match h2::sniff(payload, conn.preface[dir]) {
+                h2::Sniffed::Http2 => {
+                    conn.sniffed = true;
+                    let (fresh, [a, b]) = (conn.fresh, conn.preface);
+                    conn.h2 = Some(Box::new([
+                        h2::Direction::new(fresh, a),
+                        h2::Direction::new(fresh, b),
+                    ]));
+                }
+                // Nothing to mask in it either way; HTTP/1's scanner follows it meanwhile.
+                h2::Sniffed::PrefaceSoFar(matched) => conn.preface[dir] = matched,
+                h2::Sniffed::Other => conn.sniffed = true,
+            }
         }
+        let Some(dirs) = &mut conn.h2 else {
+            conn.streams[dir].redact(payload, gap, &mut conn.pending_heads);
+            return None;
+        };
+        let d = &mut dirs[dir];
+        let at = d.offset();
+        let mut patches = Vec::new();
+        d.feed(payload, gap, clock, &mut patches);
+        let open = d.open_since();
+        for p in &patches {
+            p.apply(at, payload);
+        }
+        apply_held(&mut self.held, (key, dir), &patches);
+        match open {
+            Some(first) => {
+                self.open.insert((key, dir), first);
+            }
+            None => {
+                self.open.remove(&(key, dir));
+            }
+        }
+        Some((key, dir, at))
+    }
+
+    /// Ends the HTTP/2 header blocks of a connection (of one direction when `dir` says):
+    /// what they gathered is masked, and their records are no longer held.
+    fn end_h2(&mut self, key: ConnKey, dir: Option<usize>) {
+        let Some(dirs) = self.conns.get_mut(&key).and_then(|t| t.conn.h2.as_mut()) else {
+            self.open
+                .retain(|(k, d), _| *k != key || dir.is_some_and(|x| x != *d));
+            return;
+        };
+        for (i, d) in dirs.iter_mut().enumerate() {
+            if dir.is_some_and(|x| x != i) {
+                continue;
+            }
+            let mut patches = Vec::new();
+            d.end(&mut patches);
+            apply_held(&mut self.held, (key, i), &patches);
+            self.open.remove(&(key, i));
+        }
+    }
+
+    /// Stops following a connection.
+    fn forget(&mut self, key: ConnKey) {
+        self.end_h2(key, None);
+        self.conns.remove(&key);
     }
 
     fn insert(&mut self, key: ConnKey, conn: Conn) {
@@ -245,15 +391,38 @@ impl Redactor {
             return;
         }
         let (_, &mut cutoff, _) = ages.select_nth_unstable(n - 1);
-        let mut left = n;
-        self.conns.retain(|_, t| {
-            if left > 0 && t.last_used <= cutoff {
-                left -= 1;
-                false
-            } else {
-                true
+        let mut gone: Vec<ConnKey> = self
+            .conns
+            .iter()
+            .filter(|(_, t)| t.last_used <= cutoff)
+            .map(|(k, _)| *k)
+            .take(n)
+            .collect();
+        gone.sort_unstable_by_key(|k| (k.conn_ts_ns, k.pid, k.fd, k.tls));
+        for key in gone {
+            self.forget(key);
+        }
+    }
+}
+
+/// Applies `patches` of the HTTP/2 stream `(key, dir)` to the records held.
+fn apply_held(held: &mut VecDeque<Held>, stream: (ConnKey, usize), patches: &[h2::Patch]) {
+    if patches.is_empty() {
+        return;
+    }
+    let start = size_of::<DataEvent>();
+    for h in held.iter_mut() {
+        let Some((key, dir, at)) = h.stream else {
+            continue;
+        };
+        if (key, dir) != stream {
+            continue;
+        }
+        if let Some(payload) = h.rec.get_mut(start..) {
+            for p in patches {
+                p.apply(at, payload);
             }
-        });
+        }
     }
 }
 

@@ -71,6 +71,17 @@ pub struct Field {
     pub value: Value,
 }
 
+/// Where a literal field's value lies in its block, in byte offsets (what a recording masks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ValueSpan {
+    /// The string's first byte: its Huffman flag (bit 7) and the start of its length.
+    pub prefix: usize,
+    /// The value's bytes as sent: `start..start + len`.
+    pub start: usize,
+    pub len: usize,
+    pub huffman: bool,
+}
+
 /// Why a header block could not be decoded (RFC 7541 calls each a COMPRESSION_ERROR). After
 /// one, the table is no longer trusted: the caller goes on with a
 /// [`Decoder::mid_connection`].
@@ -291,19 +302,29 @@ impl Decoder {
         filter: &dyn FieldFilter,
         on_field: &mut dyn FnMut(Field),
     ) -> Result<(), HpackError> {
+        self.decode_block_spans(block, filter, &mut |f, _| on_field(f))
+    }
+
+    /// [`Decoder::decode_block`], with where each literal's value lies in the block.
+    pub fn decode_block_spans(
+        &mut self,
+        block: &[u8],
+        filter: &dyn FieldFilter,
+        on_field: &mut dyn FnMut(Field, Option<ValueSpan>),
+    ) -> Result<(), HpackError> {
         let mut input = Input { buf: block, pos: 0 };
         let mut fields_seen = false;
         while let Some(first) = input.peek() {
             if first & 0x80 != 0 {
                 // Indexed header field (§6.1).
                 let index = input.integer(7)?;
-                on_field(self.lookup(index, filter)?);
+                on_field(self.lookup(index, filter)?, None);
             } else if first & 0xc0 == 0x40 {
                 // Literal with incremental indexing (§6.2.1).
                 let index = input.integer(6)?;
-                let (field, name_len, value_len) = self.literal(&mut input, index, filter)?;
+                let (field, name_len, value_len, span) = self.literal(&mut input, index, filter)?;
                 self.insert(field.clone(), name_len, value_len);
-                on_field(field);
+                on_field(field, Some(span));
             } else if first & 0xe0 == 0x20 {
                 // Dynamic table size update (§6.3): only at the start of a block (§4.2).
                 let size = input.integer(5)?;
@@ -315,8 +336,8 @@ impl Decoder {
             } else {
                 // Literal without indexing (0000) or never indexed (0001) (§6.2.2, §6.2.3).
                 let index = input.integer(4)?;
-                let (field, _, _) = self.literal(&mut input, index, filter)?;
-                on_field(field);
+                let (field, _, _, span) = self.literal(&mut input, index, filter)?;
+                on_field(field, Some(span));
             }
             fields_seen = true;
         }
@@ -379,14 +400,14 @@ impl Decoder {
         }
     }
 
-    /// A literal field whose name is `index` (0: a literal name follows). Returns the field and
-    /// the name and value lengths in HPACK's accounting.
+    /// A literal field whose name is `index` (0: a literal name follows). Returns the field,
+    /// the name and value lengths in HPACK's accounting, and where its value lies.
     fn literal(
         &self,
         input: &mut Input<'_>,
         index: usize,
         filter: &dyn FieldFilter,
-    ) -> Result<(Field, Option<usize>, usize), HpackError> {
+    ) -> Result<(Field, Option<usize>, usize, ValueSpan), HpackError> {
         let (name, name_len) = if index == 0 {
             let raw = input.string()?;
             let mut bytes = Vec::new();
@@ -407,6 +428,7 @@ impl Decoder {
             self.lookup_name(index, filter)?
         };
         let raw = input.string()?;
+        let span = raw.span;
         let (name, value, value_len) = match name {
             Name::Known(n) => {
                 let mut v = Vec::new();
@@ -424,7 +446,7 @@ impl Decoder {
             // Of no interest: skipped without decoding, unless its length is needed.
             Name::Other | Name::ByValue(_) => (Name::Other, Value::Dropped, raw.decoded_len()?),
         };
-        Ok((Field { name, value }, name_len, value_len))
+        Ok((Field { name, value }, name_len, value_len, span))
     }
 
     /// Adds an entry (§4.4): evicts the oldest until it fits; an entry larger than the table
@@ -506,6 +528,7 @@ struct Input<'a> {
 struct RawString<'a> {
     bytes: &'a [u8],
     huffman: bool,
+    span: ValueSpan,
 }
 
 impl RawString<'_> {
@@ -565,11 +588,22 @@ impl<'a> Input<'a> {
 
     /// A string literal (§5.2).
     fn string(&mut self) -> Result<RawString<'a>, HpackError> {
+        let prefix = self.pos;
         let huffman = self.peek().ok_or(HpackError::Truncated)? & 0x80 != 0;
         let len = self.integer(7)?;
-        let end = self.pos.checked_add(len).ok_or(HpackError::Truncated)?;
-        let bytes = self.buf.get(self.pos..end).ok_or(HpackError::Truncated)?;
+        let start = self.pos;
+        let end = start.checked_add(len).ok_or(HpackError::Truncated)?;
+        let bytes = self.buf.get(start..end).ok_or(HpackError::Truncated)?;
         self.pos = end;
-        Ok(RawString { bytes, huffman })
+        Ok(RawString {
+            bytes,
+            huffman,
+            span: ValueSpan {
+                prefix,
+                start,
+                len,
+                huffman,
+            },
+        })
     }
 }

@@ -123,7 +123,7 @@ pub fn decode(input: &[u8], max_out: usize, out: &mut Vec<u8>) -> Result<usize, 
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// The code of `sym` as (code, length), derived the canonical way (test encoder).

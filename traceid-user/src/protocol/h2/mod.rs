@@ -27,9 +27,9 @@
 //! `:method`, `:path` (without its query), `:status`, `grpc-status` and whether `content-type`
 //! says gRPC.
 
-mod frame;
-mod hpack;
-mod huffman;
+pub(crate) mod frame;
+pub(crate) mod hpack;
+pub(crate) mod huffman;
 #[cfg(test)]
 mod tests;
 
@@ -82,7 +82,11 @@ pub fn sniff_frames(egress: bool, bytes: &[u8]) -> Option<Role> {
 /// priority fields or promised stream id in front and the padding behind (RFC 9113 §6.2,
 /// §6.6). `partial`: `payload` may stop short of the frame's end (sniffing), so the
 /// padding is not removed. None when the padding is longer than the frame.
-fn header_fragment<'a>(h: &FrameHeader, payload: &'a [u8], partial: bool) -> Option<&'a [u8]> {
+pub(crate) fn header_fragment<'a>(
+    h: &FrameHeader,
+    payload: &'a [u8],
+    partial: bool,
+) -> Option<&'a [u8]> {
     let (pad, mut start) = if h.has(flag::PADDED) {
         (usize::from(*payload.first()?), 1)
     } else {
@@ -110,7 +114,7 @@ const TRACE_SHAPES: [&str; 4] = ["traceparent", "grpc-trace-bin", "uber-trace-id
 static SHAPE_NAMES: LazyLock<HeaderNames> = LazyLock::new(HeaderNames::default);
 
 /// The trace header whose valid value `value` is, if any.
-fn trace_header_by_value(value: &[u8]) -> Option<&'static str> {
+pub(crate) fn trace_header_by_value(value: &[u8]) -> Option<&'static str> {
     TRACE_SHAPES.into_iter().find(|name| {
         let ex = tracectx::extract([(*name, value)], &SHAPE_NAMES);
         !ex.contexts.is_empty() && ex.malformed.is_empty()
