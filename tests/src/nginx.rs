@@ -87,8 +87,13 @@ impl Nginx {
 
     /// The tests' nginx speaking HTTP/2 without TLS (h2c, prior knowledge).
     pub fn start_h2c() -> Nginx {
+        Self::start_h2c_with("")
+    }
+
+    /// [`Nginx::start_h2c`] with `extra` in its server block.
+    pub fn start_h2c_with(extra: &str) -> Nginx {
         let port = free_port();
-        Self::start_for_tests(port, &format!("listen 127.0.0.1:{port} http2;"), "")
+        Self::start_for_tests(port, &format!("listen 127.0.0.1:{port} http2;"), extra)
     }
 
     /// The tests' nginx serving TLS on its port with a self-signed certificate made for the
