@@ -319,7 +319,7 @@ fn http2_secrets_reach_no_file_and_the_recording_replays_every_request() {
     // Each value went as it is, and is in the file masked to its length; the path keeps
     // all but its query.
     for value in [H2_TOKEN, H2_COOKIE, H2_SET_COOKIE] {
-        let masked = format!("{}", "*".repeat(value.len()));
+        let masked = "*".repeat(value.len());
         assert!(
             contains(&recording, masked.as_bytes()),
             "{value} masked in place"
