@@ -106,7 +106,7 @@ fn replay_of_a_recording_without_records_says_so() {
     let Some(bin) = bin() else { return };
     let dir = scratch("empty");
     let file = dir.join("empty.traceid");
-    std::fs::write(&file, header(2, 3)).unwrap();
+    std::fs::write(&file, header(2, 7)).unwrap();
     let (ok, stdout, stderr) = replay(&bin, &file);
     assert!(ok, "{stderr}");
     assert_eq!(stdout, "");
@@ -118,12 +118,20 @@ fn replay_of_a_recording_without_records_says_so() {
         )
     );
 
-    // A version 1 file still replays, with a warning about what its writer left unmasked.
+    // A version 1 file still replays, with a warning about what its writer left unmasked;
+    // so does a version 2 file written before HTTP/2 header blocks were masked.
     std::fs::write(&file, header(1, 0)).unwrap();
     let (ok, _, stderr) = replay(&bin, &file);
     assert!(ok, "{stderr}");
     assert!(
-        stderr.contains("written by an older traceid (format version 1): secret header values split across writes and query strings were not masked in it"),
+        stderr.contains("written by an older traceid (format version 1): secret header values split across writes, query strings and secret header values and queries in HTTP/2 header blocks were not masked in it"),
+        "{stderr}"
+    );
+    std::fs::write(&file, header(2, 3)).unwrap();
+    let (ok, _, stderr) = replay(&bin, &file);
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains("written by an older traceid (format version 2): secret header values and queries in HTTP/2 header blocks were not masked in it"),
         "{stderr}"
     );
     std::fs::remove_dir_all(dir).unwrap();

@@ -392,7 +392,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     "traceid: {} was written by an older traceid (format version {}): {} were not masked in it",
                     file.display(),
                     rd.version,
-                    unmasked.join(" and ")
+                    match unmasked.split_last() {
+                        Some((last, [])) => last.to_string(),
+                        Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+                        None => String::new(),
+                    }
                 );
             }
             let mut pipeline = Pipeline::new(common.pipeline_config(rd.realtime_offset_ns));

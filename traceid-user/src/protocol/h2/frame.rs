@@ -145,18 +145,21 @@ pub enum Payload<'a> {
 /// What the reader delivers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadEvent<'a> {
-    /// A whole frame; `ts_ns`/`tid` are those of the chunk holding its first byte.
+    /// A whole frame; `ts_ns`/`tid` are those of the chunk holding its first byte. Its
+    /// payload ends at stream offset `end` (see [`Reader::offset`]).
     Frame {
         header: FrameHeader,
         payload: Payload<'a>,
         ts_ns: u64,
         tid: u32,
+        end: u64,
     },
     /// The client preface was seen at the start of the direction.
     Preface,
     /// The frame boundaries were lost: uncaptured bytes held a frame header, or the bytes
-    /// stopped being frames. The reader waits for a chunk that starts with a frame.
-    LostSync,
+    /// stopped being frames, from stream offset `at` on. The reader skips bytes until a
+    /// chunk starts with a frame.
+    LostSync { at: u64 },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,6 +190,8 @@ pub struct Reader {
     max_payload: usize,
     frame_ts: u64,
     frame_tid: u32,
+    /// Stream offset of the next byte, captured or not (what a recording masks by).
+    pos: u64,
 }
 
 /// The client connection preface (RFC 9113 §3.4).
@@ -209,6 +214,28 @@ impl Reader {
             max_payload,
             frame_ts: 0,
             frame_tid: 0,
+            pos: 0,
+        }
+    }
+
+    /// Stream offset of the next byte: every byte fed before it, captured or not.
+    pub fn offset(&self) -> u64 {
+        self.pos
+    }
+
+    /// Waiting for a chunk that starts with frames: what is fed until then is skipped.
+    pub fn is_lost(&self) -> bool {
+        self.state == State::Lost
+    }
+
+    /// The frame whose payload is being read, when the reader is inside one, and the stream
+    /// offset where that payload started.
+    pub fn in_payload(&self) -> Option<(FrameHeader, u64)> {
+        match self.state {
+            State::Payload {
+                header, remaining, ..
+            } => Some((header, self.pos - u64::from(header.len - remaining))),
+            _ => None,
         }
     }
 
@@ -234,10 +261,13 @@ impl Reader {
         }
         let mut pos = 0usize;
         while let Some(rest) = data.get(pos..).filter(|r| !r.is_empty()) {
-            pos += self.step(rest, ts_ns, tid, sink);
+            let n = self.step(rest, ts_ns, tid, sink);
+            pos += n;
+            self.pos += n as u64;
         }
         if gap > 0 {
             self.gap(gap, sink);
+            self.pos += gap;
         }
     }
 
@@ -308,7 +338,7 @@ impl Reader {
                 };
                 self.buf.clear();
                 if header.len == 0 {
-                    self.finish(&[], sink);
+                    self.finish(&[], self.pos + n as u64, sink);
                 }
                 n
             }
@@ -328,7 +358,7 @@ impl Reader {
                         remaining,
                         lost,
                     };
-                    self.finish(bytes, sink);
+                    self.finish(bytes, self.pos + n as u64, sink);
                     return n;
                 }
                 if header.wanted() && !lost && self.buf.len() + n <= self.max_payload {
@@ -341,7 +371,7 @@ impl Reader {
                 };
                 if remaining == 0 {
                     let buf = std::mem::take(&mut self.buf);
-                    self.finish(&buf, sink);
+                    self.finish(&buf, self.pos + n as u64, sink);
                     self.buf = buf;
                     self.buf.clear();
                 }
@@ -350,8 +380,9 @@ impl Reader {
         }
     }
 
-    /// The current frame's payload is complete (`bytes` when it is kept and whole).
-    fn finish(&mut self, bytes: &[u8], sink: &mut dyn FnMut(ReadEvent<'_>)) {
+    /// The current frame's payload is complete (`bytes` when it is kept and whole); it ends
+    /// at stream offset `end`.
+    fn finish(&mut self, bytes: &[u8], end: u64, sink: &mut dyn FnMut(ReadEvent<'_>)) {
         let State::Payload { header, lost, .. } = self.state else {
             return;
         };
@@ -369,6 +400,7 @@ impl Reader {
             payload,
             ts_ns: self.frame_ts,
             tid: self.frame_tid,
+            end,
         });
         self.state = State::Header {
             have: 0,
@@ -393,27 +425,31 @@ impl Reader {
                 };
                 self.buf.clear();
                 if len == u64::from(remaining) {
-                    self.finish(&[], sink);
+                    self.finish(&[], self.pos + len, sink);
                 }
             }
-            State::Payload { header, .. } => {
+            State::Payload {
+                header, remaining, ..
+            } => {
                 // The frame ends inside the gap, and so does the next frame header.
                 self.state = State::Payload {
                     header,
                     remaining: 0,
                     lost: true,
                 };
-                self.finish(&[], sink);
+                self.finish(&[], self.pos + u64::from(remaining), sink);
                 self.lose(sink);
             }
             State::Preface { .. } | State::Header { .. } => self.lose(sink),
         }
     }
 
+    /// Frame boundaries are lost from `self.pos` (the start of the bytes being read, or of
+    /// the gap).
     fn lose(&mut self, sink: &mut dyn FnMut(ReadEvent<'_>)) {
         self.state = State::Lost;
         self.buf = Vec::new();
-        sink(ReadEvent::LostSync);
+        sink(ReadEvent::LostSync { at: self.pos });
     }
 
     /// The direction ended (connection closed): nothing more is read.

@@ -419,7 +419,7 @@ impl Session {
         let i = side(flow);
         match event {
             ReadEvent::Preface => self.preface_seen = true,
-            ReadEvent::LostSync => {
+            ReadEvent::LostSync { .. } => {
                 out.push(Message::Anomaly(Anomaly::LostSync));
                 if flow == Flow::ClientToServer {
                     self.requests_may_be_unseen = true;
@@ -437,6 +437,7 @@ impl Session {
                 payload,
                 ts_ns,
                 tid,
+                ..
             } => self.on_frame(flow, header, payload, ts_ns, tid, keep, out),
         }
     }

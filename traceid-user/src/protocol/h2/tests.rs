@@ -23,17 +23,7 @@ fn unhex(s: &str) -> Vec<u8> {
         .collect()
 }
 
-/// Keeps every field: what the RFC examples check.
-struct All;
-
-impl FieldFilter for All {
-    fn keeps(&self, _: &str) -> bool {
-        true
-    }
-    fn name_by_value(&self, _: &[u8]) -> Option<&'static str> {
-        None
-    }
-}
+use super::hpack::KeepAll as All;
 
 fn text(f: &Field) -> (String, String) {
     let name = match &f.name {

@@ -25,7 +25,7 @@
 //! decoded one, which only keeps entries longer, so every index the sender used still
 //! resolves to what it named.
 
-use crate::protocol::h2::frame::{self, flag, kind, FrameHeader, HEADER_LEN, PREFACE};
+use crate::protocol::h2::frame::{self, flag, kind, FrameHeader, Payload, ReadEvent, PREFACE};
 use crate::protocol::h2::hpack::{Decoder, Field, FieldFilter, Name, Value, ValueSpan};
 use crate::protocol::h2::{header_fragment, trace_header_by_value};
 
@@ -69,25 +69,19 @@ impl Patch {
     }
 }
 
-/// Where a direction is in its frames.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    /// Before its first byte: the client preface may come (`matched` bytes so far).
-    Start { matched: usize },
-    /// Reading a frame header (`have` bytes); `checked`: it must be plausible.
-    Header { have: usize, checked: bool },
-    /// Inside a payload, `remaining` bytes to go; `lost` once some were not captured.
-    Payload {
-        header: FrameHeader,
-        remaining: u32,
-        lost: bool,
-    },
-    /// Position unknown: waiting for a record that starts with frames.
-    Lost,
+/// A header block being gathered.
+#[derive(Debug)]
+struct Block {
+    /// Its fragments so far, and where each lies in the stream.
+    fragments: Gathered,
+    /// Lost, malformed or too large: masked whole, not decoded.
+    spoiled: bool,
+    /// The first record holding its bytes (the redactor's sequence number).
+    first_seq: u64,
 }
 
-/// Bytes of the stream gathered in order: runs of (absolute offset, length).
-#[derive(Debug, Default, Clone)]
+/// Bytes of the stream gathered in order: runs of (stream offset, length).
+#[derive(Debug, Default)]
 struct Gathered {
     bytes: Vec<u8>,
     runs: Vec<(u64, usize)>,
@@ -105,8 +99,8 @@ impl Gathered {
         }
     }
 
-    /// The absolute ranges of `len` bytes from offset `off` of the gathered bytes.
-    fn ranges(&self, mut off: usize, mut len: usize, out: &mut Vec<(u64, u64)>) {
+    /// The stream ranges of `len` bytes from offset `off` of the gathered bytes.
+    fn ranges(&self, mut off: usize, mut len: usize, out: &mut Vec<(u64, usize)>) {
         for &(start, run) in &self.runs {
             if len == 0 {
                 break;
@@ -116,7 +110,7 @@ impl Gathered {
                 continue;
             }
             let n = (run - off).min(len);
-            out.push((start + off as u64, n as u64));
+            out.push((start + off as u64, n));
             len -= n;
             off = 0;
         }
@@ -133,28 +127,16 @@ impl Gathered {
     }
 }
 
-/// A header block being gathered.
-#[derive(Debug)]
-struct Block {
-    /// Its fragments so far.
-    fragments: Gathered,
-    /// Lost, malformed or too large: masked whole, not decoded.
-    spoiled: bool,
-    /// The first record holding its bytes (the redactor's sequence number).
-    first_seq: u64,
-}
-
-/// One direction of an HTTP/2 connection, as a recording masks it.
+/// One direction of an HTTP/2 connection, as a recording masks it: the engine's frame reader
+/// (so both find the same frames, and lose and regain them at the same bytes) and a decoder
+/// of its own.
 #[derive(Debug)]
 pub struct Direction {
-    state: State,
-    header: [u8; HEADER_LEN],
-    /// The current frame's payload, when it belongs to a header block.
-    payload: Gathered,
+    reader: frame::Reader,
     decoder: Decoder,
     block: Option<Block>,
-    /// Absolute offset of the next byte.
-    at: u64,
+    /// The first record read while the reader was inside the current header frame's payload.
+    frame_since: Option<u64>,
 }
 
 /// What the decoder keeps: the names masking depends on.
@@ -173,214 +155,158 @@ impl FieldFilter for Secrets {
     }
 }
 
+/// A frame the reader delivered, kept past the reader's borrow.
+enum Read {
+    Frame {
+        header: FrameHeader,
+        /// The payload when whole (header-block frames only).
+        bytes: Option<Vec<u8>>,
+        end: u64,
+    },
+    Lost {
+        at: u64,
+    },
+}
+
 impl Direction {
     /// `from_start`: the connection is seen from its first byte (its table is known);
     /// `matched` bytes of the preface already passed.
     pub fn new(from_start: bool, matched: usize) -> Direction {
+        let mut reader = frame::Reader::new(true, MAX_BLOCK);
+        reader.feed(&PREFACE[..matched.min(PREFACE.len())], 0, 0, 0, &mut |_| {});
         Direction {
-            state: State::Start { matched },
-            header: [0; HEADER_LEN],
-            payload: Gathered::default(),
+            reader,
             decoder: if from_start {
                 Decoder::from_start()
             } else {
                 Decoder::mid_connection()
             },
             block: None,
-            at: matched as u64,
+            frame_since: None,
         }
     }
 
-    /// Absolute offset of the next byte: where a record's payload starts.
+    /// Stream offset of the next byte: where the next record's payload starts.
     pub fn offset(&self) -> u64 {
-        self.at
+        self.reader.offset()
     }
 
     /// The sequence number of the first record of an unfinished header block: records from
     /// it on are held until the block ends.
     pub fn open_since(&self) -> Option<u64> {
-        self.block
+        let block = self
+            .block
             .as_ref()
             .filter(|b| !b.spoiled)
-            .map(|b| b.first_seq)
+            .map(|b| b.first_seq);
+        match (block, self.frame_since) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
-    /// Walks the next record's `payload` (record `seq`), followed by `gap` bytes not captured;
-    /// adds what must be masked to `patches`.
+    /// Reads the next record's `payload` (record `seq`), followed by `gap` bytes not
+    /// captured; adds what must be masked to `patches`.
     pub fn feed(&mut self, payload: &[u8], gap: u64, seq: u64, patches: &mut Vec<Patch>) {
-        let start = self.at;
-        if self.state == State::Lost && frame::looks_like_frames(payload) {
-            self.state = State::Header {
-                have: 0,
-                checked: false,
-            };
+        let start = self.reader.offset();
+        let end = start + payload.len() as u64;
+        let mut read = Vec::new();
+        if self.reader.is_lost() && !frame::looks_like_frames(payload) {
+            // Skipped by the engine's reader too; they may hold header blocks.
+            read.push(Read::Lost { at: start });
         }
-        let mut pos = 0usize;
-        while pos < payload.len() {
-            pos += self.step(&payload[pos..], start + pos as u64, seq, patches);
-        }
-        self.at = start + payload.len() as u64;
-        if gap > 0 {
-            self.gap(gap, patches);
-            self.at += gap;
-        }
-    }
-
-    /// Consumes a prefix of `rest` (at least one byte), which starts at offset `at`.
-    fn step(&mut self, rest: &[u8], at: u64, seq: u64, patches: &mut Vec<Patch>) -> usize {
-        match self.state {
-            State::Lost => {
-                // The engine skips these bytes too; they may hold header blocks.
-                patches.push(Patch::Mask {
-                    at,
-                    len: rest.len() as u64,
-                });
-                rest.len()
-            }
-            State::Start { matched } => {
-                let want = &PREFACE[matched..];
-                let n = want.len().min(rest.len());
-                if rest[..n] == want[..n] {
-                    self.state = if matched + n == PREFACE.len() {
-                        State::Header {
-                            have: 0,
-                            checked: false,
-                        }
-                    } else {
-                        State::Start {
-                            matched: matched + n,
-                        }
-                    };
-                    n
-                } else if matched == 0 {
-                    self.state = State::Header {
-                        have: 0,
-                        checked: true,
-                    };
-                    0
-                } else {
-                    self.lose(patches);
-                    0
-                }
-            }
-            State::Header { have, checked } => {
-                let n = (HEADER_LEN - have).min(rest.len());
-                self.header[have..have + n].copy_from_slice(&rest[..n]);
-                if have + n < HEADER_LEN {
-                    self.state = State::Header {
-                        have: have + n,
-                        checked,
-                    };
-                    return n;
-                }
-                let header = FrameHeader::parse(&self.header);
-                if checked && !header.plausible() {
-                    // Not frames after all: the bytes are masked from here, as lost.
-                    self.lose(patches);
-                    return 0;
-                }
-                self.start_frame(header, seq, patches);
-                n
-            }
-            State::Payload {
+        self.reader.feed(payload, gap, 0, 0, &mut |ev| match ev {
+            ReadEvent::Frame {
                 header,
-                remaining,
-                lost,
-            } => {
-                let n = (remaining as usize).min(rest.len());
-                if is_block_frame(&header) {
-                    if self.block.as_ref().is_some_and(|b| b.spoiled) || lost {
-                        patches.push(Patch::Mask { at, len: n as u64 });
-                    } else {
-                        self.payload.push(at, &rest[..n]);
+                payload,
+                end,
+                ..
+            } if is_block_frame(&header) => read.push(Read::Frame {
+                header,
+                bytes: match payload {
+                    Payload::Bytes(b) => Some(b.to_vec()),
+                    _ => None,
+                },
+                end,
+            }),
+            ReadEvent::Frame { header, end, .. } => read.push(Read::Frame {
+                header,
+                bytes: None,
+                end,
+            }),
+            ReadEvent::LostSync { at } => read.push(Read::Lost { at }),
+            ReadEvent::Preface => {}
+        });
+        for r in read {
+            match r {
+                Read::Frame { header, bytes, end } => {
+                    self.on_frame(header, bytes.as_deref(), end, seq, patches)
+                }
+                Read::Lost { at } => {
+                    if at < end {
+                        patches.push(Patch::Mask { at, len: end - at });
                     }
+                    self.spoil(patches);
+                    self.block = None;
                 }
-                let remaining = remaining - n as u32;
-                self.state = State::Payload {
-                    header,
-                    remaining,
-                    lost,
-                };
-                if remaining == 0 {
-                    self.end_frame(patches);
-                }
-                n
             }
         }
+        self.frame_since = match self.reader.in_payload() {
+            Some((h, _)) if is_block_frame(&h) => Some(self.frame_since.unwrap_or(seq)),
+            _ => None,
+        };
     }
 
-    /// A frame header was read: the frame starts (and ends, when it has no payload).
-    fn start_frame(&mut self, header: FrameHeader, seq: u64, patches: &mut Vec<Patch>) {
+    /// A whole frame (`bytes`: its payload, when a header-block frame's came whole).
+    fn on_frame(
+        &mut self,
+        header: FrameHeader,
+        bytes: Option<&[u8]>,
+        end: u64,
+        seq: u64,
+        patches: &mut Vec<Patch>,
+    ) {
+        let first_seq = self.frame_since.take().unwrap_or(seq);
         if self.block.is_some() && header.kind != kind::CONTINUATION {
             // RFC 9113 §6.10: nothing may come between a block's frames.
             self.spoil(patches);
-            self.close_block();
+            self.block = None;
         }
-        if matches!(header.kind, kind::HEADERS | kind::PUSH_PROMISE) {
-            self.block = Some(Block {
-                fragments: Gathered::default(),
-                spoiled: false,
-                first_seq: seq,
-            });
-        } else if header.kind == kind::CONTINUATION && self.block.is_none() {
-            // Its HEADERS came before the recording (or was cut): not decodable.
-            self.decoder = Decoder::mid_connection();
-        }
-        self.payload = Gathered::default();
-        self.state = State::Payload {
-            header,
-            remaining: header.len,
-            lost: false,
-        };
-        if header.len == 0 {
-            self.end_frame(patches);
-        }
-    }
-
-    /// The current frame's payload is complete.
-    fn end_frame(&mut self, patches: &mut Vec<Patch>) {
-        let State::Payload { header, lost, .. } = self.state else {
-            return;
-        };
-        self.state = State::Header {
-            have: 0,
-            checked: false,
-        };
         if !is_block_frame(&header) {
             return;
         }
-        let payload = std::mem::take(&mut self.payload);
-        let Some(block) = self.block.as_mut() else {
-            // A CONTINUATION without its HEADERS: not decodable, perhaps secret.
-            payload.mask_all(patches);
-            return;
+        let whole_frame = Patch::Mask {
+            at: end - u64::from(header.len),
+            len: u64::from(header.len),
         };
-        if lost || block.spoiled {
-            payload.mask_all(patches);
-            self.spoil(patches);
-        } else {
-            match header_fragment(&header, &payload.bytes, false) {
-                Some(fragment) => {
-                    let off = fragment.as_ptr() as usize - payload.bytes.as_ptr() as usize;
-                    let mut ranges = Vec::new();
-                    payload.ranges(off, fragment.len(), &mut ranges);
-                    // Padding and priority carry no header: masked or not, the engine
-                    // skips them. They stay as sent.
-                    let mut at = off;
-                    for (abs, len) in ranges {
-                        let len = len as usize;
-                        block.fragments.push(abs, &payload.bytes[at..at + len]);
-                        at += len;
-                    }
-                    if block.fragments.bytes.len() > MAX_BLOCK {
-                        payload.mask_all(patches);
-                        self.spoil(patches);
-                    }
-                }
-                None => {
-                    payload.mask_all(patches);
-                    self.spoil(patches);
-                }
+        if header.kind == kind::CONTINUATION && self.block.is_none() {
+            // Its HEADERS came before the recording (or was cut): not decodable.
+            patches.push(whole_frame);
+            self.decoder = Decoder::mid_connection();
+            return;
+        }
+        let block = self.block.get_or_insert(Block {
+            fragments: Gathered::default(),
+            spoiled: false,
+            first_seq,
+        });
+        let fragment = bytes.and_then(|b| {
+            let f = header_fragment(&header, b, false)?;
+            Some((f.as_ptr() as usize - b.as_ptr() as usize, f))
+        });
+        match fragment {
+            Some((off, f))
+                if !block.spoiled && block.fragments.bytes.len() + f.len() <= MAX_BLOCK =>
+            {
+                // Padding and priority carry no header: they stay as sent.
+                block
+                    .fragments
+                    .push(end - u64::from(header.len) + off as u64, f);
+            }
+            // Lost bytes, too large, padding past the frame, or a block already spoiled.
+            _ => {
+                patches.push(whole_frame);
+                self.spoil(patches);
             }
         }
         if header.has(flag::END_HEADERS) {
@@ -394,7 +320,6 @@ impl Direction {
             return;
         };
         if block.spoiled {
-            self.decoder = Decoder::mid_connection();
             return;
         }
         let fragments = &block.fragments;
@@ -414,23 +339,23 @@ impl Direction {
         }
         let mut ranges = Vec::new();
         for (off, change) in found {
+            ranges.clear();
             match change {
                 Change::Mask { len } => {
-                    ranges.clear();
                     fragments.ranges(off, len, &mut ranges);
-                    patches.extend(ranges.iter().map(|&(at, len)| Patch::Mask { at, len }));
+                    patches.extend(ranges.iter().map(|&(at, len)| Patch::Mask {
+                        at,
+                        len: len as u64,
+                    }));
                 }
                 Change::PlainString => {
-                    ranges.clear();
                     fragments.ranges(off, 1, &mut ranges);
                     patches.extend(ranges.iter().map(|&(at, _)| Patch::PlainString { at }));
                 }
                 Change::Write(bytes) => {
-                    ranges.clear();
                     fragments.ranges(off, bytes.len(), &mut ranges);
-                    let mut from = 0usize;
+                    let mut from = 0;
                     for &(at, len) in &ranges {
-                        let len = len as usize;
                         patches.push(Patch::Write {
                             at,
                             bytes: bytes[from..from + len].to_vec(),
@@ -442,8 +367,8 @@ impl Direction {
         }
     }
 
-    /// The open block cannot be decoded: what was gathered is masked, and so is the rest of
-    /// it as it comes; the table is lost.
+    /// The open block cannot be decoded: what it gathered is masked, and so is the rest of
+    /// it as it comes; the table is lost (as the engine's).
     fn spoil(&mut self, patches: &mut Vec<Patch>) {
         if let Some(block) = &mut self.block {
             if !block.spoiled {
@@ -455,53 +380,20 @@ impl Direction {
         self.decoder = Decoder::mid_connection();
     }
 
-    fn close_block(&mut self) {
-        self.block = None;
-    }
-
-    /// Frame boundaries are lost (as the engine's reader loses them).
-    fn lose(&mut self, patches: &mut Vec<Patch>) {
-        self.payload.mask_all(patches);
-        self.payload = Gathered::default();
-        self.spoil(patches);
-        self.close_block();
-        self.state = State::Lost;
-    }
-
-    /// `len` bytes were not captured.
-    fn gap(&mut self, len: u64, patches: &mut Vec<Patch>) {
-        match self.state {
-            State::Lost => {}
-            State::Payload {
-                header, remaining, ..
-            } if len <= u64::from(remaining) => {
-                if is_block_frame(&header) {
-                    self.payload.mask_all(patches);
-                    self.payload = Gathered::default();
-                    self.spoil(patches);
-                }
-                let remaining = remaining - len as u32;
-                self.state = State::Payload {
-                    header,
-                    remaining,
-                    lost: true,
-                };
-                if remaining == 0 {
-                    self.end_frame(patches);
-                }
-            }
-            State::Payload { .. } | State::Start { .. } | State::Header { .. } => {
-                self.lose(patches)
+    /// The connection ended, or the recording, or its records were held too long: an
+    /// unfinished block is masked as far as it came, header frame being read included.
+    pub fn end(&mut self, patches: &mut Vec<Patch>) {
+        if let Some((h, from)) = self.reader.in_payload() {
+            if is_block_frame(&h) {
+                patches.push(Patch::Mask {
+                    at: from,
+                    len: self.reader.offset() - from,
+                });
             }
         }
-    }
-
-    /// The connection ended, or the recording: an unfinished block is masked as gathered.
-    pub fn end(&mut self, patches: &mut Vec<Patch>) {
-        self.payload.mask_all(patches);
-        self.payload = Gathered::default();
         self.spoil(patches);
-        self.close_block();
+        self.block = None;
+        self.frame_since = None;
     }
 }
 
@@ -593,6 +485,8 @@ pub fn sniff(payload: &[u8], matched: usize) -> Sniffed {
 mod tests {
     use super::super::Redactor;
     use super::*;
+    use crate::protocol::h2::frame::HEADER_LEN;
+    use crate::protocol::h2::hpack::KeepAll;
     use crate::protocol::h2::huffman::tests::encode as huffman;
     use crate::test_util::events::{run_records, Stream as Records, C, TP};
     use crate::test_util::Rng;
@@ -605,6 +499,22 @@ mod tests {
         "SECRETQUERY789",
         "SETSECRET",
     ];
+
+    /// The two ends of the connection, both on this host.
+    const CLIENT: C = C {
+        pid: 10,
+        fd: 4,
+        ts: 9,
+        comm: "client",
+        role: ROLE_CLIENT,
+    };
+    const SERVER: C = C {
+        pid: 20,
+        fd: 5,
+        ts: 8,
+        comm: "server",
+        role: ROLE_SERVER,
+    };
 
     fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
         let len = payload.len() as u32;
@@ -683,15 +593,6 @@ mod tests {
 
     /// Every field value of the header blocks in `stream` (no gaps), decoded.
     fn decoded_values(stream: &[u8]) -> Vec<String> {
-        struct All;
-        impl FieldFilter for All {
-            fn keeps(&self, _: &str) -> bool {
-                true
-            }
-            fn name_by_value(&self, _: &[u8]) -> Option<&'static str> {
-                None
-            }
-        }
         let mut pos = if stream.starts_with(PREFACE) {
             PREFACE.len()
         } else {
@@ -705,7 +606,7 @@ mod tests {
             if is_block_frame(&h) {
                 block.extend_from_slice(header_fragment(&h, payload, false).unwrap());
                 if h.has(flag::END_HEADERS) {
-                    d.decode_block(&block, &All, &mut |f| {
+                    d.decode_block(&block, &KeepAll, &mut |f| {
                         if let Value::Kept(v) = f.value {
                             out.push(String::from_utf8_lossy(&v).into_owned());
                         }
@@ -729,20 +630,7 @@ mod tests {
     /// server's interleaved: the records as the kernel gives them. `whole_preface`: the
     /// client's first write is its preface and SETTINGS (what the engine sniffs HTTP/2 by).
     fn records(piece: usize, whole_preface: bool) -> Records {
-        let client = C {
-            pid: 10,
-            fd: 4,
-            ts: 9,
-            comm: "client",
-            role: ROLE_CLIENT,
-        };
-        let server = C {
-            pid: 20,
-            fd: 5,
-            ts: 8,
-            comm: "server",
-            role: ROLE_SERVER,
-        };
+        let (client, server) = (CLIENT, SERVER);
         let mut s = Records::default();
         s.open(client, [127, 0, 0, 1], 40000, [127, 0, 0, 1], 50051);
         s.open(server, [127, 0, 0, 1], 50051, [127, 0, 0, 1], 40000);
@@ -902,13 +790,7 @@ mod tests {
                 + string("/r2?token=SECRETQUERY789", true).len()
                 + 2
                 + string("b=SECRETCOOKIE456", true).len());
-        let client = C {
-            pid: 10,
-            fd: 4,
-            ts: 9,
-            comm: "client",
-            role: ROLE_CLIENT,
-        };
+        let client = CLIENT;
         let mut lossy = Records::default();
         lossy.open(client, [127, 0, 0, 1], 40000, [127, 0, 0, 1], 50051);
         let at = first + HEADER_LEN + 8;
