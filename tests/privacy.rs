@@ -50,13 +50,24 @@ while True:
 assert response.startswith(b"HTTP/1.1 200"), response
 "#;
 
-/// Each secret found in `text`, with how often.
-fn secrets_in(text: &[u8]) -> Vec<(&'static str, usize)> {
+/// Each of `secrets` found in `text`, with how often.
+fn secrets_in(secrets: &[&'static str], text: &[u8]) -> Vec<(&'static str, usize)> {
     let text = String::from_utf8_lossy(text);
-    SECRETS
+    secrets
         .iter()
         .map(|s| (*s, text.matches(s).count()))
         .filter(|(_, n)| *n > 0)
+        .collect()
+}
+
+/// Each output (named) that holds any of `secrets`, with what it holds.
+fn leaks(secrets: &[&'static str], outputs: &[(&str, &[u8])]) -> Vec<String> {
+    outputs
+        .iter()
+        .filter_map(|(what, bytes)| {
+            let found = secrets_in(secrets, bytes);
+            (!found.is_empty()).then(|| format!("{what}: {found:?}"))
+        })
         .collect()
 }
 
@@ -243,13 +254,7 @@ fn secrets_split_across_writes_reach_no_file_and_no_output() {
         ("replay --json", &replayed.stdout),
         ("replay --diagnose --json", &replay_diagnosis.stdout),
     ];
-    let leaks: Vec<String> = outputs
-        .iter()
-        .filter_map(|(what, bytes)| {
-            let found = secrets_in(bytes);
-            (!found.is_empty()).then(|| format!("{what}: {found:?}"))
-        })
-        .collect();
+    let leaks = leaks(SECRETS, &outputs);
     eprintln!("secrets found: {leaks:?}");
     assert!(leaks.is_empty(), "secrets leaked: {leaks:#?}");
     std::fs::remove_dir_all(&dir).unwrap();
@@ -354,17 +359,7 @@ fn http2_secrets_reach_no_file_and_the_recording_replays_every_request() {
         ("replay --json", &replayed.stdout),
         ("replay --diagnose --json", &replay_diagnosis.stdout),
     ];
-    let leaks: Vec<String> = outputs
-        .iter()
-        .filter_map(|(what, bytes)| {
-            let text = String::from_utf8_lossy(bytes);
-            let found: Vec<&str> = H2_SECRETS
-                .into_iter()
-                .filter(|s| text.contains(s))
-                .collect();
-            (!found.is_empty()).then(|| format!("{what}: {found:?}"))
-        })
-        .collect();
+    let leaks = leaks(&H2_SECRETS, &outputs);
     assert!(leaks.is_empty(), "secrets leaked: {leaks:#?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
