@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use traceid_tests::*;
 // Used by the harness library (tests/src), not by name here.
-use {serde_json as _, thiserror as _};
+use thiserror as _;
 
 const WAIT: Duration = Duration::from_secs(15);
 /// The second request's context: a different trace id, so that a stream mixed up with the
@@ -152,6 +152,135 @@ fn upgrade_ignored_by_the_server_stays_http1() {
             assert_eq!(r["path"], path, "{r:#}");
             assert_eq!(r["status"], 200, "{r:#}");
             assert_eq!(r["trace_id"], trace_id, "{r:#}");
+        }
+    }
+}
+
+/// A cookie HPACK carries as it is (its Huffman code would be longer): what a recording of
+/// the upgraded connection must not hold.
+const COOKIE: &str = "c=~~~~SECRETH2CUPGRADE^^^^{}{}";
+/// The cookie app.py sets on `/api/two` (over HTTP/2: stream 3).
+const SET_COOKIE: &str = "c=~~~~SECRETH2CSET^^^^{}{}";
+
+/// `value` Huffman-coded as HPACK codes it (RFC 7541 Appendix B), by Python's hpack: how the
+/// server's HTTP/2 side sends it.
+fn hpack_huffman(value: &str) -> Vec<u8> {
+    let out = Command::new(PYTHON)
+        .args([
+            "-c",
+            "import sys\nfrom hpack.huffman import HuffmanEncoder\n\
+             from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH\n\
+             sys.stdout.write(HuffmanEncoder(REQUEST_CODES, REQUEST_CODES_LENGTH)\
+             .encode(sys.argv[1].encode()).hex())",
+            value,
+        ])
+        .output()
+        .expect("python3 with hpack (hypercorn's)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let hex = String::from_utf8(out.stdout).unwrap();
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn a_recording_of_an_upgraded_connection_masks_its_http2_secrets_and_replays_both_streams() {
+    if !can_run() {
+        return;
+    }
+    let (_server, port) = hypercorn();
+    let dir = std::env::temp_dir().join(format!("traceid-h2c-rec-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("h2c.traceid");
+    let mut child = Command::new(traceid_bin())
+        .args(["diagnose", "--duration", "6s", "--json", "--record"])
+        .arg(&file)
+        .args(["--port", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning traceid diagnose");
+    let stderr = collect_stderr(&mut child);
+    wait_watching(&stderr);
+    let url = |path: &str| format!("http://127.0.0.1:{port}{path}");
+    let out = Command::new("curl")
+        .args(["-sgv", "-o", "/dev/null", "--http2", "-H"])
+        .arg(format!("traceparent: {TRACEPARENT}"))
+        .args(["-H", &format!("Cookie: {COOKIE}")])
+        .arg(url("/api/one"))
+        .args(["--next", "-g", "-o", "/dev/null", "--http2", "-H"])
+        .arg(format!("traceparent: {TRACEPARENT_2}"))
+        .args(["-H", &format!("Cookie: {COOKIE}")])
+        .arg(url("/api/two"))
+        .output()
+        .expect("curl");
+    let trace = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "curl failed: {trace}");
+    assert!(
+        trace.contains("HTTP/1.1 101") && trace.contains("Re-using existing connection"),
+        "no h2c upgrade on one connection: {trace}"
+    );
+    assert!(
+        child.wait().unwrap().success(),
+        "{}",
+        stderr.lock().unwrap()
+    );
+    let recording = std::fs::read(&file).unwrap();
+    let replay = Command::new(traceid_bin())
+        .args(["replay", "--json"])
+        .arg(&file)
+        .output()
+        .expect("traceid replay");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(replay.status.success());
+
+    let text = String::from_utf8_lossy(&recording);
+    assert!(
+        !text.contains("SECRETH2CUPGRADE"),
+        "the cookie reached the file"
+    );
+    // The HTTP/1.1 request's cookie line and the HTTP/2 request's value, masked in place.
+    let masked = "*".repeat(COOKIE.len());
+    assert!(text.matches(&masked).count() >= 2, "{text:?}");
+    // The server's Set-Cookie, Huffman-coded, is in neither side's records: each holds a
+    // plain run of `*` as long as its code.
+    let coded = hpack_huffman(SET_COOKIE);
+    assert!(
+        !contains(&recording, &coded),
+        "the Set-Cookie reached the file"
+    );
+    assert!(
+        text.matches(&"*".repeat(coded.len())).count() >= 2,
+        "{text:?}"
+    );
+    let lines: Vec<Value> = String::from_utf8_lossy(&replay.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for direction in ["inbound", "outbound"] {
+        let side = requests(&lines, |r| {
+            r["direction"] == direction && r["protocol"] == "h2"
+        });
+        for (stream, path, trace_id) in [(1, "/api/one", TRACE_ID), (3, "/api/two", TRACE_ID_2)] {
+            let r = the_request(&side, path);
+            assert_eq!(
+                (&r["stream_id"], &r["trace_id"], &r["status"]),
+                (
+                    &Value::from(stream),
+                    &Value::from(trace_id),
+                    &Value::from(200)
+                ),
+                "{direction}: {r:#}"
+            );
         }
     }
 }

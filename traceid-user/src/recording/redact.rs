@@ -99,9 +99,19 @@ pub struct Redactor {
 struct Held {
     seq: u64,
     rec: Vec<u8>,
-    /// The HTTP/2 stream its payload belongs to: (connection, direction, offset in the
-    /// stream of its first byte).
-    stream: Option<(ConnKey, usize, u64)>,
+    /// The HTTP/2 stream its payload belongs to.
+    stream: Option<H2Part>,
+}
+
+/// Where a record's payload lies in an HTTP/2 stream.
+#[derive(Debug, Clone, Copy)]
+struct H2Part {
+    key: ConnKey,
+    dir: usize,
+    /// Bytes of the payload before the stream (the end of an HTTP/1 head that switched).
+    skip: usize,
+    /// The stream offset of the payload's byte `skip`.
+    at: u64,
 }
 
 /// One connection's plain or TLS-plaintext streams.
@@ -133,8 +143,9 @@ struct Conn {
     sniffed: bool,
     /// Bytes of the client preface each direction passed before that was told.
     preface: [usize; 2],
-    /// HTTP/2, by direction (as `streams`).
-    h2: Option<Box<[h2::Direction; 2]>>,
+    /// HTTP/2, by direction (as `streams`): from the first byte (prior knowledge), or from
+    /// where an HTTP/1.1 upgrade switched.
+    h2: [Option<Box<h2::Direction>>; 2],
 }
 
 impl Conn {
@@ -146,7 +157,7 @@ impl Conn {
             fresh: true,
             sniffed: false,
             preface: [0; 2],
-            h2: None,
+            h2: [None, None],
         }
     }
 
@@ -158,7 +169,7 @@ impl Conn {
             fresh: false,
             sniffed: false,
             preface: [0; 2],
-            h2: None,
+            h2: [None, None],
         }
     }
 }
@@ -254,8 +265,8 @@ impl Redactor {
         self.redact_one(rec);
     }
 
-    /// [`Redactor::redact`]; the HTTP/2 stream the record's payload belongs to.
-    fn redact_one(&mut self, rec: &mut [u8]) -> Option<(ConnKey, usize, u64)> {
+    /// [`Redactor::redact`]; where the record's payload lies in an HTTP/2 stream.
+    fn redact_one(&mut self, rec: &mut [u8]) -> Option<H2Part> {
         self.clock += 1;
         let (ev, captured) = match event::decode(rec) {
             Ok(Event::Data(ev, payload)) => (ev, payload.len()),
@@ -310,23 +321,45 @@ impl Redactor {
             match h2::sniff(payload, conn.preface[dir]) {
                 h2::Sniffed::Http2 => {
                     conn.sniffed = true;
-                    let (fresh, [a, b]) = (conn.fresh, conn.preface);
-                    conn.h2 = Some(Box::new([
-                        h2::Direction::new(fresh, a),
-                        h2::Direction::new(fresh, b),
-                    ]));
+                    let fresh = conn.fresh;
+                    for (d, matched) in conn.preface.into_iter().enumerate() {
+                        conn.h2[d] = Some(Box::new(h2::Direction::new(fresh, matched)));
+                    }
                 }
                 // Nothing to mask in it either way; HTTP/1's scanner follows it meanwhile.
                 h2::Sniffed::PrefaceSoFar(matched) => conn.preface[dir] = matched,
                 h2::Sniffed::Other => conn.sniffed = true,
             }
         }
-        let Some(dirs) = &mut conn.h2 else {
-            conn.streams[dir].redact(payload, gap, &mut conn.pending_heads);
-            return None;
-        };
-        let d = &mut dirs[dir];
+        let mut skip = 0;
+        if conn.h2[dir].is_none() {
+            let stream = &mut conn.streams[dir];
+            // An HTTP/1.1 upgrade to h2c: the client's preface at a message start (RFC 9113
+            // §3.2), the server's frames after its 101.
+            let switched =
+                if stream.at_message_start() && payload.starts_with(crate::protocol::h2::PREFACE) {
+                    Some(0)
+                } else {
+                    stream.redact(payload, gap, &mut conn.pending_heads)
+                };
+            let at = switched?;
+            let rest = &payload[at..];
+            if rest.is_empty() {
+                // What follows the switch comes in the next record.
+                return None;
+            }
+            if h2::sniff(rest, 0) != h2::Sniffed::Http2 {
+                // Another protocol (WebSocket...): scanned for lines, as bytes not HTTP.
+                stream.not_http();
+                stream.redact(&mut payload[at..], gap, &mut conn.pending_heads);
+                return None;
+            }
+            conn.h2[dir] = Some(Box::new(h2::Direction::new(true, 0)));
+            skip = at;
+        }
+        let d = conn.h2[dir].as_mut()?;
         let at = d.offset();
+        let payload = &mut payload[skip..];
         let mut patches = Vec::new();
         d.feed(payload, gap, clock, &mut patches);
         let open = d.open_since();
@@ -342,25 +375,23 @@ impl Redactor {
                 self.open.remove(&(key, dir));
             }
         }
-        Some((key, dir, at))
+        Some(H2Part { key, dir, skip, at })
     }
 
     /// Ends the HTTP/2 header blocks of a connection (of one direction when `dir` says):
     /// what they gathered is masked, and their records are no longer held.
     fn end_h2(&mut self, key: ConnKey, dir: Option<usize>) {
-        let Some(dirs) = self.conns.get_mut(&key).and_then(|t| t.conn.h2.as_mut()) else {
-            self.open
-                .retain(|(k, d), _| *k != key || dir.is_some_and(|x| x != *d));
-            return;
-        };
-        for (i, d) in dirs.iter_mut().enumerate() {
+        for i in 0..2 {
             if dir.is_some_and(|x| x != i) {
                 continue;
             }
+            self.open.remove(&(key, i));
+            let Some(d) = self.conns.get_mut(&key).and_then(|t| t.conn.h2[i].as_mut()) else {
+                continue;
+            };
             let mut patches = Vec::new();
             d.end(&mut patches);
             apply_held(&mut self.held, (key, i), &patches);
-            self.open.remove(&(key, i));
         }
     }
 
@@ -412,15 +443,15 @@ fn apply_held(held: &mut VecDeque<Held>, stream: (ConnKey, usize), patches: &[h2
     }
     let start = size_of::<DataEvent>();
     for h in held.iter_mut() {
-        let Some((key, dir, at)) = h.stream else {
+        let Some(part) = h.stream else {
             continue;
         };
-        if (key, dir) != stream {
+        if (part.key, part.dir) != stream {
             continue;
         }
-        if let Some(payload) = h.rec.get_mut(start..) {
+        if let Some(payload) = h.rec.get_mut(start + part.skip..) {
             for p in patches {
-                p.apply(at, payload);
+                p.apply(part.at, payload);
             }
         }
     }
@@ -445,6 +476,9 @@ enum Framing {
     /// Bytes whose end the stream does not tell (a close-delimited body, or not HTTP):
     /// scanned line by line like a head, so a message head in them is still redacted.
     Unframed,
+    /// After a `101 Switching Protocols` head: another protocol from here on (the redactor
+    /// follows HTTP/2 as such, anything else as [`Framing::Unframed`]).
+    Switched,
 }
 
 /// Where a chunked body is.
@@ -603,8 +637,17 @@ impl Stream {
     }
 
     /// Masks the secrets in `payload`, the next captured bytes of the stream, followed by
-    /// `gap` bytes that were not captured.
-    fn redact(&mut self, payload: &mut [u8], gap: u64, pending_heads: &mut PendingHeads) {
+    /// `gap` bytes that were not captured. Where the stream stopped being HTTP/1 (a 101 head
+    /// ended) when it did: the bytes from there on are left for the caller.
+    fn redact(
+        &mut self,
+        payload: &mut [u8],
+        gap: u64,
+        pending_heads: &mut PendingHeads,
+    ) -> Option<usize> {
+        if self.framing == Framing::Switched {
+            return Some(0);
+        }
         if matches!(
             self.framing,
             Framing::Body { .. } | Framing::Chunked(Chunk::Data { .. })
@@ -648,11 +691,30 @@ impl Stream {
                     self.scan(&mut payload[i], pending_heads);
                     1
                 }
+                Framing::Switched => return Some(i),
             };
         }
         if gap > 0 {
             self.skip_gap(gap);
         }
+        None
+    }
+
+    /// At the start of a message: nothing of one read yet.
+    fn at_message_start(&self) -> bool {
+        matches!(
+            self.framing,
+            Framing::Head(Head {
+                message: Message::NotStarted,
+                ..
+            })
+        ) && matches!(self.line, Line::Start { .. })
+    }
+
+    /// What follows is not HTTP: scanned line by line, as bytes without framing.
+    fn not_http(&mut self) {
+        self.framing = Framing::Unframed;
+        self.line = Line::Start { fold_masked: false };
     }
 
     /// Passes `n` body bytes (no more than the body has left).
@@ -931,7 +993,7 @@ impl Stream {
             Message::Trailers => Framing::Head(Head::default()),
             Message::Response { status, to_head } => match status {
                 // 101 Switching Protocols: what follows is not HTTP/1.
-                101 => Framing::Unframed,
+                101 => Framing::Switched,
                 100..=199 | 204 | 304 => Framing::Head(Head::default()),
                 _ if to_head => Framing::Head(Head::default()),
                 // Without a length, a response's body ends with the connection.

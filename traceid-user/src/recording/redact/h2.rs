@@ -729,6 +729,73 @@ mod tests {
         }
     }
 
+    /// An HTTP/1.1 request that upgrades to h2c, then HTTP/2 both ways (RFC 9113 §3.2 of
+    /// RFC 7540): the client's and the server's bytes.
+    fn upgrade_streams() -> (Vec<u8>, Vec<u8>) {
+        let mut c2s = b"GET /up?q=SECRETQUERY789 HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\nCookie: up=SECRETCOOKIE456\r\n\r\n".to_vec();
+        let h2 = client_stream();
+        // The client's HTTP/2 starts with the preface; its first block is stream 1's there,
+        // which an upgraded connection does not send: renumbered 5 (and 3 stays).
+        let mut h2 = h2;
+        let first = PREFACE.len() + HEADER_LEN;
+        h2[first + 5..first + 9].copy_from_slice(&5u32.to_be_bytes());
+        let cont = first + HEADER_LEN + 20;
+        h2[cont + 5..cont + 9].copy_from_slice(&5u32.to_be_bytes());
+        c2s.extend(h2);
+        let mut s2c =
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
+                .to_vec();
+        s2c.extend(server_stream());
+        (c2s, s2c)
+    }
+
+    #[test]
+    fn an_http1_connection_upgraded_to_h2c_is_masked_as_http2_after_the_switch() {
+        let (c2s, s2c) = upgrade_streams();
+        let h2_part = |s: &[u8]| -> Vec<u8> {
+            let end = s.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+            s[end..].to_vec()
+        };
+        let all: Vec<String> = [h2_part(&c2s), h2_part(&s2c)]
+            .iter()
+            .flat_map(|s| decoded_values(s))
+            .collect();
+        assert_eq!(leaked(&all), SECRETS.to_vec());
+        for piece in [1, 7, 16, 64, 4096] {
+            let mut s = Records::default();
+            s.open(CLIENT, [127, 0, 0, 1], 40000, [127, 0, 0, 1], 8080);
+            let (c_head, c_rest) = c2s.split_at(c2s.len() - client_stream().len());
+            s.data(CLIENT, 10, true, c_head);
+            s.data(SERVER, 20, false, c_head);
+            // The 101 head and the server's first frames in one write, then the rest.
+            let (s_head, s_rest) = s2c.split_at(s2c.len() - server_stream().len() + 9);
+            s.data(SERVER, 20, true, s_head);
+            s.data(CLIENT, 10, false, s_head);
+            for chunk in c_rest.chunks(piece.max(PREFACE.len())) {
+                s.data(CLIENT, 10, true, chunk);
+                s.data(SERVER, 20, false, chunk);
+            }
+            for chunk in s_rest.chunks(piece) {
+                s.data(SERVER, 20, true, chunk);
+                s.data(CLIENT, 10, false, chunk);
+            }
+            let disk = to_disk(&mut Redactor::default(), &s.records);
+            assert_eq!(disk.len(), s.records.len());
+            for (pid, egress) in [(10, true), (20, false), (20, true), (10, false)] {
+                let bytes = joined(&disk, pid, egress);
+                let head_end = bytes.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                let head = String::from_utf8_lossy(&bytes[..head_end]);
+                assert!(!head.contains("SECRET"), "piece {piece}: {head}");
+                let values = decoded_values(&bytes[head_end..]);
+                assert_eq!(leaked(&values), Vec::<&str>::new(), "piece {piece}");
+                assert!(!values.is_empty());
+            }
+            let (live, replayed) = (run_records(&s.records), run_records(&disk));
+            assert_eq!(live.len(), 6, "piece {piece}: {live:?}");
+            assert_eq!(live, replayed, "piece {piece}");
+        }
+    }
+
     #[test]
     fn records_wait_for_the_end_of_their_block_and_keep_their_order() {
         let s = records(7, true);
