@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use traceid_tests::*;
 // Used by the harness library (tests/src), not by name here.
-use thiserror as _;
+use {serde_json as _, thiserror as _};
 
 const WAIT: Duration = Duration::from_secs(15);
 /// The second request's context: a different trace id, so that a stream mixed up with the
@@ -188,10 +188,6 @@ fn hpack_huffman(value: &str) -> Vec<u8> {
         .collect()
 }
 
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
-}
-
 #[test]
 fn a_recording_of_an_upgraded_connection_masks_its_http2_secrets_and_replays_both_streams() {
     if !can_run() {
@@ -235,13 +231,8 @@ fn a_recording_of_an_upgraded_connection_masks_its_http2_secrets_and_replays_bot
         stderr.lock().unwrap()
     );
     let recording = std::fs::read(&file).unwrap();
-    let replay = Command::new(traceid_bin())
-        .args(["replay", "--json"])
-        .arg(&file)
-        .output()
-        .expect("traceid replay");
+    let replayed = replay(&[file.to_str().unwrap(), "--json"]);
     let _ = std::fs::remove_dir_all(&dir);
-    assert!(replay.status.success());
 
     let text = String::from_utf8_lossy(&recording);
     assert!(
@@ -255,17 +246,14 @@ fn a_recording_of_an_upgraded_connection_masks_its_http2_secrets_and_replays_bot
     // plain run of `*` as long as its code.
     let coded = hpack_huffman(SET_COOKIE);
     assert!(
-        !contains(&recording, &coded),
+        !contains_bytes(&recording, &coded),
         "the Set-Cookie reached the file"
     );
     assert!(
         text.matches(&"*".repeat(coded.len())).count() >= 2,
         "{text:?}"
     );
-    let lines: Vec<Value> = String::from_utf8_lossy(&replay.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = json_lines(&replayed.stdout);
     for direction in ["inbound", "outbound"] {
         let side = requests(&lines, |r| {
             r["direction"] == direction && r["protocol"] == "h2"

@@ -9,13 +9,13 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use traceid_tests::*;
 // The harness crate's dependency, not named by this test.
-use thiserror as _;
+use {serde_json as _, thiserror as _};
 
 /// Every secret the clients send, and both halves of the cookie value the Python client
 /// splits inside: none may appear anywhere.
@@ -143,20 +143,6 @@ fn http_get(port: u16, path: &str, accept: &str) -> Vec<u8> {
     raw
 }
 
-fn replay(args: &[&str]) -> Output {
-    let out = Command::new(traceid_bin())
-        .arg("replay")
-        .args(args)
-        .output()
-        .expect("running traceid replay");
-    assert!(
-        out.status.success(),
-        "replay {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
 #[test]
 fn secrets_split_across_writes_reach_no_file_and_no_output() {
     if !can_run() {
@@ -228,10 +214,7 @@ fn secrets_split_across_writes_reach_no_file_and_no_output() {
     // The heads are in the file (only values are masked) and replay finds both requests.
     let text = String::from_utf8_lossy(&recording);
     assert!(text.contains("GET /login?") && text.contains("Authorization:"));
-    let lines: Vec<Value> = String::from_utf8_lossy(&replayed.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = json_lines(&replayed.stdout);
     assert!(
         requests(&lines, |r| r["path"] == "/login"
             && r["direction"] == "inbound")
@@ -272,10 +255,6 @@ const H2_SECRETS: [&str; 4] = [
     "SECRETH2QUERY",
     "SECRETH2SETCOOKIE",
 ];
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
-}
 
 #[test]
 fn http2_secrets_reach_no_file_and_the_recording_replays_every_request() {
@@ -326,19 +305,16 @@ fn http2_secrets_reach_no_file_and_the_recording_replays_every_request() {
     for value in [H2_TOKEN, H2_COOKIE, H2_SET_COOKIE] {
         let masked = "*".repeat(value.len());
         assert!(
-            contains(&recording, masked.as_bytes()),
+            contains_bytes(&recording, masked.as_bytes()),
             "{value} masked in place"
         );
     }
-    assert!(contains(
+    assert!(contains_bytes(
         &recording,
         format!("/login?{}", "*".repeat(H2_QUERY.len())).as_bytes()
     ));
     // Replay reads every request at both ends, with its trace id.
-    let lines: Vec<Value> = String::from_utf8_lossy(&replayed.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = json_lines(&replayed.stdout);
     for direction in ["inbound", "outbound"] {
         let mut ids: Vec<&str> = requests(&lines, |r| {
             r["path"] == "/login" && r["direction"] == direction && r["protocol"] == "h2"

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use traceid_tests::*;
 // The harness library's dependency, not named by this test.
-use thiserror as _;
+use {serde_json as _, thiserror as _};
 // Used by the harness library (tests/src), not by name here.
 use libc as _;
 
@@ -207,10 +207,7 @@ fn https_is_seen_with_exactly_the_daemonsets_capabilities() {
         "{}",
         stderr.lock().unwrap()
     );
-    let lines: Vec<Value> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = json_lines(stdout.as_bytes());
     let inb = inbound_on(&lines, nginx.port, "/api/least");
     assert_eq!(inb.len(), 1, "{lines:#?}");
     assert_eq!(inb[0]["tls"], true);

@@ -11,7 +11,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -368,6 +368,34 @@ pub fn content_length(head: &str) -> usize {
                 .then(|| v.trim().parse().ok())?
         })
         .unwrap_or(0)
+}
+
+/// `traceid replay ARGS`, which must succeed.
+pub fn replay(args: &[&str]) -> Output {
+    let out = Command::new(traceid_bin())
+        .arg("replay")
+        .args(args)
+        .output()
+        .expect("running traceid replay");
+    assert!(
+        out.status.success(),
+        "replay {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Each line of `out` (what `watch --json` or `replay --json` printed) as JSON.
+pub fn json_lines(out: &[u8]) -> Vec<Value> {
+    String::from_utf8_lossy(out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+/// Whether `needle` occurs in `hay`.
+pub fn contains_bytes(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
 }
 
 /// Request lines matching a predicate.
