@@ -80,18 +80,10 @@ fn replay_of_a_live_diagnosis_prints_the_same_diagnosis() {
     );
     let live: Value = serde_json::from_str(&live).expect("live diagnosis JSON");
 
-    let replay = Command::new(traceid_bin())
-        .args(["replay", "--diagnose", "--json"])
-        .arg(&file)
-        .args(filters)
-        .output()
-        .expect("running traceid replay");
-    assert!(
-        replay.status.success(),
-        "{}",
-        String::from_utf8_lossy(&replay.stderr)
-    );
-    let replayed: Value = serde_json::from_slice(&replay.stdout).expect("replay diagnosis JSON");
+    let mut args = vec![file.to_str().unwrap(), "--diagnose", "--json"];
+    args.extend(filters);
+    let replayed: Value =
+        serde_json::from_slice(&replay(&args).stdout).expect("replay diagnosis JSON");
     let _ = std::fs::remove_dir_all(&dir);
 
     // The diagnosis is about what this test did, so the comparison compares something.
